@@ -1,0 +1,3 @@
+from locality.cli import main
+
+main()
