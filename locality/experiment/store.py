@@ -1,0 +1,164 @@
+"""The run store: plain files under ``runs/<run-id>/`` that pandas and numpy open.
+
+Every file is written atomically (temp file in the same directory, then
+``os.replace``), so a reader never sees half a file, and an interrupted run
+leaves only whole files behind. Layout of a run directory: docs/internals.md.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import platform
+import socket
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+STATUSES = ("running", "complete", "interrupted", "failed")
+
+
+def utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def atomic_write_csv(path: str | os.PathLike, frame: "Any") -> Path:
+    """Write a pandas DataFrame as CSV (no index)."""
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    return atomic_write_text(path, buf.getvalue())
+
+
+def atomic_write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages that shape a measurement."""
+    out = {"python": platform.python_version()}
+    for pkg in ("locality", "numpy", "pandas", "psutil", "matplotlib", "click", "pydantic"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+
+    return {
+        "hostname": socket.gethostname(),
+        "kernel": platform.release(),
+        "arch": platform.machine(),
+        "cpus": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "page_size": os.sysconf("SC_PAGE_SIZE"),
+    }
+
+
+def new_run_dir(out: str | os.PathLike, prefix: str, run_id: str | None = None) -> Path:
+    """Create a fresh run directory ``out/<prefix>-<UTC time>[-n]`` (or ``out/run_id``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if run_id is not None:
+        path = out / run_id
+        path.mkdir(exist_ok=True)
+        return path
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1000):
+        path = out / (f"{prefix}-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a run directory under {out}")
+
+
+def write_manifest(run_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
+    if manifest.get("status") not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, not {manifest.get('status')!r}")
+    return atomic_write_json(Path(run_dir) / "manifest.json", dict(manifest))
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
+    with open(Path(run_dir) / "manifest.json") as f:
+        return json.load(f)
+
+
+def update_manifest(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    manifest = read_manifest(run_dir)
+    manifest.update(fields)
+    write_manifest(run_dir, manifest)
+    return manifest
+
+
+def start_manifest(kind: str, run_id: str, config: Mapping[str, Any], capabilities: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of a run that has just started (status ``running``)."""
+    return {
+        "id": run_id,
+        "kind": kind,
+        "status": "running",
+        "error": None,
+        "created": utcnow(),
+        "finished": None,
+        "config": dict(config),
+        "versions": versions(),
+        "machine": machine(),
+        "capabilities": dict(capabilities or {}),
+    }
+
+
+def pack_bits(matrix: np.ndarray) -> np.ndarray:
+    """samples x pages bool matrix -> packed uint8 (pages padded to a multiple of 8)."""
+    return np.packbits(np.asarray(matrix, dtype=bool), axis=1)
+
+
+def unpack_bits(packed: np.ndarray, n_pages: int) -> np.ndarray:
+    return np.unpackbits(packed, axis=1, count=int(n_pages)).astype(bool)
