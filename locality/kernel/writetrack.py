@@ -1,0 +1,333 @@
+"""Exact set of pages written since a reset: userfaultfd WP_ASYNC + PAGEMAP_SCAN.
+
+A process registers its ranges with a userfaultfd in asynchronous
+write-protect mode (``register_write_tracking``); the kernel then resolves
+write faults on protected pages itself, only clearing the page's uffd-wp bit,
+so tracked code runs at full speed after its first write to each page. The
+PAGEMAP_SCAN ioctl on ``/proc/PID/pagemap`` reports the pages whose bit is
+clear (PAGE_IS_WRITTEN) and re-protects them, in one call. The ioctl works
+on another process's pagemap, so a sampler can watch a child that only
+registered its ranges and keeps its userfaultfd open (Linux >= 6.7).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import threading
+
+import numpy as np
+
+from locality.errors import InvalidArgument, LocalityError, Unsupported
+from locality.kernel._platform import (
+    PAGE_IS_WPALLOWED,
+    PAGE_IS_WRITTEN,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PAGEMAP_SCAN,
+    PM_SCAN_CHECK_WPASYNC,
+    PM_SCAN_WP_MATCHING,
+    UFFD_API,
+    UFFD_FEATURE_WP_ASYNC,
+    UFFD_FEATURE_WP_UNPOPULATED,
+    UFFD_USER_MODE_ONLY,
+    UFFDIO_API,
+    UFFDIO_REGISTER,
+    UFFDIO_REGISTER_MODE_WP,
+    UFFDIO_UNREGISTER,
+    check_pid,
+    check_range,
+    libc,
+    open_proc,
+    process_error,
+    syscall,
+)
+
+_u64 = ctypes.c_uint64
+
+
+class _UffdioApi(ctypes.Structure):
+    _fields_ = [("api", _u64), ("features", _u64), ("ioctls", _u64)]
+
+
+class _UffdioRegister(ctypes.Structure):
+    _fields_ = [("start", _u64), ("len", _u64), ("mode", _u64), ("ioctls", _u64)]
+
+
+class _UffdioRange(ctypes.Structure):
+    _fields_ = [("start", _u64), ("len", _u64)]
+
+
+class PmScanArg(ctypes.Structure):
+    """struct pm_scan_arg (include/uapi/linux/fs.h), 96 bytes."""
+
+    _fields_ = [
+        ("size", _u64),
+        ("flags", _u64),
+        ("start", _u64),
+        ("end", _u64),
+        ("walk_end", _u64),
+        ("vec", _u64),
+        ("vec_len", _u64),
+        ("max_pages", _u64),
+        ("category_inverted", _u64),
+        ("category_mask", _u64),
+        ("category_anyof_mask", _u64),
+        ("return_mask", _u64),
+    ]
+
+
+assert ctypes.sizeof(PmScanArg) == 96
+PAGE_REGION = np.dtype([("start", "<u8"), ("end", "<u8"), ("categories", "<u8")])  # struct page_region
+DEFAULT_MAX_REGIONS = 1 << 16  # 1.5 MiB buffer; longer answers take several ioctls
+
+_HINT_KERNEL = "needs Linux >= 6.7 with CONFIG_USERFAULTFD (see `locality doctor`)"
+
+# --- this process's registrations --------------------------------------------
+
+_lock = threading.Lock()
+_uffd: int | None = None  # one userfaultfd per process, kept open while anything is registered
+_registered: list[tuple[int, int]] = []  # [start, end) ranges registered through this module
+
+
+def _ioctl(fd: int, request: int, arg: ctypes.Structure) -> int:
+    rv = libc.ioctl(fd, request, ctypes.addressof(arg))
+    if rv < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return rv
+
+
+def _open_uffd() -> int:
+    try:
+        fd = syscall("userfaultfd", os.O_CLOEXEC | os.O_NONBLOCK | UFFD_USER_MODE_ONLY)
+    except OSError as e:
+        if e.errno == errno.ENOSYS:
+            raise Unsupported("userfaultfd", "the kernel was built without CONFIG_USERFAULTFD", _HINT_KERNEL) from None
+        if e.errno == errno.EPERM:
+            raise Unsupported(
+                "userfaultfd", "not permitted for this user", "set sysctl vm.unprivileged_userfaultfd=1 or run as root"
+            ) from None
+        raise
+    api = _UffdioApi(api=UFFD_API, features=UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED)
+    try:
+        _ioctl(fd, UFFDIO_API, api)
+    except OSError as e:
+        os.close(fd)
+        raise Unsupported(
+            "userfaultfd WP_ASYNC", f"UFFDIO_API refused asynchronous write-protect ({os.strerror(e.errno)})", _HINT_KERNEL
+        ) from None
+    return fd
+
+
+def _covered(start: int, end: int) -> bool:
+    return any(s <= start and end <= e for s, e in _registered)
+
+
+def register_write_tracking(addr: int, length: int) -> None:
+    """Register ``[addr, addr + length)`` of this process for write tracking.
+
+    Keeps one process-wide userfaultfd open (it must stay open for a sampler in
+    another process to use PAGEMAP_SCAN on these pages). May be called again
+    for more ranges, e.g. for VMAs that appear later. The range must be mapped.
+    """
+    global _uffd
+    length = check_range(addr, length)
+    with _lock:
+        if _uffd is None:
+            _uffd = _open_uffd()
+        reg = _UffdioRegister(start=addr, len=length, mode=UFFDIO_REGISTER_MODE_WP)
+        try:
+            _ioctl(_uffd, UFFDIO_REGISTER, reg)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ENOMEM):
+                raise InvalidArgument(
+                    f"cannot register {addr:#x}-{addr + length:#x} for write tracking: "
+                    f"not entirely mapped, or a mapping type userfaultfd refuses ({os.strerror(e.errno)})"
+                ) from None
+            if e.errno == errno.EBUSY:
+                raise LocalityError(
+                    f"{addr:#x}-{addr + length:#x} is already registered with another userfaultfd",
+                    "unregister it there first",
+                ) from None
+            raise
+        _registered.append((addr, addr + length))
+
+
+def unregister_write_tracking(addr: int, length: int) -> None:
+    """Stop tracking ``[addr, addr + length)``; clears its write-protection bits.
+
+    The userfaultfd is closed when nothing registered through this module remains.
+    """
+    global _uffd
+    length = check_range(addr, length)
+    end = addr + length
+    with _lock:
+        if _uffd is None:
+            return
+        try:
+            _ioctl(_uffd, UFFDIO_UNREGISTER, _UffdioRange(start=addr, len=length))
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOMEM):  # already unmapped: nothing to undo
+                raise
+        remaining: list[tuple[int, int]] = []
+        for s, e in _registered:
+            if e <= addr or s >= end:
+                remaining.append((s, e))
+                continue
+            if s < addr:
+                remaining.append((s, addr))
+            if e > end:
+                remaining.append((end, e))
+        _registered[:] = remaining
+        if not _registered:
+            os.close(_uffd)
+            _uffd = None
+
+
+# --- the tracker ---------------------------------------------------------------
+
+
+class WriteTracker:
+    """Exact set of pages of ``[addr, addr + length)`` written since ``reset()``.
+
+    ``pid=None``: this process; the tracker registers the range itself (unless
+    it is already registered) and resets it, so ``written()`` starts empty; it
+    unregisters on ``close()``. ``pid=PID``: another process that has called
+    ``register_write_tracking`` on the range and keeps its userfaultfd open;
+    nothing is reset until you call ``reset()`` (pages never protected read as
+    written). Reset and query write to the target's page tables (uffd-wp bits)
+    and nothing else.
+
+    ``max_regions`` is the size of the region buffer handed to the kernel; a
+    longer answer takes more ioctls, never a wrong one.
+    """
+
+    def __init__(self, addr: int, length: int, pid: int | None = None, *, max_regions: int = DEFAULT_MAX_REGIONS):
+        self.length = check_range(addr, length)
+        self.start = addr
+        self.end = addr + self.length
+        self.pid = None if pid is None or pid == os.getpid() else check_pid(pid)
+        self.n_pages = self.length >> PAGE_SHIFT
+        if max_regions < 1:
+            raise InvalidArgument(f"max_regions must be >= 1, got {max_regions}")
+        # A page vector of n pages splits into at most ceil(n / 2) regions.
+        self._regions = np.zeros(max(1, min(max_regions, (self.n_pages + 1) // 2)), dtype=PAGE_REGION)
+        self._arg = PmScanArg(size=ctypes.sizeof(PmScanArg))
+        self._registered_here = False
+        self._fd: int | None = None
+        if self.pid is None:
+            with _lock:
+                already = _covered(self.start, self.end)
+            if not already:
+                register_write_tracking(self.start, self.length)
+                self._registered_here = True
+        try:
+            self._fd = open_proc(self.pid, "pagemap")
+            if self.pid is None:
+                self.reset()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- context manager
+    def __enter__(self) -> "WriteTracker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        """Close the pagemap file; unregister the range if this tracker registered it."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._registered_here:
+            self._registered_here = False
+            unregister_write_tracking(self.start, self.length)
+
+    # -- operations
+    def reset(self) -> None:
+        """Write-protect every page of the range: the written set becomes empty."""
+        self._scan(PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WPALLOWED, 0, collect=False)
+
+    def written(self) -> np.ndarray:
+        """Pages written since the last reset (bool per page); does not reset."""
+        return self._scan(PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, PAGE_IS_WRITTEN, collect=True)
+
+    def written_and_reset(self) -> np.ndarray:
+        """``written()`` and ``reset()`` atomically per page, in one ioctl walk."""
+        return self._scan(PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, PAGE_IS_WRITTEN, collect=True)
+
+    def _scan(self, flags: int, category_mask: int, return_mask: int, *, collect: bool) -> np.ndarray:
+        if self._fd is None:
+            raise InvalidArgument("this WriteTracker is closed")
+        out = np.zeros(self.n_pages, dtype=np.bool_)
+        arg = self._arg
+        arg.flags = flags
+        arg.category_mask = category_mask
+        arg.return_mask = return_mask
+        arg.end = self.end
+        if collect:
+            arg.vec = self._regions.ctypes.data
+            arg.vec_len = len(self._regions)
+        else:  # no output buffer: the kernel walks the whole range in one call
+            arg.vec = 0
+            arg.vec_len = 0
+        start = self.start
+        while True:
+            arg.start = start
+            arg.walk_end = 0
+            try:
+                n = _ioctl(self._fd, PAGEMAP_SCAN, arg)
+            except OSError as e:
+                raise self._error(e.errno) from None
+            if collect and n:
+                self._mark(out, self._regions[:n])
+            # Kernel 6.18: once its internal 512-region buffer has filled, walk_end
+            # can stay below end after a complete walk. A short answer means done.
+            if not collect or n < arg.vec_len or arg.walk_end >= self.end or arg.walk_end <= start:
+                break
+            start = arg.walk_end
+        return out
+
+    def _mark(self, out: np.ndarray, regions: np.ndarray) -> None:
+        # Regions are page-aligned [start, end) runs; mark them without a Python loop.
+        # Marking is idempotent, so a region reported twice cannot count twice.
+        first = (np.maximum(regions["start"], self.start) - self.start) >> PAGE_SHIFT
+        last = (np.minimum(regions["end"], self.end) - self.start) >> PAGE_SHIFT
+        first = first.astype(np.int64)
+        last = last.astype(np.int64)
+        lengths = last - first
+        total = int(lengths.sum())
+        if total <= 0:
+            return
+        if total < self.n_pages // 8:  # sparse: index the written pages directly
+            offsets = np.repeat(first - (np.cumsum(lengths) - lengths), lengths)
+            out[np.arange(total) + offsets] = True
+        else:  # dense: +1 at each start, -1 at each end, running sum
+            delta = np.zeros(self.n_pages + 1, dtype=np.int8)
+            delta[first] += 1
+            delta[last] -= 1
+            out |= np.cumsum(delta[:-1], dtype=np.int8) > 0
+
+    def _error(self, err: int) -> Exception:
+        who = os.getpid() if self.pid is None else self.pid
+        if err == errno.ENOTTY:
+            return Unsupported("PAGEMAP_SCAN", "the pagemap ioctl is missing (kernel older than 6.7)", _HINT_KERNEL)
+        if err == errno.EPERM:
+            # PM_SCAN_CHECK_WPASYNC: a page in the range is not registered for async write-protect.
+            return InvalidArgument(
+                f"{self.start:#x}-{self.end:#x} of PID {who} is not (entirely) registered for write tracking",
+                "call register_write_tracking(addr, length) in that process first and keep it running",
+            )
+        if err == errno.EINVAL:
+            return InvalidArgument(f"PAGEMAP_SCAN rejected {self.start:#x}-{self.end:#x} of PID {who}")
+        return process_error(err, who, "PAGEMAP_SCAN of pagemap")
