@@ -1,0 +1,281 @@
+"""The measured process: ``python -m locality.experiment.child``.
+
+It builds the population, registers its memory for write tracking and then
+only steps the workers. All measurement happens in the parent through
+/proc/<this pid>/ (pagemap, PAGEMAP_SCAN, smaps_rollup), so nothing here
+walks or copies the measured heap.
+
+Protocol: JSON lines. The parent writes commands to our stdin; we answer on
+the original stdout (fd 1 is redirected to stderr first, so a stray print
+from a library cannot corrupt the protocol).
+
+    parent -> child                      child -> parent
+    {"cmd": "config", "config", "latency_path"}
+                                         {"msg": "empty"}          (interpreter + pattern, no workers)
+    {"cmd": "spawn"}
+                                         {"msg": "spawned", "regions": [...], "spawn_s"}
+    {"cmd": "go"}
+                                         {"msg": "steps", ...}     (batched progress, every ~50 ms)
+    {"cmd": "register", "ranges": [[start, length], ...]}
+                                         {"msg": "registered", "ranges": [...], "failed": [...]}
+    {"cmd": "stop"}                      {"msg": "done", ...}      (after the last step)
+    {"cmd": "exit"}
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+LATENCY_SAMPLE = 100_000
+PROGRESS_EVERY_S = 0.05
+
+
+class Channel:
+    def __init__(self) -> None:
+        self._out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        self._in = sys.stdin
+        self._fd = sys.stdin.fileno()
+
+    def send(self, msg: str, **fields: Any) -> None:
+        self._out.write(json.dumps({"msg": msg, **fields}) + "\n")
+        self._out.flush()
+
+    def recv(self) -> dict[str, Any]:
+        line = self._in.readline()
+        if not line:
+            raise SystemExit(0)  # parent went away
+        return json.loads(line)
+
+    def poll(self) -> dict[str, Any] | None:
+        if select.select([self._fd], [], [], 0)[0]:
+            return self.recv()
+        return None
+
+    def expect(self, cmd: str) -> dict[str, Any]:
+        m = self.recv()
+        if m.get("cmd") == "exit":
+            raise SystemExit(0)
+        if m.get("cmd") != cmd:
+            raise RuntimeError(f"protocol: expected {cmd!r}, got {m!r}")
+        return m
+
+
+class LatencyReservoir:
+    """A uniform sample of at most ``cap`` latencies (reservoir sampling, batched)."""
+
+    def __init__(self, cap: int, seed: int) -> None:
+        self.buf = np.empty(cap, dtype=np.int64)
+        self.cap = cap
+        self.seen = 0
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.int64).ravel()
+        m = len(values)
+        if m == 0:
+            return
+        free = max(0, self.cap - self.seen)
+        if free:
+            k = min(free, m)
+            self.buf[self.seen : self.seen + k] = values[:k]
+            self.seen += k
+            values = values[k:]
+            m = len(values)
+            if m == 0:
+                return
+        keep = self.rng.random(m) < self.cap / (self.seen + np.arange(1, m + 1))
+        n = int(keep.sum())
+        if n:
+            self.buf[self.rng.integers(0, self.cap, n)] = values[keep]
+        self.seen += m
+
+    def sample(self) -> np.ndarray:
+        return self.buf[: min(self.seen, self.cap)].copy()
+
+
+def _arenas(layout: Any) -> list[Any]:
+    arenas = getattr(layout, "arenas", None)
+    if arenas is None:
+        arena = getattr(layout, "arena", None)
+        arenas = [arena] if arena is not None else []
+    return [a for a in arenas if a is not None and getattr(a, "length", 0) > 0]
+
+
+def _register(ranges: list[tuple[int, int]]) -> tuple[list[list[int]], list[list[Any]]]:
+    from locality.kernel import register_write_tracking
+
+    ok, failed = [], []
+    for start, length in ranges:
+        try:
+            register_write_tracking(start, length)
+            ok.append([start, length])
+        except Exception as e:  # a VMA can vanish or change between listing and registering
+            failed.append([start, length, f"{type(e).__name__}: {e}"])
+    return ok, failed
+
+
+def main() -> None:
+    # Ctrl-C goes to the whole foreground process group; the parent decides
+    # when we stop (it sends "stop"), so the run ends with a final sample.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stopping = False
+
+    def on_term(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    chan = Channel()
+
+    m = chan.expect("config")
+    cfg = m["config"]
+    latency_path = m.get("latency_path")
+    tracking = float(cfg["sampling"]["interval"]) > 0
+
+    from locality.experiment.sampler import anonymous_ranges
+    from locality.kernel import vmas
+    from locality.layouts import make_layout
+    from locality.population import Population, make_pattern
+
+    n = int(cfg["workers"])
+    params = {k: v for k, v in cfg["pattern"].items() if k != "name"}
+    pattern = make_pattern(cfg["pattern"]["name"], n, seed=int(cfg["seed"]), **params)
+    gc.collect()
+    chan.send("empty")
+    chan.expect("spawn")
+
+    t0 = time.perf_counter()
+    layout = make_layout(
+        cfg["layout"], n, arena=cfg["arena"], hugepages=bool(cfg["hugepages"]), seed=int(cfg["seed"])
+    )
+    pop = Population(n, scheduler=cfg["scheduler"], pattern=pattern, seed=int(cfg["seed"]), layout=layout)
+    pop.spawn()
+    # Frozen objects are never traversed by the collector again, so a GC pass
+    # does not write every object header (which would read as "all touched").
+    gc.collect()
+    gc.freeze()
+    spawn_s = time.perf_counter() - t0
+
+    regions: list[dict[str, Any]] = []
+    arena_ranges = []
+    for i, arena in enumerate(_arenas(layout)):
+        name = getattr(arena, "name", None) or f"arena{i}"
+        arena_ranges.append((int(arena.address), int(arena.length)))
+        regions.append({"name": f"arena:{name}", "start": int(arena.address), "length": int(arena.length)})
+    failed: list[list[Any]] = []
+    if tracking:
+        heap = anonymous_ranges(vmas(os.getpid()), exclude=arena_ranges)
+        regions += [{"name": name, "start": s, "length": ln} for name, s, ln in heap]
+        ok, failed = _register([(r["start"], r["length"]) for r in regions])
+        okset = {tuple(r) for r in ok}
+        regions = [r for r in regions if (r["start"], r["length"]) in okset]
+    chan.send("spawned", regions=regions, failed=failed, spawn_s=spawn_s, pid=os.getpid())
+    chan.expect("go")
+
+    steps_max = cfg.get("steps")
+    duration = cfg.get("duration")
+    interval = float(cfg["step_interval"])
+    reservoir = LatencyReservoir(LATENCY_SAMPLE, int(cfg["seed"]))
+    useful_fn = getattr(layout, "useful_bytes", None)
+
+    k = 0
+    total_acts = 0
+    total_step_ns = 0
+    total_useful = 0
+    total_reloc_ns = 0
+    batch = {"steps": 0, "activations": 0, "step_ns": 0, "useful_bytes": 0, "relocation_ns": 0}
+    last_send = time.monotonic()
+    start = time.monotonic()
+    stop_reason = "steps"
+    while True:
+        if steps_max is not None and k >= steps_max:
+            stop_reason = "steps"
+            break
+        if duration is not None and time.monotonic() - start >= duration:
+            stop_reason = "duration"
+            break
+        cmd = chan.poll()
+        while cmd is not None:
+            if cmd.get("cmd") == "register":
+                ok, bad = _register([tuple(r) for r in cmd["ranges"]])
+                chan.send("registered", ranges=ok, failed=bad, names=cmd.get("names"))
+            elif cmd.get("cmd") in ("stop", "exit"):
+                stopping = True
+            cmd = chan.poll()
+        if stopping:
+            stop_reason = "stopped"
+            break
+        t_s = time.perf_counter_ns()
+        try:
+            result = pop.step()
+        except StopIteration:
+            stop_reason = "pattern exhausted"
+            break
+        step_ns = time.perf_counter_ns() - t_s
+        if result is None:
+            stop_reason = "pattern exhausted"
+            break
+        ids = np.asarray(result.ids)
+        lat = getattr(result, "latency_ns", None)
+        if lat is not None:
+            reservoir.add(np.atleast_1d(lat))
+        useful = int(useful_fn(ids)) if useful_fn is not None else 0
+        reloc = int(getattr(result, "relocation_ns", 0) or 0)
+        k += 1
+        total_acts += len(ids)
+        total_step_ns += step_ns
+        total_useful += useful
+        total_reloc_ns += reloc
+        batch["steps"] += 1
+        batch["activations"] += len(ids)
+        batch["step_ns"] += step_ns
+        batch["useful_bytes"] += useful
+        batch["relocation_ns"] += reloc
+        now = time.monotonic()
+        if now - last_send >= PROGRESS_EVERY_S or interval > 0:
+            chan.send("steps", step=k, **batch)
+            batch = dict.fromkeys(batch, 0)
+            last_send = now
+        if interval > 0:
+            time.sleep(interval)
+    if batch["steps"]:
+        chan.send("steps", step=k, **batch)
+
+    if latency_path:
+        np.save(latency_path, reservoir.sample())
+    chan.send(
+        "done",
+        steps=k,
+        activations=total_acts,
+        step_ns=total_step_ns,
+        useful_bytes=total_useful,
+        relocation_ns=total_reloc_ns,
+        latencies=int(reservoir.seen),
+        reason=stop_reason,
+        cpu_s=time.process_time(),
+    )
+    # Stay alive until the parent took its final measurements.
+    try:
+        while True:
+            m = chan.recv()
+            if m.get("cmd") == "exit":
+                break
+    finally:
+        close = getattr(pop, "close", None)
+        if close is not None:
+            close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,376 @@
+"""Experiment configs: TOML read with tomllib, validated by pydantic before anything starts.
+
+A config names everything a run needs (population, layout, pattern, timing,
+sampling, reclaim policy), so a stored run can be reproduced from its
+manifest alone. Every validation problem becomes one ``ConfigError`` line
+that names the key path and, where there is a closed set, the allowed values:
+
+    workers: must be > 0 (got -5)
+    layout: unknown 'slabb' (allowed: objects, slab, ...)
+    unknown key 'pattern.radus'
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from locality.errors import ConfigError
+
+SCHEDULERS = ("lean", "asyncio")
+ARENAS = ("anon", "file")
+POLICIES = ("none", "pageout-idle", "cgroup")
+# The layout names of docs/internals.md; the registry in locality.layouts is
+# authoritative once importable (see layout_names()).
+CONTRACT_LAYOUTS = ("objects", "slab", "hot-cold", "clustered", "clustered-learned", "compacting", "isolated", "grouped")
+
+
+def layout_names() -> tuple[str, ...]:
+    try:
+        from locality.layouts import LAYOUTS  # type: ignore[attr-defined]
+    except ImportError:
+        return CONTRACT_LAYOUTS
+    return tuple(LAYOUTS)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Probability = Annotated[float, Field(gt=0, le=1)]
+
+
+class UniformPattern(_Model):
+    name: Literal["uniform"]
+    p: Probability = 0.01
+
+
+class ZipfPattern(_Model):
+    name: Literal["zipf"]
+    s: float = Field(1.1, gt=0)
+    p: Probability = 0.01
+
+
+class SheetPattern(_Model):
+    name: Literal["sheet"]
+    p: Probability = 0.01
+    radius: int = Field(3, gt=0)
+    waves: int = Field(1, gt=0)
+
+
+class BurstyPattern(_Model):
+    name: Literal["bursty"]
+    p_on: Probability = 0.05
+    p_off: Probability = 0.5
+
+
+class ReplayPattern(_Model):
+    name: Literal["replay"]
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _readable(cls, v: str) -> str:
+        if not os.access(v, os.R_OK) or not os.path.isfile(v):
+            raise ValueError(f"cannot read replay file {v!r}")
+        return v
+
+
+Pattern = Annotated[
+    Union[UniformPattern, ZipfPattern, SheetPattern, BurstyPattern, ReplayPattern],
+    Field(discriminator="name"),
+]
+PATTERN_NAMES = ("uniform", "zipf", "sheet", "bursty", "replay")
+
+
+class Sampling(_Model):
+    # Seconds between samples; 0 turns the sampler off (no write tracking,
+    # only the start and end measurements): the baseline for overhead.
+    interval: float = Field(1.0, ge=0)
+    cold_thresholds: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0, 5.0, 30.0])
+    # Store the page x time matrices (pages.npz).
+    pages: bool = True
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
+
+
+def parse_size(value: int | str) -> int:
+    """'512M', '1.5G', '4096' or an int -> bytes (binary units)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size like 512M or a number of bytes")
+    if isinstance(value, int):
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"must be a size like 512M or a number of bytes (got {value!r})")
+    unit = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * unit)
+
+
+class Reclaim(_Model):
+    policy: Literal["none", "pageout-idle", "cgroup"] = "none"
+    # pageout-idle: page out pages not written for this many seconds.
+    idle_seconds: float | None = Field(None, gt=0)
+    # cgroup: memory limit of the run's own cgroup (bytes, or '512M').
+    limit: int | None = None
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        n = parse_size(v)
+        if n <= 0:
+            raise ValueError(f"must be > 0 (got {v!r})")
+        return n
+
+    @model_validator(mode="after")
+    def _needs(self) -> "Reclaim":
+        if self.policy == "pageout-idle" and self.idle_seconds is None:
+            raise ValueError("policy 'pageout-idle' needs reclaim.idle_seconds")
+        if self.policy == "cgroup" and self.limit is None:
+            raise ValueError("policy 'cgroup' needs reclaim.limit")
+        return self
+
+
+class ExperimentConfig(_Model):
+    workers: int = Field(gt=0)
+    scheduler: Literal["lean", "asyncio"] = "lean"
+    layout: str = "slab"
+    arena: Literal["anon", "file"] = "anon"
+    hugepages: bool = False
+    pattern: Pattern = Field(default_factory=lambda: UniformPattern(name="uniform"))
+    steps: int | None = Field(None, ge=0)
+    duration: float | None = Field(None, gt=0)
+    step_interval: float = Field(0.0, ge=0)
+    sampling: Sampling = Field(default_factory=Sampling)
+    reclaim: Reclaim = Field(default_factory=Reclaim)
+    seed: int = 0
+    out: str = "runs"
+    name: str | None = None
+
+    @field_validator("layout")
+    @classmethod
+    def _layout(cls, v: str) -> str:
+        allowed = layout_names()
+        if v not in allowed:
+            raise ValueError(f"unknown {v!r} (allowed: {', '.join(allowed)})")
+        return v
+
+    @model_validator(mode="after")
+    def _end(self) -> "ExperimentConfig":
+        if self.steps is None and self.duration is None:
+            raise ValueError("set steps or duration (or both: the run stops at whichever comes first)")
+        if isinstance(self.pattern, ReplayPattern):
+            try:
+                check_replay(self.pattern.path, self.workers)
+            except ValueError as e:
+                raise ValueError(f"pattern.path: {e}") from None
+        return self
+
+    def population_params(self) -> dict[str, Any]:
+        """Keyword arguments for ``make_pattern`` (everything but the name)."""
+        return self.pattern.model_dump(exclude={"name"})
+
+
+def check_replay(path: str, workers: int) -> int:
+    """Validate a replay CSV (time, worker id) row by row; returns the row count.
+
+    The first row may be a header. Times must be numbers >= 0 and not
+    decrease; ids integers in [0, workers).
+    """
+    rows = 0
+    last_t = -math.inf
+    with open(path, newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != 2:
+                raise _ReplayRowError(path, lineno, f"expected 2 fields (time, worker id), got {len(row)}")
+            t_s, id_s = row[0].strip(), row[1].strip()
+            try:
+                t = float(t_s)
+            except ValueError:
+                if lineno == 1 and rows == 0:
+                    continue  # header
+                raise _ReplayRowError(path, lineno, f"time {t_s!r} is not a number") from None
+            try:
+                wid = int(id_s)
+            except ValueError:
+                raise _ReplayRowError(path, lineno, f"worker id {id_s!r} is not an integer") from None
+            if not math.isfinite(t) or t < 0:
+                raise _ReplayRowError(path, lineno, f"time {t_s} must be >= 0")
+            if t < last_t:
+                raise _ReplayRowError(path, lineno, f"time {t_s} is earlier than the row before")
+            if not 0 <= wid < workers:
+                raise _ReplayRowError(path, lineno, f"worker id {wid} out of range [0, {workers})")
+            last_t = t
+            rows += 1
+    if rows == 0:
+        raise _ReplayRowError(path, 0, "no rows")
+    return rows
+
+
+class _ReplayRowError(ValueError):
+    def __init__(self, path: str, lineno: int, what: str) -> None:
+        where = f"{path}:{lineno}" if lineno else path
+        super().__init__(f"{where}: {what}")
+
+
+# -- loading ------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """A --set / --grid value as TOML (3, 0.5, true, "x", [1, 2]); bare words as strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {key}: empty key part", "write key.sub=value")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a table (cannot set {key})")
+        node = child
+    node[parts[-1]] = value
+    # Switching pattern.name leaves the old pattern's params behind; drop the
+    # ones the new pattern does not take, so `--set pattern.name=uniform` works.
+    if parts == ["pattern", "name"] and isinstance(value, str):
+        allowed = _PATTERN_FIELDS.get(value)
+        if allowed is not None:
+            for k in list(node):
+                if k not in allowed:
+                    del node[k]
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value", "e.g. --set workers=1000")
+        out.append((key.strip(), parse_value(value.strip())))
+    return out
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory") from None
+    except PermissionError:
+        raise ConfigError(f"config file {str(path)!r} is not readable (permission denied)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r}: invalid TOML: {e}") from None
+
+
+def validate(data: dict[str, Any], base_dir: str | os.PathLike | None = None) -> ExperimentConfig:
+    """dict -> ExperimentConfig, or one ConfigError line naming the first problem."""
+    data = _resolve_paths(data, base_dir)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e.errors()[0])) from None
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read, override (``key.sub=value``, value parsed as TOML) and validate a config file."""
+    data = read_toml(path)
+    for key, value in parse_overrides(overrides):
+        apply_override(data, key, value)
+    return validate(data, base_dir=Path(path).parent)
+
+
+def with_overrides(config: ExperimentConfig, items: Iterable[tuple[str, Any]]) -> ExperimentConfig:
+    data = config.model_dump(mode="json")
+    for key, value in items:
+        apply_override(data, key, value)
+    return validate(data)
+
+
+def _resolve_paths(data: dict[str, Any], base_dir: str | os.PathLike | None) -> dict[str, Any]:
+    # A replay path is relative to the config file, like an include.
+    pattern = data.get("pattern")
+    if base_dir is not None and isinstance(pattern, dict) and isinstance(pattern.get("path"), str):
+        p = Path(pattern["path"])
+        if not p.is_absolute():
+            data = dict(data)
+            data["pattern"] = dict(pattern, path=str(Path(base_dir) / p))
+    return data
+
+
+_PATTERN_FIELDS = {
+    "uniform": set(UniformPattern.model_fields),
+    "zipf": set(ZipfPattern.model_fields),
+    "sheet": set(SheetPattern.model_fields),
+    "bursty": set(BurstyPattern.model_fields),
+    "replay": set(ReplayPattern.model_fields),
+}
+
+_ALLOWED_LITERALS = {
+    "scheduler": SCHEDULERS,
+    "arena": ARENAS,
+    "reclaim.policy": POLICIES,
+    "pattern.name": PATTERN_NAMES,
+}
+
+
+def _one_line(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    # List positions read as key[i], not key.i.
+    for i in range(len(loc) - 1, 0, -1):
+        if isinstance(err["loc"][i], int):
+            loc[i - 1] += f"[{loc.pop(i)}]"
+    # Discriminated unions put the tag into the path: pattern.sheet.radius.
+    if len(loc) >= 2 and loc[0] == "pattern" and loc[1] in PATTERN_NAMES:
+        loc = [loc[0]] + loc[2:]
+    key = ".".join(loc)
+    typ = err["type"]
+    got = err.get("input")
+    ctx = err.get("ctx") or {}
+    if typ == "extra_forbidden":
+        return f"unknown key {key!r}"
+    if typ == "missing":
+        return f"{key}: missing (required)"
+    if typ in ("union_tag_invalid", "union_tag_not_found"):
+        return f"pattern.name: unknown {ctx.get('tag', got)!r} (allowed: {', '.join(PATTERN_NAMES)})" if typ == "union_tag_invalid" else "pattern.name: missing (allowed: " + ", ".join(PATTERN_NAMES) + ")"
+    if typ == "literal_error":
+        allowed = _ALLOWED_LITERALS.get(key)
+        if allowed:
+            return f"{key}: unknown {got!r} (allowed: {', '.join(allowed)})"
+        return f"{key}: {err['msg']} (got {got!r})"
+    for bound, word in (("greater_than", ">"), ("greater_than_equal", ">="), ("less_than", "<"), ("less_than_equal", "<=")):
+        if typ == bound:
+            return f"{key}: must be {word} {ctx[next(iter(ctx))]} (got {got!r})"
+    if typ == "value_error":
+        msg = str(ctx.get("error", err["msg"]))
+        return f"{key}: {msg}" if key else msg
+    if typ in ("int_parsing", "int_type", "int_from_float", "float_parsing", "float_type", "bool_parsing", "bool_type", "string_type", "list_type", "model_type", "model_attributes_type", "dict_type"):
+        return f"{key}: {err['msg'].lower()} (got {got!r})"
+    return f"{key}: {err['msg']} (got {got!r})" if key else err["msg"]
