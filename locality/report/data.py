@@ -1,0 +1,214 @@
+"""Stored runs as the report sees them: read-only, tolerant of what a run lacks.
+
+A run directory (format: docs/internals.md) may be complete, interrupted,
+failed, or a probe/BEAM run without worker metrics. Every file except the
+manifest is optional here: a figure whose data is missing is omitted with a
+note, never filled in. A file that exists but cannot be parsed is an error
+naming the file, since silently skipping it would hide a broken run.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from locality.errors import LocalityError
+from locality.experiment import store
+
+
+class RunNotFound(LocalityError):
+    """A path given as a run is not a run directory."""
+
+
+class CorruptRun(LocalityError):
+    """A run file exists but cannot be read."""
+
+
+@dataclass
+class Pages:
+    """Page x time matrices of one run (pages.npz), unpacked to bool."""
+
+    t: np.ndarray
+    page_addr: np.ndarray
+    region: np.ndarray
+    regions: list[str]
+    written: np.ndarray | None
+    resident: np.ndarray | None
+    swapped: np.ndarray | None
+
+    @property
+    def n_pages(self) -> int:
+        return int(self.page_addr.shape[0])
+
+
+@dataclass
+class RunData:
+    path: Path
+    manifest: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    timeline: pd.DataFrame | None = None
+    pages: Pages | None = None
+    latency_ns: np.ndarray | None = None
+    label: str = ""
+
+    @property
+    def id(self) -> str:
+        return str(self.manifest.get("id") or self.path.name)
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest.get("kind", "run"))
+
+    @property
+    def status(self) -> str:
+        return str(self.manifest.get("status", "unknown"))
+
+    @property
+    def error(self) -> str | None:
+        return self.manifest.get("error")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.manifest.get("config") or {})
+
+    @property
+    def page_size(self) -> int:
+        return int((self.manifest.get("machine") or {}).get("page_size") or 4096)
+
+    @property
+    def layout(self) -> str | None:
+        value = self.metrics.get("layout") or find_key(self.config, "layout")
+        if isinstance(value, dict):
+            value = value.get("name")
+        return None if value is None else str(value)
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+def find_key(tree: Any, key: str) -> Any:
+    """First value of ``key`` in a nested config dict (depth first), or None.
+
+    The report must not depend on the exact nesting of the runner's config
+    schema, only on the key names of the contract (layout, pattern, ...).
+    """
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        for value in tree.values():
+            found = find_key(value, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CorruptRun(f"cannot read {path}: {e}", "re-run it, or leave it out of the report") from None
+    if not isinstance(data, dict):
+        raise CorruptRun(f"{path} is not a JSON object", "re-run it, or leave it out of the report")
+    return data
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise CorruptRun(f"cannot read {path}: {e}", "re-run it, or leave it out of the report") from None
+
+
+def _read_pages(path: Path) -> Pages | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = set(z.files)
+            n_pages = int(z["n_pages"]) if "n_pages" in names else int(z["page_addr"].shape[0])
+
+            def matrix(name: str) -> np.ndarray | None:
+                if name not in names:
+                    return None
+                packed = z[name]
+                if packed.ndim != 2 or packed.shape[0] == 0:
+                    return None
+                return store.unpack_bits(packed, n_pages)
+
+            return Pages(
+                t=np.asarray(z["t"], dtype=np.float64),
+                page_addr=np.asarray(z["page_addr"], dtype=np.uint64),
+                region=np.asarray(z["region"], dtype=np.int64) if "region" in names else np.zeros(n_pages, np.int64),
+                regions=[str(r) for r in z["regions"]] if "regions" in names else ["tracked"],
+                written=matrix("written"),
+                resident=matrix("resident"),
+                swapped=matrix("swapped"),
+            )
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise CorruptRun(f"cannot read {path}: {e}", "re-run it, or leave it out of the report") from None
+
+
+def load_run_data(path: str | Path) -> RunData:
+    """Everything the report can use from one run directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunNotFound(f"no run directory at {path}", "pass directories written by `locality run`, `probe`, `compare` or `beam`")
+    if not (path / "manifest.json").exists():
+        raise RunNotFound(f"{path} is not a run directory (no manifest.json)", "pass directories written by `locality run`, `probe`, `compare` or `beam`")
+    manifest = _read_json(path / "manifest.json")
+    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else {}
+    latency = _read_csv(path / "latency.csv")
+    latency_ns = None
+    if latency is not None and "latency_ns" in latency and len(latency):
+        latency_ns = latency["latency_ns"].to_numpy(dtype=np.float64)
+    return RunData(
+        path=path,
+        manifest=manifest,
+        metrics=metrics,
+        timeline=_read_csv(path / "timeline.csv"),
+        pages=_read_pages(path / "pages.npz"),
+        latency_ns=latency_ns,
+    )
+
+
+def label_runs(runs: list[RunData]) -> list[RunData]:
+    """Give each run a short unique label: its layout if unique, else its id.
+
+    Probe and BEAM runs are labelled by what they watched.
+    """
+    def base(run: RunData) -> str:
+        if run.kind in ("probe", "beam"):
+            pid = find_key(run.config, "pid")
+            return f"{run.kind} {pid}" if pid is not None else run.kind
+        return run.layout or run.id
+
+    bases = [base(r) for r in runs]
+    for run, name in zip(runs, bases):
+        run.label = name if bases.count(name) == 1 else f"{name} [{run.id}]"
+    return runs
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[RunData]:
+    paths = list(paths)
+    if not paths:
+        raise RunNotFound("no run directories given", "pass one or more run directories, e.g. runs/compare/*")
+    return label_runs([load_run_data(p) for p in paths])
+
+
+def baseline_index(runs: list[RunData]) -> int:
+    """The baseline: the first usable `objects` run, else the first usable run."""
+    usable = [i for i, r in enumerate(runs) if r.metrics and r.status != "failed"]
+    for i in usable:
+        if runs[i].layout == "objects":
+            return i
+    return usable[0] if usable else 0

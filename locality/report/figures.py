@@ -1,0 +1,473 @@
+"""The figures, drawn from stored runs only, in the shipped thesis style.
+
+Each figure is a function ``draw(runs) -> Figure`` registered in FIGURES.
+A figure whose data no run has raises NoData with the reason; runs that lack
+the data are left out of a figure and named in ``Rendered.left_out``, so the
+report can say so instead of drawing something that was not measured.
+
+Figures use matplotlib's object API (``Figure()``), never pyplot's global
+state, so rendering many figures in one process leaks nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+import matplotlib
+
+matplotlib.use("Agg")  # before any canvas is made; the report never opens a window
+import matplotlib.style  # noqa: E402
+from matplotlib import colors as mcolors  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from locality.report.data import RunData, baseline_index  # noqa: E402
+
+STYLE_PATH = Path(__file__).with_name("locality.mplstyle")
+MIB = float(1 << 20)
+
+# Axes whose values are names, not quantities: they carry a label but no unit.
+CATEGORICAL_LABELS = frozenset({"run", "region"})
+
+
+class NoData(Exception):
+    """No run has the data this figure needs; ``str(e)`` says which data."""
+
+
+@dataclass
+class Rendered:
+    name: str
+    figure: Figure
+    left_out: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str
+    title: str
+    caption: str
+    draw: Callable[[list[RunData], list[str]], Figure]
+    probe_only: bool = False
+
+
+@contextlib.contextmanager
+def style(**overrides: object) -> Iterator[None]:
+    """The shipped style, plus overrides (the HTML report uses wider figures)."""
+    with matplotlib.style.context([str(STYLE_PATH), dict(overrides)]):
+        yield
+
+
+def _colors(n: int) -> list[str]:
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    return [cycle[i % len(cycle)] for i in range(n)]
+
+
+def _linestyle(i: int) -> str:
+    # After the palette repeats, the line style keeps runs apart (and in greyscale print).
+    return ("-", "--", ":", "-.")[(i // 8) % 4]
+
+
+def _figure(rows: int = 1, row_height: float | None = None) -> Figure:
+    width, height = matplotlib.rcParams["figure.figsize"]
+    if rows > 1:
+        height = (row_height or height * 0.55) * rows + 0.5
+    return Figure(figsize=(width, height))
+
+
+def _split(runs: list[RunData], has: Callable[[RunData], bool], what: str, left_out: list[str]) -> list[tuple[int, RunData]]:
+    """Runs (with their colour index) that have ``what``; the others go to left_out."""
+    kept = []
+    for i, run in enumerate(runs):
+        if run.failed:
+            left_out.append(f"{run.label}: run failed")
+        elif has(run):
+            kept.append((i, run))
+        else:
+            left_out.append(f"{run.label}: no {what}")
+    if not kept:
+        raise NoData(f"no run has {what}")
+    return kept
+
+
+def _metric(run: RunData, key: str) -> float | None:
+    value = run.metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if np.isfinite(value) else None
+
+
+def _has_column(run: RunData, *columns: str) -> bool:
+    return run.timeline is not None and len(run.timeline) > 0 and all(c in run.timeline for c in columns) and "vma" not in run.timeline
+
+
+# --- metric bars ---------------------------------------------------------------
+
+
+def _metric_bars(runs: list[RunData], left_out: list[str], key: str, what: str, xlabel: str, scale: float = 1.0) -> Figure:
+    kept = _split(runs, lambda r: _metric(r, key) is not None and r.status != "failed", what, left_out)
+    base = runs[baseline_index(runs)]
+    base_value = _metric(base, key)
+    colors = _colors(len(runs))
+    fig = _figure(rows=max(1, len(kept)), row_height=0.28)
+    ax = fig.add_subplot()
+    y = np.arange(len(kept))[::-1]
+    values = [_metric(r, key) * scale for _, r in kept]
+    ax.barh(y, values, color=[colors[i] for i, _ in kept], height=0.7)
+    ax.set_yticks(y, [r.label for _, r in kept])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("run")
+    ax.grid(axis="y", visible=False)
+    if base_value:
+        for yy, (_, run), v in zip(y, kept, values):
+            ratio = _metric(run, key) / base_value
+            ax.annotate(f" {ratio:.3g}×", (v, yy), va="center", ha="left", fontsize="x-small")
+        ax.margins(x=0.18)
+    return fig
+
+
+def draw_bytes_per_worker(runs: list[RunData], left_out: list[str]) -> Figure:
+    return _metric_bars(runs, left_out, "bytes_per_worker", "bytes per worker", "bytes per worker (B)")
+
+
+def draw_page_utilization(runs: list[RunData], left_out: list[str]) -> Figure:
+    return _metric_bars(runs, left_out, "page_utilization", "page utilization", "page utilization (%)", scale=100.0)
+
+
+# --- timelines -------------------------------------------------------------------
+
+
+def draw_wss_over_time(runs: list[RunData], left_out: list[str]) -> Figure:
+    kept = _split(runs, lambda r: _has_column(r, "t", "written_pages"), "written_pages in timeline.csv", left_out)
+    colors = _colors(len(runs))
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, run in kept:
+        tl = run.timeline
+        ax.plot(tl["t"], tl["written_pages"] * run.page_size / MIB, color=colors[i], linestyle=_linestyle(i), label=run.label)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("working set per sample (MiB)")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="best")
+    return fig
+
+
+def memory_saved_pct(run: RunData) -> float | None:
+    """Share of the peak resident tracked pages that reclaim kept out, averaged from the peak on."""
+    if not _has_column(run, "resident_pages"):
+        return None
+    resident = run.timeline["resident_pages"].to_numpy(dtype=np.float64)
+    peak_at = int(np.argmax(resident))
+    peak = resident[peak_at]
+    if peak <= 0:
+        return None
+    return float(100.0 * np.mean(1.0 - resident[peak_at:] / peak))
+
+
+def draw_pareto(runs: list[RunData], left_out: list[str]) -> Figure:
+    kept = _split(
+        runs,
+        lambda r: _metric(r, "refault_rate_pct_per_min") is not None and memory_saved_pct(r) is not None,
+        "refault rate and resident_pages",
+        left_out,
+    )
+    colors = _colors(len(runs))
+    points = np.array([(_metric(r, "refault_rate_pct_per_min"), memory_saved_pct(r)) for _, r in kept])
+    fig = _figure()
+    ax = fig.add_subplot()
+    for (i, run), (x, y) in zip(kept, points):
+        ax.scatter([x], [y], color=colors[i], label=run.label, zorder=3)
+    # Pareto front: no other run saves more memory with fewer refaults.
+    order = np.lexsort((-points[:, 1], points[:, 0]))
+    front, best = [], -np.inf
+    for k in order:
+        if points[k, 1] > best:
+            front.append(points[k])
+            best = points[k, 1]
+    front = np.array(front)
+    ax.step(front[:, 0], front[:, 1], where="post", color="0.5", linewidth=0.8, zorder=2)
+    ax.set_xlabel("refault rate (% of WSS per min)")
+    ax.set_ylabel("memory saved (%)")
+    ax.legend(loc="best")
+    return fig
+
+
+# --- page matrices -----------------------------------------------------------------
+
+
+def _bin_columns(matrix: np.ndarray, bins: int) -> np.ndarray:
+    """samples x pages bool -> samples x bins fraction true (contiguous page bins)."""
+    n = matrix.shape[1]
+    bins = max(1, min(bins, n))
+    edges = np.linspace(0, n, bins + 1).astype(np.int64)
+    sums = np.add.reduceat(np.asarray(matrix, dtype=bool).view(np.uint8), edges[:-1], axis=1, dtype=np.int64)
+    return sums / np.diff(edges)
+
+
+def _time_extent(t: np.ndarray) -> tuple[float, float]:
+    if len(t) == 1:
+        return float(t[0]) - 0.5, float(t[0]) + 0.5
+    step = float(np.median(np.diff(t)))
+    return float(t[0]) - step / 2, float(t[-1]) + step / 2
+
+
+def _region_marks(ax, run: RunData) -> None:
+    """Boundaries between regions (arenas or VMAs); names only for large ones."""
+    region = run.pages.region
+    if region.size == 0:
+        return
+    starts = np.flatnonzero(np.r_[True, region[1:] != region[:-1]])
+    ends = np.r_[starts[1:], region.size]
+    mib = run.page_size / MIB
+    for s, e in zip(starts, ends):
+        if s > 0:
+            ax.axhline(s * mib, color="white", linewidth=0.6)
+        if (e - s) >= 0.08 * region.size and len(starts) > 1:
+            name = run.pages.regions[region[s]] if 0 <= region[s] < len(run.pages.regions) else "?"
+            pos = (s + e) / 2 * mib
+            ax.text(0.01, pos, name[-28:], transform=ax.get_yaxis_transform(), color="white", fontsize="xx-small", va="center", ha="left")
+
+
+def draw_heatmap(runs: list[RunData], left_out: list[str]) -> Figure:
+    kept = _split(runs, lambda r: r.pages is not None and r.pages.written is not None and r.pages.n_pages > 0, "written matrix in pages.npz", left_out)
+    fig = _figure(rows=len(kept))
+    axes = fig.subplots(len(kept), 1, squeeze=False)[:, 0]
+    image = None
+    for ax, (_, run) in zip(axes, kept):
+        pages = run.pages
+        frac = _bin_columns(pages.written, 400) * 100.0
+        total_mib = pages.n_pages * run.page_size / MIB
+        x0, x1 = _time_extent(pages.t)
+        image = ax.imshow(frac.T, origin="lower", aspect="auto", extent=(x0, x1, 0, total_mib), vmin=0, vmax=100, cmap="viridis")
+        _region_marks(ax, run)
+        ax.set_title(run.label, loc="left")
+        ax.set_ylabel("offset (MiB)")
+        ax.set_xlabel("time (s)")
+        ax.grid(False)
+    cbar = fig.colorbar(image, ax=list(axes), shrink=0.9)
+    cbar.set_label("pages written (%)")
+    return fig
+
+
+def draw_residency_map(runs: list[RunData], left_out: list[str]) -> Figure:
+    kept = _split(runs, lambda r: r.pages is not None and r.pages.resident is not None and r.pages.n_pages > 0, "resident matrix in pages.npz", left_out)
+    fig = _figure(rows=len(kept), row_height=None)
+    axes = fig.subplots(len(kept), 1, squeeze=False)[:, 0]
+    image = None
+    for ax, (_, run) in zip(axes, kept):
+        pages = run.pages
+        last = pages.resident[-1]
+        # One row per region, pages in address order within it, resident share per bin.
+        region_ids = [int(r) for r in dict.fromkeys(pages.region.tolist())]
+        sizes = [int(np.count_nonzero(pages.region == r)) for r in region_ids]
+        longest = max(sizes)
+        bins = min(400, longest)
+        rows = np.full((len(region_ids), bins), np.nan)
+        for k, r in enumerate(region_ids):
+            sel = last[pages.region == r]
+            n_bins = max(1, int(round(bins * len(sel) / longest)))
+            rows[k, :n_bins] = _bin_columns(sel[None, :], n_bins)[0] * 100.0
+        image = ax.imshow(np.ma.masked_invalid(rows), origin="upper", aspect="auto", vmin=0, vmax=100, cmap="cividis",
+                          extent=(0, longest * run.page_size / MIB, len(region_ids) - 0.5, -0.5), interpolation="nearest")
+        names = [pages.regions[r] if 0 <= r < len(pages.regions) else str(r) for r in region_ids]
+        ax.set_yticks(range(len(region_ids)), [n[-24:] for n in names])
+        ax.set_title(f"{run.label} (t = {pages.t[-1]:.3g} s)", loc="left")
+        ax.set_xlabel("offset in region (MiB)")
+        ax.set_ylabel("region")
+        ax.grid(False)
+    cbar = fig.colorbar(image, ax=list(axes), shrink=0.9)
+    cbar.set_label("resident pages (%)")
+    return fig
+
+
+def page_ages(run: RunData) -> tuple[np.ndarray, int]:
+    """Seconds since the last write of each page resident at the last sample,
+    and the number of resident pages never written while tracked."""
+    pages = run.pages
+    written, resident, t = pages.written, pages.resident, pages.t
+    last_resident = resident[-1]
+    ever = written.any(axis=0)
+    last_write = written.shape[0] - 1 - np.argmax(written[::-1], axis=0)
+    ages = t[-1] - t[last_write[last_resident & ever]]
+    return ages, int(np.count_nonzero(last_resident & ~ever))
+
+
+def draw_page_age(runs: list[RunData], left_out: list[str]) -> Figure:
+    def has(r: RunData) -> bool:
+        p = r.pages
+        return p is not None and p.written is not None and p.resident is not None and p.n_pages > 0 and bool(p.resident[-1].any())
+
+    kept = _split(runs, has, "written and resident matrices in pages.npz", left_out)
+    colors = _colors(len(runs))
+    fig = _figure()
+    ax = fig.add_subplot()
+    span = max(float(r.pages.t[-1] - r.pages.t[0]) for _, r in kept)
+    edges = np.linspace(0, max(span, 1e-9), 21)
+    never_x = edges[-1] + (edges[1] - edges[0])
+    for i, run in kept:
+        ages, never = page_ages(run)
+        total = ages.size + never
+        hist, _ = np.histogram(ages, bins=edges)
+        ax.stairs(hist / total * 100.0, edges, color=colors[i], linestyle=_linestyle(i), label=run.label)
+        ax.plot([never_x], [never / total * 100.0], marker="o", color=colors[i], linestyle="none")
+    ax.annotate("never\nwritten", (never_x, 0), xytext=(0, -14), textcoords="offset points", ha="center", va="top",
+                fontsize="x-small", annotation_clip=False)
+    ax.set_xlim(0, never_x + (edges[1] - edges[0]))
+    ax.set_xlabel("time since last write (s)")
+    ax.set_ylabel("resident pages (%)")
+    ax.legend(loc="best")
+    return fig
+
+
+def draw_latency_cdf(runs: list[RunData], left_out: list[str]) -> Figure:
+    kept = _split(runs, lambda r: r.latency_ns is not None and r.latency_ns.size > 0, "latency.csv", left_out)
+    colors = _colors(len(runs))
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, run in kept:
+        us = np.sort(run.latency_ns) / 1e3
+        share = np.arange(1, us.size + 1) / us.size * 100.0
+        ax.step(us, share, where="post", color=colors[i], linestyle=_linestyle(i), label=run.label)
+    if all((r.latency_ns > 0).all() for _, r in kept):
+        ax.set_xscale("log")
+    ax.set_xlabel("activation latency (µs)")
+    ax.set_ylabel("activations (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="lower right")
+    return fig
+
+
+# --- foreign processes (probe, beam): per-VMA timelines ---------------------------
+
+
+def _vma_runs(runs: list[RunData], left_out: list[str], column: str) -> list[tuple[int, RunData]]:
+    return _split(
+        runs,
+        lambda r: r.timeline is not None and len(r.timeline) > 0 and {"vma", "t", column} <= set(r.timeline.columns),
+        f"per-VMA {column} in timeline.csv",
+        left_out,
+    )
+
+
+def _vma_name(row) -> str:
+    path = row.get("path")
+    if isinstance(path, str) and path:
+        return path.rsplit("/", 1)[-1]
+    start = row.get("start")
+    try:
+        return f"anon {int(start):#x}"
+    except (TypeError, ValueError):
+        return f"vma {row.get('vma')}"
+
+
+def _vma_series(run: RunData, column: str, top: int = 6) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """t, names, values (series x t) for the ``top`` VMAs by peak value, plus "other"."""
+    tl = run.timeline
+    table = tl.pivot_table(index="t", columns="vma", values=column, aggfunc="sum", fill_value=0).sort_index()
+    peak = table.max(axis=0).sort_values(ascending=False, kind="stable")
+    chosen = list(peak.index[:top])
+    names_by_vma = tl.drop_duplicates("vma").set_index("vma")
+    names = [_vma_name(names_by_vma.loc[v].to_dict() | {"vma": v}) for v in chosen]
+    values = [table[v].to_numpy(dtype=np.float64) for v in chosen]
+    rest = [v for v in table.columns if v not in chosen]
+    if rest:
+        names.append(f"other ({len(rest)} VMAs)")
+        values.append(table[rest].sum(axis=1).to_numpy(dtype=np.float64))
+    return table.index.to_numpy(dtype=np.float64), names, np.array(values)
+
+
+def _draw_vma(runs: list[RunData], left_out: list[str], column: str, ylabel: str) -> Figure:
+    kept = _vma_runs(runs, left_out, column)
+    fig = _figure(rows=len(kept))
+    axes = fig.subplots(len(kept), 1, squeeze=False)[:, 0]
+    for ax, (_, run) in zip(axes, kept):
+        t, names, values = _vma_series(run, column)
+        ax.stackplot(t, values / MIB, labels=names, colors=_colors(len(names)))
+        ax.set_title(run.label, loc="left")
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="upper left", fontsize="xx-small", ncols=2)
+    return fig
+
+
+def draw_vma_rss(runs: list[RunData], left_out: list[str]) -> Figure:
+    return _draw_vma(runs, left_out, "rss_bytes", "resident (MiB)")
+
+
+def draw_vma_referenced(runs: list[RunData], left_out: list[str]) -> Figure:
+    return _draw_vma(runs, left_out, "referenced_bytes", "referenced (MiB)")
+
+
+FIGURES: dict[str, FigureSpec] = {
+    spec.name: spec
+    for spec in (
+        FigureSpec("bytes_per_worker", "Bytes per worker",
+                   "(PSS of the population − PSS of an empty one) / workers; the label is the ratio to the baseline.",
+                   draw_bytes_per_worker),
+        FigureSpec("page_utilization", "Page utilization",
+                   "Useful bytes touched / (pages touched × page size); the label is the ratio to the baseline.",
+                   draw_page_utilization),
+        FigureSpec("wss_over_time", "Working set over time",
+                   "Distinct pages written in each sample window.", draw_wss_over_time),
+        FigureSpec("pareto", "Memory saved vs refault rate",
+                   "Memory saved: mean share of the peak resident tracked pages not resident, from the peak on. "
+                   "Grey: the Pareto front.", draw_pareto),
+        FigureSpec("heatmap", "Writes per page over time",
+                   "Tracked pages in address order (binned); colour: share of the bin written in the sample window. "
+                   "White lines: region boundaries.", draw_heatmap),
+        FigureSpec("residency_map", "Residency map of the address space",
+                   "Resident share of each page bin at the last sample, one row per region (arena or VMA).",
+                   draw_residency_map),
+        FigureSpec("latency_cdf", "Activation latency",
+                   "Cumulative distribution of wake-to-done latency, measured in the child.", draw_latency_cdf),
+        FigureSpec("page_age", "Page age",
+                   "Pages resident at the last sample by time since their last write.", draw_page_age),
+        FigureSpec("vma_rss", "Resident memory per VMA",
+                   "RSS of the largest VMAs over time (smaps).", draw_vma_rss, probe_only=True),
+        FigureSpec("vma_referenced", "Referenced memory per VMA",
+                   "Referenced bytes of the largest VMAs since the previous sample (clear_refs + smaps).",
+                   draw_vma_referenced, probe_only=True),
+    )
+}
+
+
+def render(name: str, runs: list[RunData]) -> Rendered:
+    """Draw one figure under the current style; raises NoData if nothing to draw."""
+    spec = FIGURES[name]
+    left_out: list[str] = []
+    fig = spec.draw(runs, left_out)
+    return Rendered(name, fig, left_out)
+
+
+_XML_PROLOG = re.compile(r"^.*?(?=<svg)", re.S)
+_XML_COMMENT = re.compile(r"<!--.*?-->\s*", re.S)
+
+
+def to_svg(fig: Figure, salt: str) -> str:
+    """SVG text without prolog or comments, ids salted so several SVGs can share one page."""
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": salt}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    return _XML_COMMENT.sub("", _XML_PROLOG.sub("", buf.getvalue(), count=1))
+
+
+def save(fig: Figure, path: Path, fmt: str, salt: str) -> Path:
+    """Write one figure file reproducibly (no dates; SVG ids from a fixed salt)."""
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}, "png": {"Software": None}}.get(fmt)
+    buf = io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": salt}):
+        fig.savefig(buf, format=fmt, metadata=metadata)
+    from locality.experiment.store import atomic_write_bytes
+
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def default_names(runs: list[RunData]) -> list[str]:
+    """The figures a report tries: all worker figures, and per-VMA ones if a run has them."""
+    per_vma = any(r.timeline is not None and "vma" in r.timeline for r in runs) or any(r.kind in ("probe", "beam") for r in runs)
+    return [n for n, s in FIGURES.items() if per_vma or not s.probe_only]
