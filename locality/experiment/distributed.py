@@ -1,0 +1,574 @@
+"""Run sweep points on a Dask cluster, one measured run per node by default.
+
+Each point is one Dask task. On the worker it starts a *point process*
+(a fresh Python interpreter) that calls ``runner.run``, which in turn runs
+the population in its own child: the sampler never shares an interpreter
+with the Dask worker's threads, and the point process dies with the worker
+(PR_SET_PDEATHSIG), so a lost worker leaves no orphan behind.
+
+Measurement isolation: every task asks for the resource ``node=1`` and each
+node's worker offers ``node=<runs_per_node>`` (1 by default), so at most that
+many runs share a machine. Whether they did anyway (several workers on one
+host, as on a LocalCluster) is recorded: every stored manifest gets a
+``node`` field (hostname, kernel, worker, start and end) and a
+``shared_node_with`` list of the points that ran on the same host in
+overlapping time.
+
+Storage: the finished run directory is shipped back as bytes and written by
+the client with the store's atomic writers, so a distributed run is stored
+exactly like a local one. When ``out`` is a file system the worker sees at
+the same path (detected with a marker file, or forced with
+``shared_out=True``), the point process writes there directly instead.
+Either way a run appears under ``out/<point_id>`` only once it is whole.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import urlsplit
+
+from locality.errors import LocalityError
+from locality.experiment import store
+
+CLUSTERS = ("local", "slurm", "pbs")
+RESOURCE = "node"
+CONNECT_TIMEOUT = 10.0
+
+# Defaults for batch clusters; anything set in dask's jobqueue config
+# (~/.config/dask/jobqueue.yaml: queue, account, walltime, ...) wins.
+JOBQUEUE_DEFAULTS: dict[str, Any] = {
+    # A run is two busy processes (sampler + population): two cores each.
+    "cores_per_run": 2,
+    "memory": "16GiB",
+    "walltime": "04:00:00",
+}
+# Whole nodes, so no other job's memory traffic shows up in a measurement.
+JOBQUEUE_EXCLUSIVE = {"slurm": ["--exclusive"], "pbs": ["-l place=excl"]}
+
+RunFunction = Callable[..., Path]
+
+
+class SchedulerUnreachable(LocalityError):
+    """No Dask scheduler answers at the given address."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(
+            f"cannot reach the Dask scheduler at {address}: {reason}",
+            "start one with `dask scheduler` and pass its address, or use --cluster local",
+        )
+        self.address = address
+
+
+class ClusterSetupError(LocalityError):
+    """The cluster cannot run sweep points as configured."""
+
+
+# --- worker side --------------------------------------------------------------
+
+# Point processes running on this worker, per sweep token, so a cancelled
+# sweep can stop them (see _stop_point_processes).
+_RUNNING: dict[str, set[subprocess.Popen]] = {}
+_RUNNING_LOCK = threading.Lock()
+
+_MARKER = ".locality-shared-{token}"
+_STAGING = ".locality-staging-{token}-{point}"
+_RESULT = "point-result.json"
+_PR_SET_PDEATHSIG = 1
+
+
+def required_capabilities(config: Any) -> list[str]:
+    """Kernel capabilities (names of ``kernel.capabilities()``) a run of ``config`` needs."""
+    needs = []
+    if config.sampling.interval > 0:
+        needs.append("pagemap_scan")  # written-set sampling
+    if config.reclaim.policy == "pageout-idle" and config.arena == "anon":
+        needs.append("swap")  # anonymous pages can only be paged out to swap
+    if config.reclaim.policy == "cgroup":
+        needs.append("cgroup_memory")
+    return needs
+
+
+def capability_problem(config: Any, caps: dict[str, dict]) -> str | None:
+    """The doctor's reason why this node cannot run ``config``, or None."""
+    for name in required_capabilities(config):
+        cap = caps.get(name)
+        if cap is None or cap.get("available"):
+            continue
+        hint = f" ({cap['hint']})" if cap.get("hint") else ""
+        return f"{name} is not available on {socket.gethostname()}: {cap.get('reason', 'unknown reason')}{hint}"
+    return None
+
+
+def _node_capabilities() -> dict[str, dict]:
+    try:  # TEMP until kernel.capabilities lands
+        from locality.kernel import capabilities
+    except ModuleNotFoundError:
+        return {}
+    return capabilities()
+
+
+def _run_point_task(point: Any, out: str, token: str, shared_out: bool | None, run_fn: RunFunction | None) -> dict[str, Any]:
+    """The Dask task: run one point on this worker and hand back its run directory."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    start = time.time()
+    machine = store.machine()
+    caps = _node_capabilities()
+    node = {
+        "hostname": machine["hostname"],
+        "kernel": machine["kernel"],
+        "worker": worker.address,
+        "runs_per_node": worker.state.total_resources.get(RESOURCE),
+        "start_time": start,
+    }
+    worker.log_event(_topic(token), {"point": point.point_id, "machine": machine, "capabilities": caps, **node})
+
+    shared = _sees_marker(out, token) if shared_out is None else shared_out
+    if shared and not _sees_marker(out, token):
+        raise ClusterSetupError(f"out directory {out} is not shared with {machine['hostname']}", "drop shared_out=True")
+    parent = Path(out) / _STAGING.format(token=token, point=point.point_id) if shared else Path(tempfile.mkdtemp(prefix="locality-point-"))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        run_dir = parent / point.point_id
+        problem = capability_problem(point.config, caps)
+        if problem is not None:
+            run_dir.mkdir(exist_ok=True)
+            _write_failed(run_dir, point, problem, machine, caps)
+        else:
+            _run_point_process(point, parent, token, run_fn, machine, caps)
+        end = time.time()
+        node.update(end_time=end, started=_iso(start), finished=_iso(end))
+        manifest = store.read_manifest(run_dir)
+        fields: dict[str, Any] = {"node": node}
+        if not manifest.get("capabilities"):
+            fields["capabilities"] = caps
+        store.update_manifest(run_dir, **fields)
+        result: dict[str, Any] = {"point_id": point.point_id, "node": node, "status": manifest.get("status")}
+        if shared:
+            result["staged"] = str(parent)
+        else:
+            result["files"] = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+        return result
+    finally:
+        if not shared:
+            shutil.rmtree(parent, ignore_errors=True)
+
+
+def _run_point_process(point: Any, parent: Path, token: str, run_fn: RunFunction | None, machine: dict, caps: dict) -> None:
+    """Run ``run_fn(config, parent, run_id=point_id)`` in a fresh interpreter; always leaves a manifest."""
+    import cloudpickle
+
+    run_dir = parent / point.point_id
+    payload = cloudpickle.dumps((run_fn, point.config, str(parent), point.point_id))
+    stderr_path = parent / ".point-stderr.txt"
+    with open(stderr_path, "w+b") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from locality.experiment.distributed import _point_process_main as m; m()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "LOCALITY_POINT_PARENT": str(os.getpid())},
+        )
+        with _RUNNING_LOCK:
+            _RUNNING.setdefault(token, set()).add(proc)
+        try:
+            proc.stdin.write(payload)
+            proc.stdin.close()
+            rc = proc.wait()
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.get(token, set()).discard(proc)
+        stderr.seek(0)
+        err_tail = stderr.read()[-4000:].decode(errors="replace").strip()
+    stderr_path.unlink(missing_ok=True)
+    result_path = parent / _RESULT
+    error = result_path.read_text().strip() if result_path.exists() else ""
+    result_path.unlink(missing_ok=True)
+    if (run_dir / "manifest.json").exists():
+        manifest = store.read_manifest(run_dir)
+        if manifest.get("status") == "running":
+            # The runner never got to finish its manifest (killed hard).
+            why = error or err_tail or _exit_text(rc)
+            store.update_manifest(run_dir, status="failed", error=why, finished=store.utcnow())
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_failed(run_dir, point, error or err_tail or _exit_text(rc), machine, caps)
+
+
+def _point_process_main() -> None:
+    """Entry point of the point process: read (run_fn, config, out, run_id) from stdin and run it."""
+    import ctypes
+
+    import cloudpickle
+
+    # Die with the Dask worker that started us (SIGTERM lets the runner mark
+    # the run interrupted and stop its own child).
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if str(os.getppid()) != os.environ.get("LOCALITY_POINT_PARENT"):
+        sys.exit(1)  # the worker died before prctl took effect
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    run_fn, config, out, run_id = cloudpickle.loads(sys.stdin.buffer.read())
+    if run_fn is None:
+        from locality.experiment.runner import run as run_fn
+    try:
+        run_fn(config, Path(out), run_id=run_id, progress=False)
+    except KeyboardInterrupt:
+        store.atomic_write_text(Path(out) / _RESULT, "interrupted: the Dask worker stopped this point")
+        sys.exit(130)
+    except BaseException as e:  # noqa: BLE001 - the reason goes into the run's manifest
+        store.atomic_write_text(Path(out) / _RESULT, f"{type(e).__name__}: {e}")
+        sys.exit(1)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_point_processes(token: str, grace: float = 5.0) -> int:
+    """Run on each worker by a cancelled sweep: SIGTERM its point processes, then SIGKILL."""
+    with _RUNNING_LOCK:
+        procs = list(_RUNNING.get(token, ()))
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return len(procs)
+
+
+def _sees_marker(out: str, token: str) -> bool:
+    try:
+        return (Path(out) / _MARKER.format(token=token)).read_text() == token
+    except OSError:
+        return False
+
+
+def _exit_text(rc: int) -> str:
+    if rc < 0:
+        return f"point process killed by signal {signal.Signals(-rc).name}"
+    return f"point process exited with status {rc}"
+
+
+# --- both sides ---------------------------------------------------------------
+
+
+def _write_failed(run_dir: Path, point: Any, error: str, machine: dict | None, caps: dict | None) -> None:
+    manifest = store.start_manifest("run", point.point_id, point.config.model_dump(mode="json"), caps)
+    if machine:
+        manifest["machine"] = machine
+    manifest.update(status="failed", error=error, finished=store.utcnow())
+    store.write_manifest(run_dir, manifest)
+
+
+def _iso(t: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _topic(token: str) -> str:
+    return f"locality-sweep-{token}"
+
+
+def shared_node_with(point_id: str, intervals: dict[str, tuple[str, float, float]]) -> list[str]:
+    """Points that ran on the same host as ``point_id`` in overlapping time."""
+    host, start, end = intervals[point_id]
+    return sorted(
+        other
+        for other, (h, s, e) in intervals.items()
+        if other != point_id and h == host and s < end and start < e
+    )
+
+
+# --- client side --------------------------------------------------------------
+
+
+def run_points(
+    points: Sequence[Any],
+    out: str | os.PathLike,
+    *,
+    scheduler: str | None = None,
+    cluster: str = "local",
+    runs_per_node: int = 1,
+    progress: bool = True,
+    shared_out: bool | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    run_fn: RunFunction | None = None,
+) -> list[Path]:
+    """Run sweep points on Dask workers and store each as ``out/<point_id>``.
+
+    ``scheduler``: address of a running scheduler (its workers must offer the
+    ``node`` resource: ``dask worker --resources node=1``). Otherwise a cluster
+    is created and closed again: ``local`` (``runs_per_node`` single-threaded
+    worker processes on this machine) or ``slurm``/``pbs`` (dask-jobqueue, one
+    exclusive job per node, as many jobs as the points need).
+    ``shared_out``: None detects whether workers see ``out``; True/False force it.
+    ``run_fn``: replaces ``runner.run`` (for tests); must be picklable.
+    Returns the run directories in the order of ``points``; a point whose
+    worker was lost, or whose node lacks a capability it needs, is stored
+    with status ``failed`` and the reason.
+    """
+    from locality.errors import InvalidArgument
+
+    if runs_per_node < 1:
+        raise InvalidArgument(f"runs_per_node must be >= 1 (got {runs_per_node})")
+    if scheduler is None and cluster not in CLUSTERS:
+        raise InvalidArgument(f"unknown cluster {cluster!r} (allowed: {', '.join(CLUSTERS)})")
+    out = Path(out)
+    points = list(points)
+    ids = [p.point_id for p in points]
+    if len(set(ids)) != len(ids):
+        raise InvalidArgument("sweep points must have distinct point ids")
+    if not points:
+        return []
+    _require_dask()
+    out.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    marker = store.atomic_write_text(out / _MARKER.format(token=token), token)
+    created = None
+    client = None
+    try:
+        if scheduler is not None:
+            client = _connect(scheduler, connect_timeout)
+            _check_workers(client, scheduler)
+        else:
+            created = make_cluster(cluster, runs_per_node=runs_per_node, n_points=len(points))
+            from distributed import Client
+
+            client = Client(created, set_as_default=False)
+        return _Sweep(client, points, out, token, shared_out, run_fn, progress).run()
+    finally:
+        if client is not None:
+            client.close()
+        if created is not None:
+            created.close()
+        marker.unlink(missing_ok=True)
+
+
+def make_cluster(kind: str, *, runs_per_node: int = 1, n_points: int = 1, **overrides: Any) -> Any:
+    """Create (and scale) the cluster ``run_points`` uses when no scheduler is given."""
+    import dask
+
+    if kind == "local":
+        from distributed import LocalCluster
+
+        # A lost worker fails its point instead of re-running it elsewhere.
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            return LocalCluster(
+                n_workers=runs_per_node,
+                threads_per_worker=1,
+                processes=True,
+                resources={RESOURCE: 1},
+                host="127.0.0.1",
+                dashboard_address=None,
+                memory_limit=0,  # the runner owns the memory budget, not the nanny
+                silence_logs=50,  # task errors are stored in the failed runs' manifests
+                **overrides,
+            )
+    cluster = jobqueue_cluster(kind, runs_per_node=runs_per_node, **overrides)
+    cluster.scale(jobs=math.ceil(n_points / runs_per_node))
+    return cluster
+
+
+def jobqueue_cluster(kind: str, *, runs_per_node: int = 1, **overrides: Any) -> Any:
+    """A dask-jobqueue SLURMCluster/PBSCluster: one worker process per exclusive node."""
+    import dask
+
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise ClusterSetupError(f"--cluster {kind} needs dask-jobqueue", "pip install 'locality[dask]'") from None
+    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[kind]
+    conf = dask.config.get(f"jobqueue.{kind}", {}) or {}
+    kwargs: dict[str, Any] = {
+        "cores": conf.get("cores") or JOBQUEUE_DEFAULTS["cores_per_run"] * runs_per_node,
+        "memory": conf.get("memory") or JOBQUEUE_DEFAULTS["memory"],
+        "walltime": conf.get("walltime") or JOBQUEUE_DEFAULTS["walltime"],
+        "processes": 1,
+        "worker_extra_args": list(conf.get("worker-extra-args") or []) + ["--resources", f"{RESOURCE}={runs_per_node}"],
+        "job_extra_directives": list(conf.get("job-extra-directives") or []) + JOBQUEUE_EXCLUSIVE[kind],
+    }
+    kwargs.update(overrides)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        return cls(**kwargs)
+
+
+def _require_dask() -> None:
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ClusterSetupError("--executor dask needs dask.distributed", "pip install 'locality[dask]'") from None
+
+
+def _connect(address: str, timeout: float) -> Any:
+    from distributed import Client
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme == "tcp" and parts.hostname:
+        # Fail in one line now, rather than after dask's retries and its traceback.
+        try:
+            socket.create_connection((parts.hostname, parts.port or 8786), timeout=timeout).close()
+        except OSError as e:
+            raise SchedulerUnreachable(address, e.strerror or str(e) or type(e).__name__) from None
+    try:
+        return Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise SchedulerUnreachable(address, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+def _check_workers(client: Any, address: str) -> None:
+    workers = client.scheduler_info().get("workers", {})
+    if workers and not any(w.get("resources", {}).get(RESOURCE) for w in workers.values()):
+        raise ClusterSetupError(
+            f"no worker of the scheduler at {address} offers the '{RESOURCE}' resource, so no point could start",
+            f"start workers with `dask worker {address} --nworkers 1 --resources {RESOURCE}=1`",
+        )
+    if not workers:
+        print(f"locality: no workers at {address} yet; points start when workers join", file=sys.stderr)
+
+
+class _Sweep:
+    """Client side of one ``run_points`` call: submit, store as completed, clean up."""
+
+    def __init__(self, client: Any, points: list, out: Path, token: str, shared_out: bool | None, run_fn: RunFunction | None, progress: bool) -> None:
+        self.client = client
+        self.points = {p.point_id: p for p in points}
+        self.out = out
+        self.token = token
+        self.shared_out = shared_out
+        self.run_fn = run_fn
+        self.progress = progress
+        self.intervals: dict[str, tuple[str, float, float]] = {}
+        self.stored: list[str] = []
+
+    def run(self) -> list[Path]:
+        from distributed import as_completed
+        from tqdm import tqdm
+
+        futures = {
+            self.client.submit(
+                _run_point_task, p, str(self.out), self.token, self.shared_out, self.run_fn,
+                key=f"locality-point-{p.point_id}-{self.token}", resources={RESOURCE: 1}, pure=False, retries=0,
+            ): pid
+            for pid, p in self.points.items()
+        }
+        bar = tqdm(total=len(futures), desc="sweep (dask)", unit="run", file=sys.stderr, disable=not self.progress)
+        failed = 0
+        try:
+            for future in as_completed(futures, loop=self.client.loop):
+                pid = futures[future]
+                try:
+                    result = future.result()
+                except Exception as e:  # noqa: BLE001 - any task failure becomes a failed run
+                    self._store_failure(pid, e)
+                    failed += 1
+                else:
+                    self._store_result(result)
+                    failed += result.get("status") != "complete"
+                bar.update(1)
+                bar.set_postfix(failed=failed, refresh=False)
+        except BaseException:
+            # Ctrl-C (or a client error): stop outstanding points, keep what is stored.
+            pending = [f for f in futures if not f.done()]
+            self.client.cancel(pending, force=True)
+            try:
+                self.client.run(_stop_point_processes, self.token, on_error="ignore")
+            except Exception:  # noqa: BLE001 - best effort while shutting down
+                pass
+            raise
+        finally:
+            bar.close()
+            self._finish()
+        return [self.out / pid for pid in self.points]
+
+    def _store_result(self, result: dict[str, Any]) -> None:
+        pid = result["point_id"]
+        node = result["node"]
+        self.intervals[pid] = (node["hostname"], node["start_time"], node["end_time"])
+        staging = self.out / _STAGING.format(token=self.token, point=pid)
+        run_dir = staging / pid
+        if "files" in result:
+            for rel, data in result["files"].items():
+                store.atomic_write_bytes(run_dir / rel, data)
+        self._install(pid, staging)
+
+    def _store_failure(self, pid: str, exc: BaseException) -> None:
+        started = self._start_events().get(pid)
+        now = time.time()
+        where = ""
+        if started is not None:
+            self.intervals[pid] = (started["hostname"], started["start_time"], now)
+            where = f" on {started['hostname']} ({started['worker']})"
+        from distributed import KilledWorker
+
+        if isinstance(exc, KilledWorker):
+            reason = f"the Dask worker{where} was lost while running this point"
+        else:
+            reason = f"the task{where} failed: {type(exc).__name__}: {exc}"
+        staging = self.out / _STAGING.format(token=self.token, point=pid)
+        shutil.rmtree(staging, ignore_errors=True)  # a half-written shared run
+        run_dir = staging / pid
+        run_dir.mkdir(parents=True)
+        machine = started["machine"] if started else None
+        caps = started["capabilities"] if started else None
+        _write_failed(run_dir, self.points[pid], reason, machine, caps)
+        if started is not None:
+            node = {k: started[k] for k in ("hostname", "kernel", "worker", "runs_per_node", "start_time")}
+            node.update(end_time=now, started=_iso(node["start_time"]), finished=_iso(now))
+            store.update_manifest(run_dir, node=node)
+        self._install(pid, staging)
+
+    def _install(self, pid: str, staging: Path) -> None:
+        """Move a whole staged run to ``out/<pid>``, replacing an earlier attempt."""
+        run_dir = staging / pid
+        store.update_manifest(run_dir, shared_node_with=self._shared(pid))
+        target = self.out / pid
+        old = None
+        if target.exists():
+            old = staging / f".old-{pid}"
+            os.replace(target, old)
+        os.replace(run_dir, target)
+        shutil.rmtree(staging, ignore_errors=True)
+        self.stored.append(pid)
+
+    def _shared(self, pid: str) -> list[str]:
+        return shared_node_with(pid, self.intervals) if pid in self.intervals else []
+
+    def _start_events(self) -> dict[str, dict]:
+        try:
+            events = self.client.get_events(_topic(self.token))
+        except Exception:  # noqa: BLE001 - the scheduler may be gone
+            return {}
+        return {msg["point"]: msg for _, msg in events}
+
+    def _finish(self) -> None:
+        # Later points may have overlapped earlier stored ones: update their lists.
+        for pid in self.stored:
+            shared = self._shared(pid)
+            run_dir = self.out / pid
+            try:
+                if store.read_manifest(run_dir).get("shared_node_with") != shared:
+                    store.update_manifest(run_dir, shared_node_with=shared)
+            except FileNotFoundError:
+                pass
+        for staging in self.out.glob(_STAGING.format(token=self.token, point="*")):
+            shutil.rmtree(staging, ignore_errors=True)
