@@ -64,7 +64,7 @@ class Channel:
 
     def expect(self, cmd: str) -> dict[str, Any]:
         m = self.recv()
-        if m.get("cmd") == "exit":
+        if m.get("cmd") in ("exit", "stop"):
             raise SystemExit(0)
         if m.get("cmd") != cmd:
             raise RuntimeError(f"protocol: expected {cmd!r}, got {m!r}")

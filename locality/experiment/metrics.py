@@ -1,0 +1,128 @@
+"""metrics.json from one run's measurements (definitions: DESIGN.md "Metrics").
+
+Pure functions of the timeline and the child's counters, so a report can
+recompute them from a stored run alone.
+
+- bytes_per_worker = (PSS after spawn - PSS of the same child before spawn) / N,
+  both read by the parent from /proc/CHILD/smaps_rollup.
+- page_utilization = useful bytes of all activations (from the layout) /
+  (sum over windows of written pages x page size).
+- wss_pages_mean = mean written pages per full sampling window.
+- cold_fraction[T] = mean, over samples taken at least T s after tracking
+  began, of (populated pages not written for T s) / populated pages, where
+  populated = present or swapped (or paged out by us): a reclaim policy does
+  not hide the pages it moved out.
+- refault_rate_pct_per_min = pages brought back from swap (or re-read after
+  our pageout) per minute, as % of wss_pages_mean; major_faults_per_min
+  beside it from /proc/CHILD/stat.
+- sampler_overhead_pct = time the sampler spent sampling / wall time of the
+  sampled phase (its duty cycle: the child is never stopped, so this bounds
+  the CPU taken from it on a busy machine). The throughput cost on the child
+  is measured side by side by `locality bench sampler`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+OVERHEAD_KIND = "sampler duty cycle: sampling time / wall time of the sampled phase"
+
+
+def compute(
+    timeline: pd.DataFrame,
+    child: Mapping[str, Any],
+    *,
+    config: Any,
+    page_size: int,
+    pss_empty: int | None,
+    pss_spawned: int | None,
+    latencies_ns: np.ndarray,
+    cold_thresholds: list[float],
+    interval: float,
+) -> dict[str, Any]:
+    n = int(config.workers)
+    steps = int(child.get("steps", 0))
+    acts = int(child.get("activations", 0))
+    step_ns = int(child.get("step_ns", 0))
+    out: dict[str, Any] = {
+        "workers": n,
+        "layout": config.layout,
+        "scheduler": config.scheduler,
+        "pattern": config.pattern.name,
+        "arena": config.arena,
+        "reclaim": config.reclaim.policy,
+        "steps": steps,
+        "activations": acts,
+        "page_size": page_size,
+    }
+    out["pss_empty_bytes"] = pss_empty
+    out["pss_spawned_bytes"] = pss_spawned
+    out["bytes_per_worker"] = (pss_spawned - pss_empty) / n if pss_empty is not None and pss_spawned is not None else None
+
+    sampled = interval > 0 and "written_pages" in timeline and len(timeline) > 1
+    windows = timeline.iloc[1:] if sampled else timeline.iloc[0:0]
+    written_total = int(windows["written_pages"].sum()) if sampled else 0
+    useful = int(child.get("useful_bytes", 0))
+    out["useful_bytes"] = useful
+    out["page_utilization"] = useful / (written_total * page_size) if written_total else None
+
+    if sampled:
+        dt = windows["t"].diff().fillna(windows["t"].iloc[0] - timeline["t"].iloc[0])
+        full = windows[dt >= 0.9 * interval]
+        wss = (full if len(full) else windows)["written_pages"]
+        out["wss_pages_mean"] = float(wss.mean())
+    else:
+        out["wss_pages_mean"] = None
+    out["wss_bytes_mean"] = out["wss_pages_mean"] * page_size if out["wss_pages_mean"] is not None else None
+
+    cold: dict[str, float | None] = {}
+    for t in cold_thresholds:
+        col = f"cold_pages_{_tkey(t)}"
+        if sampled and col in timeline:
+            rows = timeline[(timeline["t"] - timeline["t"].iloc[0] >= t) & (timeline["populated_pages"] > 0)]
+            cold[_tkey(t)] = float((rows[col] / rows["populated_pages"]).mean()) if len(rows) else None
+        else:
+            cold[_tkey(t)] = None
+    out["cold_fraction"] = cold
+
+    minutes = (timeline["t"].iloc[-1] - timeline["t"].iloc[0]) / 60 if len(timeline) > 1 else 0.0
+    out["duration_s"] = float(minutes * 60)
+    if sampled and minutes > 0:
+        refaulted = int(windows["refaulted_pages"].sum())
+        out["refaulted_pages"] = refaulted
+        per_min = refaulted / minutes
+        out["refaults_per_min"] = per_min
+        wssm = out["wss_pages_mean"]
+        out["refault_rate_pct_per_min"] = 100.0 * per_min / wssm if wssm else None
+    else:
+        out["refaulted_pages"] = None
+        out["refaults_per_min"] = None
+        out["refault_rate_pct_per_min"] = None
+    if minutes > 0 and "major_faults" in timeline:
+        out["major_faults_per_min"] = float(timeline["major_faults"].iloc[-1] - timeline["major_faults"].iloc[0]) / minutes
+    else:
+        out["major_faults_per_min"] = None
+    out["swapped_pages_max"] = int(timeline["swapped_pages"].max()) if "swapped_pages" in timeline and len(timeline) else 0
+    # Memory the policy moved out: swap of the child (smaps_rollup) per sample.
+    out["memory_saved_bytes_mean"] = float(timeline["swap_bytes"].iloc[1:].mean()) if len(timeline) > 1 else 0.0
+
+    lat = np.asarray(latencies_ns, dtype=np.float64)
+    out["latency_p50_us"] = float(np.percentile(lat, 50) / 1e3) if lat.size else None
+    out["latency_p99_us"] = float(np.percentile(lat, 99) / 1e3) if lat.size else None
+    out["activations_per_s"] = acts / (step_ns / 1e9) if step_ns else None
+    out["relocation_ms_per_step"] = int(child.get("relocation_ns", 0)) / 1e6 / steps if steps else None
+
+    if sampled and "sample_ms" in timeline and minutes > 0:
+        out["sampler_overhead_pct"] = 100.0 * float(timeline["sample_ms"].iloc[1:].sum() / 1e3) / (minutes * 60)
+    else:
+        out["sampler_overhead_pct"] = None
+    out["sampler_overhead_kind"] = OVERHEAD_KIND
+    return out
+
+
+def _tkey(t: float) -> str:
+    """Threshold as a JSON key: 5.0 -> '5', 0.5 -> '0.5'."""
+    return f"{t:g}"
