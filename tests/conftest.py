@@ -1,0 +1,55 @@
+"""Shared fixtures. Keep this small: test modules own their specific fixtures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+if str(TESTS) not in sys.path:  # `from childproc import Child` in any test module
+    sys.path.insert(0, str(TESTS))
+
+
+# Run a command as user nobody with no capability but CAP_DAC_READ_SEARCH, which
+# only lets it reach the interpreter under /root (mode 700): no ptrace, no
+# write access to other users' files, so the permission checks are real.
+UNPRIVILEGED = (
+    "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+    "--inh-caps=-all,+dac_read_search", "--ambient-caps=+dac_read_search",
+)
+
+
+def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 120, prefix: tuple[str, ...] = (),
+            env: dict | None = None) -> tuple[int, str, str]:
+    """Run ``python -m locality ARGS`` in a subprocess; returns (rc, stdout, stderr).
+
+    ``prefix`` runs it under another command (e.g. setpriv to drop root).
+    """
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    full_env.update(env or {})
+    p = subprocess.run(
+        [*prefix, sys.executable, "-m", "locality", *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """``cli("doctor", "--json") -> (rc, stdout, stderr)``, run in a fresh temporary directory."""
+
+    def call(*args: str, **kw) -> tuple[int, str, str]:
+        kw.setdefault("cwd", tmp_path)
+        return run_cli(*args, **kw)
+
+    return call
