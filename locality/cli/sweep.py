@@ -1,0 +1,64 @@
+"""`locality sweep CONFIG --grid key=v1,v2 ...`: the cartesian product of runs, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("sweep")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--grid", "grid", multiple=True, required=True, metavar="KEY=V1,V2",
+              help="A config key and its values (TOML), e.g. --grid workers=1000,10000 --grid layout=slab,objects.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a base config value (TOML).")
+@click.option("--resume", is_flag=True, help="Skip points whose run is complete; re-run failed or interrupted ones.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of the point runs [default: the config's `out`, else runs/].")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="local: one run after the other here; dask: one run per node on a Dask cluster.")
+@click.option("--scheduler", "scheduler", default=None, metavar="ADDR", help="Dask scheduler address (with --executor dask).")
+@click.option("--cluster", type=click.Choice(["local", "slurm", "pbs"]), default=None,
+              help="Cluster to create when no --scheduler is given (with --executor dask) [default: local].")
+@click.option("--runs-per-node", type=click.IntRange(min=1), default=None, help="Concurrent runs per node (with --executor dask) [default: 1].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per point (id, status, run_dir); no progress bar.")
+def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resume: bool, out: Path | None, executor: str,
+          scheduler: str | None, cluster: str | None, runs_per_node: int | None, as_json: bool) -> None:
+    """Run CONFIG once per combination of --grid values.
+
+    Each point is stored as OUT/<point-id>, an id built from its grid values
+    and a hash of its config, so `--resume` finds it again. Every point is
+    validated before the first runs. With the local executor, a point whose
+    estimated memory (workers x measured bytes/worker, see
+    locality.experiment.sweep) exceeds the free memory is refused up front.
+    Exits 1 if any point failed.
+    """
+    from locality.errors import InvalidArgument
+    from locality.experiment.config import load_config
+    from locality.experiment.store import read_manifest
+    from locality.experiment.sweep import parse_grid, run_sweep
+
+    cfg = load_config(config, overrides)
+    options = {k: v for k, v in (("scheduler", scheduler), ("cluster", cluster), ("runs_per_node", runs_per_node)) if v is not None}
+    if options and executor != "dask":
+        raise InvalidArgument(f"--{next(iter(options)).replace('_', '-')} needs --executor dask")
+    dirs = run_sweep(cfg, parse_grid(grid), out if out is not None else Path(cfg.out), resume=resume, executor=executor,
+                     progress=not as_json, **options)
+    failed = 0
+    for d in dirs:
+        try:
+            m = read_manifest(d)
+            status, error = m.get("status"), m.get("error")
+        except (OSError, ValueError):
+            status, error = "missing", None
+        failed += status != "complete"
+        if as_json:
+            click.echo(json.dumps({"point_id": d.name, "status": status, "run_dir": str(d), "error": error}))
+        else:
+            line = f"{status:<11} {d}"
+            if error:
+                line += f"  ({error.splitlines()[0]})"
+            click.echo(line)
+    if failed:
+        raise SystemExit(1)

@@ -1,0 +1,265 @@
+"""Sweeps: the cartesian product of config values, one run per point, resumable.
+
+A point's id is built from its grid values plus a short hash of its whole
+config (``layout=slab+workers=1000-3f2a9c1d``), so ``--resume`` finds the
+runs of the same sweep again and never mistakes a run of another base
+config for one of this sweep.
+
+Memory-budget guard (local executor): before anything runs, each point's
+peak memory is estimated as
+
+    estimate = pss_empty + MARGIN x workers x bytes_per_worker
+
+with ``bytes_per_worker`` and ``pss_empty`` measured: taken from a complete
+run under ``out`` with the same layout, scheduler, arena and hugepages, or
+else from a calibration run of min(workers, CALIBRATION_WORKERS) workers
+(spawn only, no steps, no sampling). MARGIN (1.25) covers what stepping
+adds (objects touched, heap growth) and the sampler's page vectors. A point
+whose estimate exceeds the available memory (psutil) is refused, naming both
+numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from locality.errors import InvalidArgument, LocalityError
+from locality.experiment import store
+from locality.experiment.config import ExperimentConfig, parse_value, with_overrides
+
+MARGIN = 1.25
+CALIBRATION_WORKERS = 10_000
+EXECUTORS = ("local", "dask")
+
+
+class MemoryBudgetExceeded(LocalityError):
+    """A sweep point would need more memory than is free."""
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    point_id: str
+    config: ExperimentConfig
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
+    """``["workers=1000,10000", "layout=slab,objects"]`` -> {key: [values]} (values parsed as TOML)."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not values.strip():
+            raise InvalidArgument(f"--grid {item!r}: expected key=v1,v2,...", "e.g. --grid workers=1000,10000")
+        if key in grid:
+            raise InvalidArgument(f"--grid {key} given twice", "list all its values in one --grid")
+        grid[key] = [parse_value(v.strip()) for v in _split_values(values)]
+    return grid
+
+
+def _split_values(text: str) -> list[str]:
+    # Commas inside [...] or quotes belong to the value (a TOML list or string).
+    out, depth, quote, cur = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    out.append(cur)
+    return [v for v in out if v.strip()]
+
+
+def _slug(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+def config_hash(config: ExperimentConfig) -> str:
+    data = config.model_dump(mode="json", exclude={"out", "name"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def points(config: ExperimentConfig, grid: Mapping[str, Sequence[Any]]) -> list[SweepPoint]:
+    """One validated config per combination of grid values, in grid order."""
+    keys = list(grid)
+    for k in keys:
+        if not grid[k]:
+            raise InvalidArgument(f"--grid {k}: no values")
+    out = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        items = list(zip(keys, combo))
+        try:
+            cfg = with_overrides(config, items)
+        except LocalityError as e:
+            where = ", ".join(f"{k}={v}" for k, v in items)
+            raise type(e)(f"sweep point {where}: {e.message}", e.hint) from None
+        slug = "+".join(f"{_slug(k)}={_slug(v)}" for k, v in items)
+        out.append(SweepPoint(f"{slug}-{config_hash(cfg)}" if slug else config_hash(cfg), cfg, dict(items)))
+    return out
+
+
+def status_of(run_dir: Path) -> str | None:
+    try:
+        return store.read_manifest(run_dir).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def pending(points: Sequence[SweepPoint], out: str | os.PathLike, resume: bool) -> list[SweepPoint]:
+    """The points still to run: with ``resume``, complete runs are skipped (failed or interrupted re-run)."""
+    if not resume:
+        return list(points)
+    return [p for p in points if status_of(Path(out) / p.point_id) != "complete"]
+
+
+# -- memory budget -------------------------------------------------------------
+
+
+def _kind(cfg: ExperimentConfig) -> tuple:
+    return (cfg.layout, cfg.scheduler, cfg.arena, cfg.hugepages)
+
+
+def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict) -> tuple[float, int, str]:
+    """(bytes_per_worker, pss_empty, source) for cfg's kind of population, measured."""
+    key = _kind(cfg)
+    if key in cache:
+        return cache[key]
+    for d in sorted(Path(out).glob("*/metrics.json")) if Path(out).is_dir() else []:
+        try:
+            m = json.loads(d.read_text())
+            c = store.read_manifest(d.parent)
+        except (OSError, ValueError):
+            continue
+        cc = c.get("config", {})
+        if c.get("status") == "complete" and m.get("bytes_per_worker") and (
+            cc.get("layout"), cc.get("scheduler"), cc.get("arena"), cc.get("hugepages")
+        ) == key:
+            cache[key] = (float(m["bytes_per_worker"]), int(m["pss_empty_bytes"]), f"run {d.parent.name}")
+            return cache[key]
+    from locality.experiment.runner import run
+    from locality.experiment.config import validate
+
+    n = min(cfg.workers, CALIBRATION_WORKERS)
+    data = cfg.model_dump(mode="json")
+    data.update(workers=n, steps=0, duration=None, name=None)
+    data["pattern"] = {"name": "uniform"}
+    data["sampling"] = {"interval": 0, "pages": False}
+    data["reclaim"] = {"policy": "none"}
+    with tempfile.TemporaryDirectory(prefix="locality-calibrate-") as tmp:
+        run_dir = run(validate(data), tmp, run_id="calibration", progress=False)
+        m = json.loads((run_dir / "metrics.json").read_text())
+    cache[key] = (max(0.0, float(m["bytes_per_worker"])), int(m["pss_empty_bytes"]), f"calibration run of {n:,} workers")
+    return cache[key]
+
+
+def estimate_bytes(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict | None = None) -> tuple[int, str]:
+    """Estimated peak memory of a point (formula in the module docstring) and how it was derived."""
+    bpw, empty, source = measured_footprint(cfg, out, {} if cache is None else cache)
+    est = int(empty + MARGIN * cfg.workers * bpw)
+    how = f"{cfg.workers:,} workers x {bpw:,.0f} B/worker x {MARGIN} + {_fmt(empty)} empty interpreter ({source})"
+    return est, how
+
+
+def check_budget(pts: Sequence[SweepPoint], out: str | os.PathLike, cache: dict | None = None) -> None:
+    import psutil
+
+    cache = {} if cache is None else cache
+    for p in pts:
+        est, how = estimate_bytes(p.config, out, cache)
+        avail = psutil.virtual_memory().available
+        if est > avail:
+            raise MemoryBudgetExceeded(
+                f"sweep point {p.point_id} needs about {_fmt(est)} ({how}) but only {_fmt(avail)} is available",
+                "lower workers or run it on a bigger machine (--executor dask)",
+            )
+
+
+def _fmt(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{n:,.0f} B"
+        n /= 1024
+    return str(n)
+
+
+# -- running -------------------------------------------------------------------
+
+
+def run_sweep(
+    config: ExperimentConfig,
+    grid: Mapping[str, Sequence[Any]],
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    executor: str = "local",
+    progress: bool = True,
+    budget: bool = True,
+    **executor_options: Any,
+) -> list[Path]:
+    """Run every pending point; returns the run dirs of all points (skipped ones included).
+
+    A failed point is stored as ``failed`` and the sweep goes on; Ctrl-C marks
+    the current run interrupted and stops the sweep (``--resume`` continues).
+    """
+    if executor not in EXECUTORS:
+        raise InvalidArgument(f"unknown executor {executor!r} (allowed: {', '.join(EXECUTORS)})")
+    out = Path(out)
+    pts = points(config, grid)
+    if len({p.point_id for p in pts}) != len(pts):
+        raise InvalidArgument("the grid repeats a value: two points would share a run id")
+    todo = pending(pts, out, resume)
+    if not resume:
+        done = [p.point_id for p in pts if (out / p.point_id / "manifest.json").exists()]
+        if done:
+            raise InvalidArgument(
+                f"{out / done[0]} already exists ({len(done)} of {len(pts)} points)",
+                "pass --resume to skip complete runs and re-run the rest, or choose another --out",
+            )
+    if executor == "dask":
+        from locality.experiment.distributed import run_points
+
+        run_points(todo, out, progress=progress, **executor_options)
+        return [out / p.point_id for p in pts]
+    if executor_options:
+        raise InvalidArgument(f"options {', '.join(sorted(executor_options))} need --executor dask")
+    if budget:
+        check_budget(todo, out)
+    from locality.experiment.runner import RunFailed, run
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pts), initial=len(pts) - len(todo), unit="run", file=sys.stderr, desc="sweep")
+    try:
+        for p in todo:
+            if bar is not None:
+                bar.set_postfix_str(p.point_id, refresh=True)
+            try:
+                run(p.config, out, run_id=p.point_id, progress=False)
+            except RunFailed:
+                pass  # stored as failed; the summary lists it
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return [out / p.point_id for p in pts]
