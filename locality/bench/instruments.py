@@ -1,0 +1,221 @@
+"""`locality bench instruments`: the cost of one full sample of each kernel instrument.
+
+All instruments read the same anonymous mapping (MADV_NOHUGEPAGE, every page
+touched) in this process, one after the other in the same run, so their
+times can be compared side by side even on a noisy machine. Each is timed
+``--repeat`` times; best and median are printed with pages/s, and the two
+DESIGN.md targets (scaled linearly from 4 GiB to ``--size``) as ratios.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import mmap
+import os
+import statistics
+import sys
+import time
+from typing import Callable
+
+import click
+import numpy as np
+
+from locality.cli.swap import SIZE, human
+from locality.errors import InvalidArgument
+
+GIB4 = 4 << 30
+# DESIGN.md "Targets": residency of 4 GiB with pagemap <= 40 ms; written-set
+# query of 4 GiB at 1% written <= 3 ms. Both walks are linear in the range.
+TARGETS_MS_AT_4GIB = {"pagemap read+decode": 40.0, "PAGEMAP_SCAN query (1% written)": 3.0}
+
+
+def _time(fn: Callable[[], object], repeat: int, before: Callable[[], object] | None = None) -> list[float]:
+    """Seconds per call of ``fn``; ``before`` runs untimed ahead of each call."""
+    times = []
+    for _ in range(repeat):
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_benchmark(size: int, repeat: int, progress: bool = True) -> dict:
+    from locality.kernel import mincore as _mincore_mod  # noqa: F401  (import cost outside timings)
+    from locality.kernel._platform import PAGE_SIZE
+    from locality.kernel.mincore import mincore
+    from locality.kernel.pagemap import decode, read_entries
+    from locality.kernel.writetrack import WriteTracker, register_write_tracking, unregister_write_tracking
+
+    try:
+        from locality.kernel import procfs
+    except ImportError:  # written by another engineer; the rest still runs
+        procfs = None
+
+    from tqdm import tqdm
+
+    import psutil
+
+    size = (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+    available = psutil.virtual_memory().available
+    if size > 0.8 * available:
+        raise InvalidArgument(
+            f"--size {human(size)} exceeds 80% of the available memory ({human(available)})", "pass a smaller --size"
+        )
+    n_pages = size // PAGE_SIZE
+    pid = os.getpid()
+    steps = ["touch", "mincore", "pagemap", "smaps", "clear_refs", "first write-protect", "query", "query+reset"]
+    bar = tqdm(steps, desc="bench instruments", file=sys.stderr, disable=not progress, leave=False)
+
+    def step(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update(1)
+
+    rows: list[dict] = []
+    notes: list[str] = []
+
+    def record(name: str, times: list[float]) -> None:
+        best, median = min(times), statistics.median(times)
+        row = {
+            "name": name,
+            "best_ms": best * 1e3,
+            "median_ms": median * 1e3,
+            "pages_per_s": n_pages / best if best > 0 else float("inf"),
+            "target_ms": None,
+            "ratio": None,
+        }
+        if name in TARGETS_MS_AT_4GIB:
+            row["target_ms"] = TARGETS_MS_AT_4GIB[name] * size / GIB4
+            row["ratio"] = row["best_ms"] / row["target_ms"]
+        rows.append(row)
+
+    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    anchor = ctypes.c_char.from_buffer(m)
+    addr = ctypes.addressof(anchor)
+    view = np.frombuffer(m, dtype=np.uint8)
+    try:
+        m.madvise(mmap.MADV_NOHUGEPAGE)
+        view[::PAGE_SIZE] = 1
+        step("touch")
+
+        resident = mincore(addr, size)
+        if not resident.all():
+            raise RuntimeError(f"only {int(resident.sum())} of {n_pages} touched pages are resident")
+        record("mincore", _time(lambda: mincore(addr, size), repeat))
+        step("mincore")
+
+        entries = read_entries(None, addr, addr + size)
+        if not decode(addr, entries).present.all():
+            raise RuntimeError("pagemap does not report every touched page present")
+        full = _time(lambda: decode(addr, read_entries(None, addr, addr + size)), repeat)
+        read = _time(lambda: read_entries(None, addr, addr + size), repeat)
+        dec = _time(lambda: decode(addr, entries), repeat)
+        record("pagemap read+decode", full)
+        record("pagemap kernel read only", read)
+        record("pagemap decode only", dec)
+        step("pagemap")
+
+        if procfs is not None:
+            record("smaps parse (whole process)", _time(lambda: procfs.smaps(pid), repeat))
+            record("smaps_rollup", _time(lambda: procfs.rollup(pid), repeat))
+            step("smaps")
+            record("clear_refs (whole process)", _time(lambda: procfs.clear_refs(pid, 1), repeat))
+            step("clear_refs")
+        else:
+            notes.append("smaps and clear_refs skipped: locality.kernel.procfs is not installed yet")
+            step("smaps")
+            step("clear_refs")
+
+        # First write-protect: every page of a freshly registered range is written.
+        def fresh_registration() -> None:
+            unregister_write_tracking(addr, size)
+            register_write_tracking(addr, size)
+
+        register_write_tracking(addr, size)
+        tracker = WriteTracker(addr, size, max_regions=1 << 16)  # reuses the registration, resets it
+        try:
+            record("PAGEMAP_SCAN first write-protect", _time(tracker.reset, repeat, before=fresh_registration))
+            step("first write-protect")
+
+            rng = np.random.default_rng(0)
+            k = max(1, n_pages // 100)
+            tracker.reset()
+            chosen = np.sort(rng.choice(n_pages, size=k, replace=False))
+            view[chosen * PAGE_SIZE] += 1
+            found = np.flatnonzero(tracker.written())
+            if not np.array_equal(found, chosen):
+                raise RuntimeError(f"PAGEMAP_SCAN found {len(found)} written pages, {k} were written")
+            record("PAGEMAP_SCAN query (1% written)", _time(tracker.written, repeat))
+            step("query")
+
+            def write_one_percent() -> None:
+                idx = rng.choice(n_pages, size=k, replace=False)
+                view[idx * PAGE_SIZE] += 1
+
+            tracker.reset()
+            record("PAGEMAP_SCAN query+reset (1% written)", _time(tracker.written_and_reset, repeat, before=write_one_percent))
+            step("query+reset")
+        finally:
+            tracker.close()
+            unregister_write_tracking(addr, size)
+    finally:
+        bar.close()
+        del view, anchor
+        m.close()
+
+    by_name = {r["name"]: r for r in rows}
+    overhead = None
+    if "pagemap read+decode" in by_name:
+        full_ms = by_name["pagemap read+decode"]["best_ms"]
+        overhead = 100.0 * by_name["pagemap decode only"]["best_ms"] / full_ms
+    return {
+        "size_bytes": size,
+        "pages": n_pages,
+        "page_size": PAGE_SIZE,
+        "repeat": repeat,
+        "results": rows,
+        "pagemap_decode_overhead_pct": overhead,
+        "notes": notes,
+    }
+
+
+def _print_table(report: dict) -> None:
+    click.echo(
+        f"{human(report['size_bytes'])} anonymous mapping, {report['pages']:,} pages of {report['page_size']} B, "
+        f"all touched, MADV_NOHUGEPAGE; best and median of {report['repeat']}"
+    )
+    header = f"{'instrument':<40} {'best ms':>9} {'median ms':>10} {'Mpages/s':>9} {'target ms':>10} {'best/target':>12}"
+    click.echo(header)
+    click.echo("-" * len(header))
+    for r in report["results"]:
+        target = f"{r['target_ms']:.2f}" if r["target_ms"] is not None else "-"
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+        click.echo(
+            f"{r['name']:<40} {r['best_ms']:>9.2f} {r['median_ms']:>10.2f} {r['pages_per_s'] / 1e6:>9.1f} {target:>10} {ratio:>12}"
+        )
+    if report["pagemap_decode_overhead_pct"] is not None:
+        click.echo(f"pagemap: numpy decode is {report['pagemap_decode_overhead_pct']:.1f}% of read+decode (the rest is the kernel walk)")
+    click.echo("targets: DESIGN.md, scaled linearly from 4 GiB to this size; best/target <= 1 meets the target")
+    for note in report["notes"]:
+        click.echo(f"note: {note}")
+
+
+@click.command("instruments")
+@click.option("--size", type=SIZE, default="4G", show_default=True, help="Size of the anonymous mapping to sample.")
+@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True, help="Timed samples per instrument.")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON (no progress bar).")
+def command(size: int, repeat: int, as_json: bool) -> None:
+    """Time one full sample of each instrument on one SIZE mapping, side by side.
+
+    mincore, pagemap (kernel read and numpy decode separately), smaps,
+    smaps_rollup, clear_refs, and PAGEMAP_SCAN (first write-protect, query
+    with 1% of pages written, query+reset). Use a smaller --size (e.g. 1G)
+    for a quick run; this process holds SIZE of memory while it runs.
+    """
+    report = run_benchmark(size, repeat, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_table(report)
