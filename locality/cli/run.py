@@ -9,7 +9,8 @@ import click
 
 
 @click.command("run")
-@click.argument("config", type=click.Path(path_type=Path))
+# readable=False: an unreadable config is reported by load_config as one line.
+@click.argument("config", type=click.Path(readable=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value; VALUE is TOML (--set workers=1000 --set pattern.p=0.05). Repeatable.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -9,7 +9,8 @@ import click
 
 
 @click.command("sweep")
-@click.argument("config", type=click.Path(path_type=Path))
+# readable=False: an unreadable config is reported by load_config as one line.
+@click.argument("config", type=click.Path(readable=False, path_type=Path))
 @click.option("--grid", "grid", multiple=True, required=True, metavar="KEY=V1,V2",
               help="A config key and its values (TOML), e.g. --grid workers=1000,10000 --grid layout=slab,objects.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a base config value (TOML).")
