@@ -1,0 +1,537 @@
+"""Arenas (mmap regions) and the Layout interface every allocation strategy shares.
+
+A layout decides where worker i's 96-byte state record lives (docs/internals.md):
+
+    hot  16 B  potential f4, count u4, last_step u4, flags u4   every activation
+    cold 80 B  weights 16 x f4, neighbours 4 x i4                every COLD_EVERY-th
+
+One activation of worker i at step s (identical in every strategy, so they are
+comparable byte for byte):
+
+    count += 1; potential = potential * DECAY + 1; last_step = s;
+    flags = flags or s + 1            (flags keeps the first activation step + 1)
+    if count % COLD_EVERY == 0:       weights = weights * 0.99 + 0.01 * potential,
+                                      neighbours rewritten in place
+
+so the cold part is touched by the activation that brings ``count`` to a
+multiple of COLD_EVERY.  "Touched" is "written" here (neighbours are written
+back), so the kernel's written-page instrument sees exactly the bytes the
+layout says an activation touches: ``useful_bytes`` and ``expected_written``
+are exact, not estimates.
+
+Record-based layouts describe their placement with ``Region`` tables (where
+each slot is, which worker owns it) so ``owners``, ``expected_written`` and the
+hot/cold ranges are computed once, generically, from the same facts ``update``
+uses.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import ClassVar, Iterable
+
+import numpy as np
+
+from locality.errors import InvalidArgument, LocalityError
+
+PAGE_SIZE = mmap.PAGESIZE
+HOT_BYTES = 16
+COLD_BYTES = 80
+RECORD_BYTES = HOT_BYTES + COLD_BYTES
+COLD_EVERY = 64
+DECAY = 0.9
+NEVER = 0xFFFFFFFF  # last_step of a worker never activated
+
+HOT_WORDS = HOT_BYTES // 4
+COLD_WORDS = COLD_BYTES // 4
+RECORD_WORDS = RECORD_BYTES // 4
+
+# u32 word offsets inside the hot part and inside the cold part
+W_POTENTIAL, W_COUNT, W_LAST_STEP, W_FLAGS = 0, 1, 2, 3
+W_WEIGHTS, N_WEIGHTS, W_NEIGHBOURS, N_NEIGHBOURS = 0, 16, 16, 4
+
+HOT_DTYPE = np.dtype([("potential", "<f4"), ("count", "<u4"), ("last_step", "<u4"), ("flags", "<u4")])
+COLD_DTYPE = np.dtype([("weights", "<f4", (N_WEIGHTS,)), ("neighbours", "<i4", (N_NEIGHBOURS,))])
+RECORD_DTYPE = np.dtype(HOT_DTYPE.descr + COLD_DTYPE.descr)
+assert HOT_DTYPE.itemsize == HOT_BYTES and COLD_DTYPE.itemsize == COLD_BYTES
+
+ARENA_KINDS = ("anon", "file")
+
+
+class ArenaError(LocalityError):
+    """An arena could not be created (size, directory, kind)."""
+
+
+def sheet_width(n: int) -> int:
+    """Side of the sheet grid (population contract): worker i at (i % w, i // w)."""
+    return max(1, int(np.ceil(np.sqrt(n))))
+
+
+def sheet_neighbours(n: int) -> np.ndarray:
+    """(n, 4) int32: left, right, up, down neighbour on the sheet, -1 off the sheet."""
+    w = sheet_width(n)
+    ids = np.arange(n, dtype=np.int64)
+    x, y = ids % w, ids // w
+    out = np.full((n, 4), -1, dtype=np.int32)
+    out[:, 0] = np.where(x > 0, ids - 1, -1)
+    out[:, 1] = np.where((x < w - 1) & (ids + 1 < n), ids + 1, -1)
+    out[:, 2] = np.where(y > 0, ids - w, -1)
+    out[:, 3] = np.where(ids + w < n, ids + w, -1)
+    return out
+
+
+def initial_weights(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, N_WEIGHTS), dtype=np.float32)
+
+
+def round_up(x: int, to: int = PAGE_SIZE) -> int:
+    return -(-x // to) * to
+
+
+def pages_of(offsets: np.ndarray, lengths: np.ndarray | int, n_pages: int) -> np.ndarray:
+    """Bool page vector covering byte ranges [offset, offset + length)."""
+    out = np.zeros(n_pages, dtype=bool)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets.size == 0:
+        return out
+    last = offsets + np.asarray(lengths, dtype=np.int64) - 1
+    first_p, last_p = offsets // PAGE_SIZE, last // PAGE_SIZE
+    out[first_p] = True
+    out[last_p] = True
+    # a range of more than two pages only occurs for page-sized records
+    for a, b in zip(first_p[last_p - first_p > 1], last_p[last_p - first_p > 1]):
+        out[a : b + 1] = True
+    return out
+
+
+class Arena:
+    """One mmap region holding worker state.
+
+    ``kind="anon"``: private anonymous memory (reclaimable only with swap on).
+    ``kind="file"``: a shared mapping of a file created in ``directory`` (or the
+    temp dir): clean pages can be paged out without swap (msync first).
+    Transparent huge pages are refused (MADV_NOHUGEPAGE) unless
+    ``hugepages=True``, the explicit experiment axis: with THP on, reclaim and
+    write tracking work per 2 MiB and page-level results mean nothing.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        length: int,
+        *,
+        kind: str = "anon",
+        directory: str | os.PathLike | None = None,
+        hugepages: bool = False,
+    ) -> None:
+        if kind not in ARENA_KINDS:
+            raise InvalidArgument(f"unknown arena kind {kind!r}", "use one of: anon, file")
+        if length <= 0:
+            raise InvalidArgument(f"arena {name!r}: length must be > 0, got {length}")
+        self.name = name
+        self.kind = kind
+        self.hugepages = bool(hugepages)
+        self.length = round_up(int(length), 2 * 1024 * 1024 if hugepages else PAGE_SIZE)
+        self.path: str | None = None
+        self._fd: int | None = None
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        if kind == "anon":
+            self._mm = mmap.mmap(-1, self.length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=prot)
+        else:
+            if directory is not None and not os.path.isdir(directory):
+                raise ArenaError(f"arena directory {os.fspath(directory)!r} does not exist", "create it or pass another --arena-dir")
+            try:
+                fd, self.path = tempfile.mkstemp(prefix=f"locality-{name}-", suffix=".arena", dir=directory)
+            except OSError as e:
+                raise ArenaError(f"cannot create an arena file in {directory or tempfile.gettempdir()!r}: {e.strerror}",
+                                 "pass a writable directory") from None
+            self._fd = fd
+            try:
+                os.ftruncate(fd, self.length)
+                self._mm = mmap.mmap(fd, self.length, flags=mmap.MAP_SHARED, prot=prot)
+            except OSError as e:
+                os.close(fd)
+                os.unlink(self.path)
+                raise ArenaError(f"cannot map a {self.length}-byte arena file: {e.strerror}", "free disk space") from None
+        self._mm.madvise(mmap.MADV_HUGEPAGE if hugepages else mmap.MADV_NOHUGEPAGE)
+        self.bytes = np.frombuffer(self._mm, dtype=np.uint8)
+        self.address = int(self.bytes.ctypes.data)
+        self.u32 = np.frombuffer(self._mm, dtype=np.uint32)
+        self._views: list = [self.bytes, self.u32]
+
+    # -- views ------------------------------------------------------------
+    def words(self, fmt: str = "I") -> memoryview:
+        """A memoryview of the whole arena as 4-byte items ("I" u32, "f" f32, "i" i32).
+
+        Item assignment on these is the cheapest way to write a field from
+        Python (no object created per call), which is what ``update`` uses.
+        """
+        mv = memoryview(self._mm).cast(fmt)
+        self._views.append(mv)
+        return mv
+
+    def view(self, dtype: np.dtype | str, offset: int = 0, count: int = -1) -> np.ndarray:
+        arr = np.frombuffer(self._mm, dtype=dtype, count=count, offset=offset)
+        self._views.append(arr)
+        return arr
+
+    @property
+    def n_pages(self) -> int:
+        return self.length // PAGE_SIZE
+
+    @property
+    def end(self) -> int:
+        return self.address + self.length
+
+    def page_sizes(self) -> dict[str, int]:
+        """Page sizes seen in this arena's VMA(s), from /proc/self/smaps.
+
+        Returns {"kernel_page_size": bytes, "anon_huge_bytes": bytes backed by
+        THP, "file_pmd_mapped_bytes": ...}.  The arena's VMA has its own THP flag
+        (NOHUGEPAGE or HUGEPAGE), so the kernel does not merge it with the rest
+        of the heap and these numbers are the arena's own.
+        """
+        return _smaps_page_sizes(self.address, self.end)
+
+    def sync(self) -> None:
+        """Write dirty pages of a file arena back (msync), so they can be paged out."""
+        self._mm.flush()
+
+    def close(self) -> None:
+        if self._mm is None:
+            return
+        for v in self._views:
+            if isinstance(v, memoryview):
+                try:
+                    v.release()
+                except BufferError:
+                    pass
+        self._views.clear()
+        self.bytes = self.u32 = None  # type: ignore[assignment]
+        try:
+            self._mm.close()
+        except BufferError:
+            # someone still holds a numpy view: the mapping goes when it does
+            pass
+        self._mm = None  # type: ignore[assignment]
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"Arena({self.name!r}, {self.kind}, {self.length} B at {self.address:#x})"
+
+
+def _smaps_page_sizes(start: int, end: int) -> dict[str, int]:
+    kps, huge, filepmd, found = 0, 0, 0, False
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(None, 1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo < end and hi > start
+                found |= inside
+                continue
+            if not inside:
+                continue
+            key, _, rest = line.partition(":")
+            if key == "KernelPageSize":
+                kps = max(kps, int(rest.split()[0]) * 1024)
+            elif key == "AnonHugePages":
+                huge += int(rest.split()[0]) * 1024
+            elif key == "FilePmdMapped":
+                filepmd += int(rest.split()[0]) * 1024
+    if not found:
+        raise LocalityError(f"no VMA found for arena at {start:#x}", "the arena was closed")
+    return {"kernel_page_size": kps, "anon_huge_bytes": huge, "file_pmd_mapped_bytes": filepmd}
+
+
+@dataclass
+class Region:
+    """Slots of one kind laid out in an arena: slot k at base + k * stride.
+
+    ``worker`` maps slot -> worker id (-1 empty); None means slot k is worker k.
+    ``used`` bytes of each slot belong to the worker (the rest is padding).
+    """
+
+    arena: str
+    kind: str  # "hot", "cold" or "record" (hot then cold in one slot)
+    base: int
+    stride: int
+    used: int
+    slots: int
+    worker: np.ndarray | None = None
+
+    def owner_of(self, offsets: np.ndarray) -> np.ndarray:
+        rel = offsets - self.base
+        slot = rel // self.stride
+        ok = (rel >= 0) & (slot < self.slots) & (rel - slot * self.stride < self.used)
+        out = np.full(offsets.shape, -1, dtype=np.int64)
+        s = slot[ok]
+        out[ok] = s if self.worker is None else self.worker[s]
+        return out
+
+
+class Layout:
+    """Where each worker's state lives, and what one activation writes.
+
+    Subclasses set ``arenas`` and implement ``update`` (hot path: no object
+    created per call) plus ``_hot_state(ids)`` and ``_locate(ids)``.
+
+    Driver protocol (population harness, benchmark):
+      for each step s: for i in active ids: ``update(i, s)``
+      (or ``update_group(g, ids_of_block, s)`` when ``group_size > 1``);
+      then ``maintain(s, ids)`` lets moving strategies relocate (returns the
+      seconds spent copying; 0.0 for static layouts).
+    ``useful_bytes(ids, s)`` and ``expected_written(ids, s)`` are exact both
+    before and after the activation of ``ids`` at step ``s``: a worker whose
+    last_step is already ``s`` is taken as activated.
+    """
+
+    name: ClassVar[str] = "?"
+    group_size: int = 1
+    moves: ClassVar[bool] = False
+
+    def __init__(self, n: int) -> None:
+        if int(n) <= 0:
+            raise InvalidArgument(f"number of workers must be > 0, got {n}")
+        self.n = int(n)
+        self.arenas: dict[str, Arena] = {}
+        self.relocation_seconds = 0.0
+        self.relocated_records = 0
+
+    # -- hot path ---------------------------------------------------------
+    def update(self, i: int, step: int) -> None:
+        raise NotImplementedError
+
+    def update_group(self, g: int, ids: Iterable[int], step: int) -> None:
+        upd = self.update
+        for i in ids:
+            upd(int(i), step)
+
+    def maintain(self, step: int, ids: np.ndarray | None = None) -> float:
+        """Called between steps; moving layouts relocate here. Returns seconds spent."""
+        return 0.0
+
+    def relocate(self, ids: np.ndarray) -> float:
+        """Move these workers' state where the strategy wants it; returns copy seconds."""
+        return 0.0
+
+    # -- state (read without writing) -----------------------------------------
+    def _hot_state(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(count, last_step) of ids, read from wherever the hot record is."""
+        raise NotImplementedError
+
+    def state(self, ids: np.ndarray) -> np.ndarray:
+        """HOT_DTYPE + COLD_DTYPE records of ids (a copy), for tests and checks."""
+        raise NotImplementedError
+
+    # -- accounting ---------------------------------------------------------
+    def cold_touched(self, ids: np.ndarray, step: int) -> np.ndarray:
+        """Which of ids touch (or touched) their cold part when activated at ``step``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        count, last = self._hot_state(ids)
+        count = count.astype(np.int64)
+        done = last == step
+        count = np.where(done, count, count + 1)
+        return count % COLD_EVERY == 0
+
+    def useful_bytes(self, ids: np.ndarray, step: int) -> int:
+        """Bytes the activation of ids at ``step`` really needs: 16 each, +80 per cold touch."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        return int(ids.size * HOT_BYTES + int(self.cold_touched(ids, step).sum()) * COLD_BYTES)
+
+    def _locate(self, ids: np.ndarray) -> tuple[tuple[str, np.ndarray], tuple[str, np.ndarray]]:
+        """((hot arena, byte offsets), (cold arena, byte offsets)) of ids now."""
+        raise NotImplementedError
+
+    def expected_written(self, ids: np.ndarray, step: int | None = None) -> dict[str, np.ndarray]:
+        """Pages of each arena that activating ids at ``step`` writes (exactly).
+
+        ``step=None`` means "the next activation" (before it happens).
+        """
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if step is None:
+            cold = self._cold_due(ids)
+        else:
+            cold = self.cold_touched(ids, step)
+        (hot_a, hot_off), (cold_a, cold_off) = self._locate(ids)
+        out = {name: np.zeros(a.n_pages, dtype=bool) for name, a in self.arenas.items()}
+        out[hot_a] |= pages_of(hot_off, HOT_BYTES, out[hot_a].size)
+        out[cold_a] |= pages_of(cold_off[cold], COLD_BYTES, out[cold_a].size)
+        return out
+
+    def _cold_due(self, ids: np.ndarray) -> np.ndarray:
+        count, _ = self._hot_state(ids)
+        return (count.astype(np.int64) + 1) % COLD_EVERY == 0
+
+    def regions(self) -> list[Region]:
+        raise NotImplementedError
+
+    def owners(self, addresses: np.ndarray) -> np.ndarray:
+        """Worker id owning each byte address, -1 for none (padding, other memory)."""
+        addresses = np.asarray(addresses, dtype=np.int64)
+        out = np.full(addresses.shape, -1, dtype=np.int64)
+        for r in self.regions():
+            a = self.arenas[r.arena]
+            inside = (addresses >= a.address) & (addresses < a.end)
+            if not inside.any():
+                continue
+            got = r.owner_of(addresses[inside] - a.address)
+            sub = out[inside]
+            sub[got >= 0] = got[got >= 0]
+            out[inside] = sub
+        return out
+
+    def _ranges(self, kinds: tuple[str, ...], part: str) -> np.ndarray:
+        rows = []
+        for r in self.regions():
+            if r.kind not in kinds:
+                continue
+            a = self.arenas[r.arena]
+            base = a.address + r.base
+            if r.kind == "record":
+                start = base + np.arange(r.slots, dtype=np.int64) * r.stride
+                if part == "hot":
+                    rows.append(np.stack([start, np.full_like(start, HOT_BYTES)], 1))
+                else:
+                    rows.append(np.stack([start + HOT_BYTES, np.full_like(start, COLD_BYTES)], 1))
+            elif r.stride == r.used:
+                rows.append(np.array([[base, r.slots * r.stride]], dtype=np.int64))
+            else:
+                start = base + np.arange(r.slots, dtype=np.int64) * r.stride
+                rows.append(np.stack([start, np.full_like(start, r.used)], 1))
+        return np.concatenate(rows) if rows else np.zeros((0, 2), dtype=np.int64)
+
+    def hot_ranges(self) -> np.ndarray:
+        """(k, 2) int64 array of (address, length) byte ranges holding hot fields."""
+        return self._ranges(("hot", "record"), "hot")
+
+    def cold_ranges(self) -> np.ndarray:
+        """(k, 2) int64 array of (address, length) byte ranges holding cold fields."""
+        return self._ranges(("cold", "record"), "cold")
+
+    def arena_bytes(self) -> int:
+        return sum(a.length for a in self.arenas.values())
+
+    def bytes_per_worker(self) -> float:
+        """Mapped state bytes per worker (what the layout reserves; RSS is measured separately)."""
+        return self.arena_bytes() / self.n
+
+    def page_sizes(self) -> dict[str, dict[str, int]]:
+        return {name: a.page_sizes() for name, a in self.arenas.items()}
+
+    def close(self) -> None:
+        for a in self.arenas.values():
+            a.close()
+        self.arenas = {}
+
+    def __enter__(self) -> "Layout":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} n={self.n}>"
+
+
+def timed_copy(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def touch_cold(u: memoryview, f: memoryview, base: int, potential: float) -> None:
+    """The cold part of an activation: weights decay toward potential, neighbours rewritten."""
+    p = 0.01 * potential
+    for k in range(base, base + N_WEIGHTS):
+        f[k] = f[k] * 0.99 + p
+    for k in range(base + W_NEIGHBOURS, base + W_NEIGHBOURS + N_NEIGHBOURS):
+        u[k] = u[k]
+
+
+class ArenaLayout(Layout):
+    """A layout whose hot and cold parts are u32 words in its arenas.
+
+    Subclasses create arenas, then set ``hot_arena``/``cold_arena`` names and
+    implement ``hot_word(ids)`` / ``cold_word(ids)`` (u32 word index of the
+    part's first field).  Everything else (initial state, reading state,
+    expected pages) follows from those two maps.
+    """
+
+    hot_arena: str
+    cold_arena: str
+
+    def __init__(self, n: int, *, arena: str = "anon", directory: str | os.PathLike | None = None,
+                 hugepages: bool = False, seed: int = 0) -> None:
+        super().__init__(n)
+        self.arena_kind = arena
+        self.directory = directory
+        self.hugepages = hugepages
+        self.seed = seed
+
+    def _arena(self, name: str, length: int) -> Arena:
+        a = Arena(name, length, kind=self.arena_kind, directory=self.directory, hugepages=self.hugepages)
+        self.arenas[name] = a
+        return a
+
+    def _close_on_error(self) -> None:
+        for a in self.arenas.values():
+            a.close()
+
+    def hot_word(self, ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def cold_word(self, ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _u32(self, name: str) -> np.ndarray:
+        return self.arenas[name].u32
+
+    def _init_records(self, ids: np.ndarray | None = None) -> None:
+        """Write the initial record of ids (all workers by default)."""
+        ids = np.arange(self.n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+        hot = self._u32(self.hot_arena)
+        cold = self._u32(self.cold_arena)
+        h = self.hot_word(ids)
+        c = self.cold_word(ids)
+        hot[h + W_POTENTIAL] = 0
+        hot[h + W_COUNT] = 0
+        hot[h + W_LAST_STEP] = NEVER
+        hot[h + W_FLAGS] = 0
+        weights = initial_weights(self.n, self.seed)[ids].view(np.uint32)
+        neighbours = sheet_neighbours(self.n)[ids].view(np.uint32)
+        for k in range(N_WEIGHTS):
+            cold[c + W_WEIGHTS + k] = weights[:, k]
+        for k in range(N_NEIGHBOURS):
+            cold[c + W_NEIGHBOURS + k] = neighbours[:, k]
+
+    def _hot_state(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hot = self._u32(self.hot_arena)
+        h = self.hot_word(np.asarray(ids, dtype=np.int64))
+        return hot[h + W_COUNT], hot[h + W_LAST_STEP]
+
+    def state(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        hot = self._u32(self.hot_arena)
+        cold = self._u32(self.cold_arena)
+        h = self.hot_word(ids)
+        c = self.cold_word(ids)
+        words = np.empty((ids.size, RECORD_WORDS), dtype=np.uint32)
+        words[:, :HOT_WORDS] = hot[h[:, None] + np.arange(HOT_WORDS)]
+        words[:, HOT_WORDS:] = cold[c[:, None] + np.arange(COLD_WORDS)]
+        return words.view(RECORD_DTYPE).reshape(ids.size)
+
+    def _locate(self, ids: np.ndarray):
+        return (self.hot_arena, self.hot_word(ids) * 4), (self.cold_arena, self.cold_word(ids) * 4)

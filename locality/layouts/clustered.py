@@ -1,0 +1,169 @@
+"""clustered: slots ordered so that workers which fire together share pages.
+
+Both variants split hot and cold parts (as ``hot-cold``) and order BOTH
+arenas by the same permutation ``pos`` (worker -> slot).  The split is what
+makes clustering pay: a page then holds 256 hot parts, i.e. a 16 x 16 tile of
+the sheet in Hilbert order, instead of 42 whole records (a 6 x 7 tile).
+
+- ``clustered``: Hilbert order of the sheet grid (population contract:
+  width = ceil(sqrt(n)), worker i at (i % width, i // width)).  Uses the
+  geometry, nothing observed.
+- ``clustered-learned``: no geometry.  Starts in id order; for the first
+  ``warmup`` steps it only observes (the record's ``flags`` field holds the
+  first activation step + 1, ``last_step`` the latest); at the first
+  ``maintain`` call with ``step >= warmup - 1`` it sorts workers by
+  (first activation step, latest activation step, id) -- a one-dimensional
+  co-activation embedding: workers first woken by the same wave front sit
+  together -- and moves every record once (copy time measured, reported by
+  ``relocation_seconds``).  Workers never seen keep id order after them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from locality.layouts.base import (
+    COLD_BYTES, COLD_EVERY, COLD_WORDS, DECAY, HOT_BYTES, HOT_WORDS, NEVER, W_COUNT, W_FLAGS, W_LAST_STEP,
+    ArenaLayout, Region, sheet_width, touch_cold,
+)
+
+
+def hilbert_index(x: np.ndarray, y: np.ndarray, order: int) -> np.ndarray:
+    """Distance along the Hilbert curve of side 2**order for points (x, y) (vectorised)."""
+    x = np.asarray(x, dtype=np.int64).copy()
+    y = np.asarray(y, dtype=np.int64).copy()
+    d = np.zeros_like(x)
+    s = 1 << (order - 1) if order > 0 else 0
+    while s > 0:
+        rx = ((x & s) > 0).astype(np.int64)
+        ry = ((y & s) > 0).astype(np.int64)
+        d += s * s * ((3 * rx) ^ ry)
+        # rotate the quadrant so the sub-curve is in standard orientation
+        flip = ry == 0
+        swap_x = flip & (rx == 1)
+        x = np.where(swap_x, s - 1 - x, x)
+        y = np.where(swap_x, s - 1 - y, y)
+        x, y = np.where(flip, y, x), np.where(flip, x, y)
+        s >>= 1
+    return d
+
+
+def hilbert_order(n: int) -> np.ndarray:
+    """Worker ids sorted along the Hilbert curve of the sheet grid."""
+    w = sheet_width(n)
+    order = max(1, int(np.ceil(np.log2(w))))
+    ids = np.arange(n, dtype=np.int64)
+    d = hilbert_index(ids % w, ids // w, order)
+    return np.argsort(d, kind="stable")
+
+
+class _PermutedHotCold(ArenaLayout):
+    """Hot and cold arenas, both in the order of a permutation pos[worker] = slot."""
+
+    hot_arena = "hot"
+    cold_arena = "cold"
+
+    def __init__(self, n: int, order: np.ndarray, **kw) -> None:
+        super().__init__(n, **kw)
+        self._set_order(order)
+        try:
+            self._arena("hot", self.n * HOT_BYTES)
+            self._arena("cold", self.n * COLD_BYTES)
+            self._init_records()
+        except BaseException:
+            self._close_on_error()
+            raise
+        self._hu = self.arenas["hot"].words("I")
+        self._hf = self.arenas["hot"].words("f")
+        self._cu = self.arenas["cold"].words("I")
+        self._cf = self.arenas["cold"].words("f")
+
+    def _set_order(self, order: np.ndarray) -> None:
+        order = np.asarray(order, dtype=np.int64)
+        self.order = order.astype(np.int32)  # slot -> worker
+        self.pos = np.empty(self.n, dtype=np.int32)  # worker -> slot
+        self.pos[order] = np.arange(self.n, dtype=np.int32)
+        self._pos = memoryview(self.pos).cast("B").cast("i")
+
+    def hot_word(self, ids: np.ndarray) -> np.ndarray:
+        return self.pos[np.asarray(ids, dtype=np.int64)].astype(np.int64) * HOT_WORDS
+
+    def cold_word(self, ids: np.ndarray) -> np.ndarray:
+        return self.pos[np.asarray(ids, dtype=np.int64)].astype(np.int64) * COLD_WORDS
+
+    def update(self, i: int, step: int) -> None:
+        s = self._pos[i]
+        u = self._hu
+        f = self._hf
+        b = s * HOT_WORDS
+        c = u[b + 1] + 1
+        u[b + 1] = c
+        p = f[b] * DECAY + 1.0
+        f[b] = p
+        u[b + 2] = step
+        u[b + 3] = u[b + 3] or step + 1
+        if c % COLD_EVERY == 0:
+            touch_cold(self._cu, self._cf, s * COLD_WORDS, p)
+
+    def regions(self) -> list[Region]:
+        return [Region("hot", "hot", 0, HOT_BYTES, HOT_BYTES, self.n, self.order),
+                Region("cold", "cold", 0, COLD_BYTES, COLD_BYTES, self.n, self.order)]
+
+    def _permute(self, new_order: np.ndarray) -> float:
+        """Move every record to the slot of ``new_order``; returns copy seconds."""
+        t0 = time.perf_counter()
+        new_order = np.asarray(new_order, dtype=np.int64)
+        old_slot = self.pos[new_order].astype(np.int64)  # for new slot k, where its worker is now
+        for name, words in (("hot", HOT_WORDS), ("cold", COLD_WORDS)):
+            a = self.arenas[name].u32[: self.n * words].reshape(self.n, words)
+            a[:] = a[old_slot]
+        self._pos.release()
+        self._set_order(new_order)
+        dt = time.perf_counter() - t0
+        self.relocation_seconds += dt
+        self.relocated_records += self.n
+        return dt
+
+
+class ClusteredLayout(_PermutedHotCold):
+    name = "clustered"
+
+    def __init__(self, n: int, **kw) -> None:
+        super().__init__(n, hilbert_order(int(n)), **kw)
+
+
+class ClusteredLearnedLayout(_PermutedHotCold):
+    name = "clustered-learned"
+    moves = True
+
+    def __init__(self, n: int, *, warmup: int = 10, **kw) -> None:
+        if warmup < 1:
+            from locality.errors import InvalidArgument
+
+            raise InvalidArgument(f"clustered-learned: warmup must be >= 1 step, got {warmup}")
+        self.warmup = int(warmup)
+        self.learned = False
+        super().__init__(n, np.arange(int(n)), **kw)
+
+    def learned_order(self) -> np.ndarray:
+        """Worker ids sorted by (first activation step, latest activation step, id)."""
+        hot = self.arenas["hot"].u32[: self.n * HOT_WORDS].reshape(self.n, HOT_WORDS)[self.pos]
+        first = hot[:, W_FLAGS].astype(np.int64)  # first step + 1; 0 = never
+        last = hot[:, W_LAST_STEP].astype(np.int64)
+        never = first == 0
+        first = np.where(never, np.iinfo(np.int64).max, first)
+        last = np.where(last == NEVER, np.iinfo(np.int64).max, last)
+        return np.lexsort((np.arange(self.n), last, first))
+
+    def maintain(self, step: int, ids: np.ndarray | None = None) -> float:
+        if self.learned or step < self.warmup - 1:
+            return 0.0
+        self.learned = True
+        return self._permute(self.learned_order())
+
+    def relocate(self, ids: np.ndarray | None = None) -> float:
+        """Re-learn the order now from what was observed (all workers move)."""
+        self.learned = True
+        return self._permute(self.learned_order())

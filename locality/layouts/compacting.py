@@ -1,0 +1,153 @@
+"""compacting: recently active workers' hot parts move into a dense region, in activation order.
+
+A moving, generational idea.  The hot arena has a home region (slot i =
+worker i, 16 B each) and a dense region after it; an indirection table
+``slot[i]`` says where worker i's hot part is now (``update`` reads it, never
+writes it).  Cold parts stay in a cold arena in id order: they are touched
+by 1 activation in 64 and moving them would cost more than it saves.
+
+Every ``every`` steps, ``maintain(step, ids)`` rebuilds the dense region:
+members activated within the last ``window`` steps stay (in their order),
+newly activated workers are appended in the order they were activated, the
+rest are copied back home; the region holds at most ``capacity`` workers
+(the oldest go first).  The copy time is measured (``relocation_seconds``,
+returned per call) and so is what it writes: the benchmark counts pages
+written by relocation separately from pages written by activations.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from locality.errors import InvalidArgument
+from locality.layouts.base import (
+    COLD_BYTES, COLD_EVERY, COLD_WORDS, DECAY, HOT_BYTES, HOT_WORDS, NEVER, PAGE_SIZE, W_LAST_STEP, ArenaLayout,
+    Region, round_up, touch_cold,
+)
+
+
+class CompactingLayout(ArenaLayout):
+    name = "compacting"
+    hot_arena = "hot"
+    cold_arena = "cold"
+    moves = True
+
+    def __init__(self, n: int, *, window: int = 4, every: int = 1, capacity: int | None = None, **kw) -> None:
+        if window < 1 or every < 1:
+            raise InvalidArgument(f"compacting: window and every must be >= 1, got window={window}, every={every}")
+        super().__init__(n, **kw)
+        self.window = int(window)
+        self.every = int(every)
+        self.capacity = int(capacity) if capacity else max(1, min(self.n, self.n // 8))
+        if not 0 < self.capacity <= self.n:
+            raise InvalidArgument(f"compacting: capacity must be in 1..{self.n}, got {capacity}")
+        # dense region starts on its own page so home and dense never share one
+        self.dense_base = round_up(self.n * HOT_BYTES) // HOT_BYTES
+        self.slot = np.arange(self.n, dtype=np.int32)
+        self.members = np.zeros(0, dtype=np.int64)  # dense slot k -> worker
+        try:
+            self._arena("hot", (self.dense_base + self.capacity) * HOT_BYTES)
+            self._arena("cold", self.n * COLD_BYTES)
+            self._init_records()
+        except BaseException:
+            self._close_on_error()
+            raise
+        self._slot = memoryview(self.slot).cast("B").cast("i")
+        self._hu = self.arenas["hot"].words("I")
+        self._hf = self.arenas["hot"].words("f")
+        self._cu = self.arenas["cold"].words("I")
+        self._cf = self.arenas["cold"].words("f")
+        self._hot_rows = self.arenas["hot"].u32.reshape(-1, HOT_WORDS)
+        self.relocated_pages_hint = 0
+
+    def hot_word(self, ids: np.ndarray) -> np.ndarray:
+        return self.slot[np.asarray(ids, dtype=np.int64)].astype(np.int64) * HOT_WORDS
+
+    def cold_word(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(ids, dtype=np.int64) * COLD_WORDS
+
+    def update(self, i: int, step: int) -> None:
+        u = self._hu
+        f = self._hf
+        b = self._slot[i] * HOT_WORDS
+        c = u[b + 1] + 1
+        u[b + 1] = c
+        p = f[b] * DECAY + 1.0
+        f[b] = p
+        u[b + 2] = step
+        u[b + 3] = u[b + 3] or step + 1
+        if c % COLD_EVERY == 0:
+            touch_cold(self._cu, self._cf, i * COLD_WORDS, p)
+
+    def maintain(self, step: int, ids: np.ndarray | None = None) -> float:
+        if (step + 1) % self.every:
+            return 0.0
+        t0 = time.perf_counter()
+        rows = self._hot_rows
+        members = self.members
+        if members.size:
+            last = rows[self.slot[members], W_LAST_STEP].astype(np.int64)
+            recent = (last != NEVER) & (last > step - self.window)
+            keep = members[recent]
+        else:
+            keep = members
+        if ids is not None and len(ids):
+            ids = np.asarray(ids, dtype=np.int64)
+            _, first = np.unique(ids, return_index=True)
+            fresh = ids[np.sort(first)]  # activation order, each once
+            fresh = fresh[self.slot[fresh] < self.dense_base]
+        else:
+            fresh = np.zeros(0, dtype=np.int64)
+        order = np.concatenate([keep, fresh])
+        if order.size > self.capacity:
+            order = order[-self.capacity:]
+        self._move(order)
+        dt = time.perf_counter() - t0
+        self.relocation_seconds += dt
+        return dt
+
+    def relocate(self, ids: np.ndarray) -> float:
+        """Make ``ids`` (in this order) the dense region's content; returns copy seconds."""
+        t0 = time.perf_counter()
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size > self.capacity:
+            raise InvalidArgument(f"compacting: {ids.size} workers do not fit the dense region of {self.capacity}")
+        self._move(ids)
+        dt = time.perf_counter() - t0
+        self.relocation_seconds += dt
+        return dt
+
+    def _move(self, order: np.ndarray) -> None:
+        rows = self._hot_rows
+        slot = self.slot
+        records = rows[slot[order]]  # gather before anything is overwritten
+        in_order = np.zeros(self.n, dtype=bool)
+        in_order[order] = True
+        evicted = self.members[~in_order[self.members]]
+        if evicted.size:
+            rows[evicted] = rows[slot[evicted]]  # home slot of worker i is i
+            slot[evicted] = evicted
+        # only rewrite dense slots whose occupant changes
+        new_slots = self.dense_base + np.arange(order.size)
+        moved = slot[order] != new_slots
+        rows[new_slots[moved]] = records[moved]
+        slot[order] = new_slots
+        self.members = order
+        self.relocated_records += int(moved.sum() + evicted.size)
+
+    def regions(self) -> list[Region]:
+        home_owner = np.where(self.slot[: self.n] == np.arange(self.n), np.arange(self.n), -1)
+        dense_owner = np.full(self.capacity, -1, dtype=np.int64)
+        dense_owner[: self.members.size] = self.members
+        return [Region("hot", "hot", 0, HOT_BYTES, HOT_BYTES, self.n, home_owner),
+                Region("hot", "hot", self.dense_base * HOT_BYTES, HOT_BYTES, HOT_BYTES, self.capacity, dense_owner),
+                Region("cold", "cold", 0, COLD_BYTES, COLD_BYTES, self.n)]
+
+    def close(self) -> None:
+        try:
+            self._slot.release()
+        except (AttributeError, BufferError):
+            pass
+        super().close()

@@ -1,0 +1,95 @@
+"""grouped: one coroutine per block of K workers, which owns a numpy block of their state.
+
+The "columns as tensors" counterpoint: execution granularity changes, not
+just placement.  Block g holds workers [g*K, (g+1)*K) (the population's
+grouping), stored split as in ``hot-cold`` (hot arena, cold arena, id order),
+and ``update_group(g, ids, step)`` applies the activation to all of ids at
+once with numpy fancy indexing, which writes only the indexed fields -- so
+the pages written are exactly those of ``hot-cold`` for the same ids.
+``ids`` are global worker ids (all inside block g).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from locality.errors import InvalidArgument
+from locality.layouts.base import (
+    COLD_BYTES, COLD_EVERY, COLD_WORDS, DECAY, HOT_BYTES, HOT_WORDS, N_WEIGHTS, W_NEIGHBOURS, ArenaLayout, Region,
+    touch_cold,
+)
+
+
+class GroupedLayout(ArenaLayout):
+    name = "grouped"
+    hot_arena = "hot"
+    cold_arena = "cold"
+
+    def __init__(self, n: int, *, group_size: int = 256, **kw) -> None:
+        if int(group_size) < 1:
+            raise InvalidArgument(f"grouped: group_size must be >= 1, got {group_size}")
+        super().__init__(n, **kw)
+        self.group_size = int(group_size)
+        self.n_groups = -(-self.n // self.group_size)
+        try:
+            self._arena("hot", self.n * HOT_BYTES)
+            self._arena("cold", self.n * COLD_BYTES)
+            self._init_records()
+        except BaseException:
+            self._close_on_error()
+            raise
+        hot_u = self.arenas["hot"].u32[: self.n * HOT_WORDS].reshape(self.n, HOT_WORDS)
+        hot_f = hot_u.view(np.float32)
+        cold_u = self.arenas["cold"].u32[: self.n * COLD_WORDS].reshape(self.n, COLD_WORDS)
+        self._potential = hot_f[:, 0]
+        self._count = hot_u[:, 1]
+        self._last = hot_u[:, 2]
+        self._flags = hot_u[:, 3]
+        self._weights = cold_u.view(np.float32)[:, :N_WEIGHTS]
+        self._neighbours = cold_u[:, W_NEIGHBOURS:]
+        self._hu = self.arenas["hot"].words("I")
+        self._hf = self.arenas["hot"].words("f")
+        self._cu = self.arenas["cold"].words("I")
+        self._cf = self.arenas["cold"].words("f")
+
+    def block(self, g: int) -> slice:
+        """Worker ids of block g, as a slice of the state arrays."""
+        return slice(g * self.group_size, min(self.n, (g + 1) * self.group_size))
+
+    def hot_word(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(ids, dtype=np.int64) * HOT_WORDS
+
+    def cold_word(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(ids, dtype=np.int64) * COLD_WORDS
+
+    def update_group(self, g: int, ids, step: int) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        c = self._count[ids] + np.uint32(1)
+        self._count[ids] = c
+        p = self._potential[ids] * np.float32(DECAY) + np.float32(1.0)
+        self._potential[ids] = p
+        self._last[ids] = step
+        fl = self._flags[ids]
+        self._flags[ids] = np.where(fl == 0, np.uint32(step + 1), fl)
+        due = c % COLD_EVERY == 0
+        if due.any():
+            d = ids[due]
+            self._weights[d] = self._weights[d] * np.float32(0.99) + np.float32(0.01) * p[due, None]
+            self._neighbours[d] = self._neighbours[d]
+
+    def update(self, i: int, step: int) -> None:
+        u = self._hu
+        f = self._hf
+        b = i * HOT_WORDS
+        c = u[b + 1] + 1
+        u[b + 1] = c
+        p = f[b] * DECAY + 1.0
+        f[b] = p
+        u[b + 2] = step
+        u[b + 3] = u[b + 3] or step + 1
+        if c % COLD_EVERY == 0:
+            touch_cold(self._cu, self._cf, i * COLD_WORDS, p)
+
+    def regions(self) -> list[Region]:
+        return [Region("hot", "hot", 0, HOT_BYTES, HOT_BYTES, self.n),
+                Region("cold", "cold", 0, COLD_BYTES, COLD_BYTES, self.n)]

@@ -1,0 +1,57 @@
+"""hot-cold: structure splitting. Hot 16-byte parts in one arena, cold 80-byte parts in another.
+
+256 hot parts share a page instead of 42 records, and the cold arena is
+written only by the 1-in-64 activations that need it, so it can be paged
+out as a whole (see the file-arena test).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from locality.layouts.base import (
+    COLD_BYTES, COLD_EVERY, COLD_WORDS, DECAY, HOT_BYTES, HOT_WORDS, ArenaLayout, Region, touch_cold,
+)
+
+
+class HotColdLayout(ArenaLayout):
+    name = "hot-cold"
+    hot_arena = "hot"
+    cold_arena = "cold"
+
+    def __init__(self, n: int, **kw) -> None:
+        super().__init__(n, **kw)
+        try:
+            self._arena("hot", self.n * HOT_BYTES)
+            self._arena("cold", self.n * COLD_BYTES)
+            self._init_records()
+        except BaseException:
+            self._close_on_error()
+            raise
+        self._hu = self.arenas["hot"].words("I")
+        self._hf = self.arenas["hot"].words("f")
+        self._cu = self.arenas["cold"].words("I")
+        self._cf = self.arenas["cold"].words("f")
+
+    def hot_word(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(ids, dtype=np.int64) * HOT_WORDS
+
+    def cold_word(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(ids, dtype=np.int64) * COLD_WORDS
+
+    def update(self, i: int, step: int) -> None:
+        u = self._hu
+        f = self._hf
+        b = i * HOT_WORDS
+        c = u[b + 1] + 1
+        u[b + 1] = c
+        p = f[b] * DECAY + 1.0
+        f[b] = p
+        u[b + 2] = step
+        u[b + 3] = u[b + 3] or step + 1
+        if c % COLD_EVERY == 0:
+            touch_cold(self._cu, self._cf, i * COLD_WORDS, p)
+
+    def regions(self) -> list[Region]:
+        return [Region("hot", "hot", 0, HOT_BYTES, HOT_BYTES, self.n),
+                Region("cold", "cold", 0, COLD_BYTES, COLD_BYTES, self.n)]

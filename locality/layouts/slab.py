@@ -1,0 +1,52 @@
+"""slab: one arena, one 96-byte record per worker, in id order.
+
+The plain "array of structs": hot and cold fields of a worker sit together,
+so an activation writes the page of its 16 hot bytes and, every 64th time,
+the page(s) of the 80 cold bytes next to them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from locality.layouts.base import (
+    COLD_EVERY, DECAY, HOT_WORDS, RECORD_BYTES, RECORD_WORDS, ArenaLayout, Region, touch_cold,
+)
+
+
+class SlabLayout(ArenaLayout):
+    name = "slab"
+    hot_arena = cold_arena = "slab"
+
+    def __init__(self, n: int, **kw) -> None:
+        super().__init__(n, **kw)
+        try:
+            self._arena("slab", self.n * RECORD_BYTES)
+            self._init_records()
+        except BaseException:
+            self._close_on_error()
+            raise
+        self._u = self.arenas["slab"].words("I")
+        self._f = self.arenas["slab"].words("f")
+
+    def hot_word(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(ids, dtype=np.int64) * RECORD_WORDS
+
+    def cold_word(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(ids, dtype=np.int64) * RECORD_WORDS + HOT_WORDS
+
+    def update(self, i: int, step: int) -> None:
+        u = self._u
+        f = self._f
+        b = i * RECORD_WORDS
+        c = u[b + 1] + 1
+        u[b + 1] = c
+        p = f[b] * DECAY + 1.0
+        f[b] = p
+        u[b + 2] = step
+        u[b + 3] = u[b + 3] or step + 1
+        if c % COLD_EVERY == 0:
+            touch_cold(u, f, b + HOT_WORDS, p)
+
+    def regions(self) -> list[Region]:
+        return [Region("slab", "record", 0, RECORD_BYTES, RECORD_BYTES, self.n)]
