@@ -211,15 +211,16 @@ class BeamVM:
             raise BeamError(f"the Erlang VM reported: {event.get('message')}")
         return event
 
-    def wait_for(self, name: str, timeout: float) -> dict[str, Any]:
-        """Wait for the event called ``name``; BeamError if it does not come in time."""
+    def wait_for(self, name: str | tuple[str, ...], timeout: float) -> dict[str, Any]:
+        """Wait for the event called ``name`` (or any of several); BeamError if none comes in time."""
+        names = (name,) if isinstance(name, str) else name
         deadline = time.monotonic() + timeout
         while True:
             event = self.poll(max(0.0, deadline - time.monotonic()))
             if event is None:
                 raise BeamError(f"the Erlang VM did not answer within {timeout:.0f} s",
                                 "the machine may be short of memory; try fewer --processes")
-            if event.get("event") == name:
+            if event.get("event") in names:
                 return event
 
     def request(self, command: str, name: str, timeout: float = 120.0) -> dict[str, Any]:

@@ -1,0 +1,228 @@
+"""`locality beam`: the Erlang VM with many processes, measured from outside.
+
+Most tests need erlang-nox (marker `beam`; CI installs it). The acceptance
+test starts two VMs of 100k processes (plain and hibernated) and checks the
+measured facts side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from locality.experiment import beam as beam_mod
+from locality.experiment.beam import BeamConfig, BeamVM, run_beam
+
+REPO = Path(__file__).resolve().parents[1]
+HAVE_ERLANG = bool(shutil.which("erl") and shutil.which("escript"))
+needs_erlang = pytest.mark.skipif(not HAVE_ERLANG, reason="needs erlang-nox (apt-get install erlang-nox)")
+
+
+def _locality(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "locality", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose; /proc tells.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ------------------------------------------------------------------ no Erlang
+
+
+def test_missing_erlang_exits_2_with_install_hint(tmp_path: Path) -> None:
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    env = dict(os.environ, PATH=str(empty_bin))
+    out = tmp_path / "runs"
+    r = _locality("beam", "-n", "100", "--out", str(out), env=env)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "apt-get install erlang-nox" in lines[0]
+    assert "Traceback" not in r.stderr
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+
+
+def test_bad_arguments_exit_2(tmp_path: Path) -> None:
+    for args in (["--p", "0"], ["--interval", "soon"], ["--steps", "3", "--duration", "5s"],
+                 ["--pattern", "spiral"], ["--windows", "1,x"]):
+        r = _locality("beam", "-n", "100", "--out", str(tmp_path), *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(beam_mod.InvalidArgument, match="pattern"):
+        BeamConfig(pattern="spiral")
+    with pytest.raises(beam_mod.InvalidArgument, match="processes"):
+        BeamConfig(processes=0)
+    assert BeamConfig(steps=None, duration=None, interval=1.0, windows=(1.0, 10.0)).n_steps == 11
+    assert BeamConfig(duration=5.0, interval=0.5).n_steps == 10
+
+
+def test_shipped_escript_is_the_repository_one() -> None:
+    shipped = REPO / "locality" / "experiment" / "beam" / "population.escript"
+    assert shipped.read_bytes() == (REPO / "experiments" / "beam" / "population.escript").read_bytes()
+    assert beam_mod.escript_path().read_bytes() == shipped.read_bytes()
+
+
+# ------------------------------------------------------------------ the VM
+
+
+def _step_ids(cfg: BeamConfig, steps: int) -> tuple[list[list[int]], list[int]]:
+    with BeamVM(cfg) as vm:
+        vm.request("spawn", "ready", timeout=60)
+        vm.send(f"steps {steps}")
+        ids, counts = [], []
+        while True:
+            event = vm.wait_for(("step", "steps_done"), timeout=60)
+            if event["event"] == "steps_done":
+                return ids, counts
+            ids.append(event["ids"])
+            counts.append(event["activated"])
+
+
+def _isolated(ids: list[int], width: int) -> int:
+    """Activated ids with no activated 8-neighbour on the sheet."""
+    s = set(ids)
+    n = 0
+    for i in ids:
+        x, y = i % width, i // width
+        if not any((x + dx, y + dy) != (x, y) and 0 <= x + dx < width and (y + dy) * width + x + dx in s
+                   for dx in (-1, 0, 1) for dy in (-1, 0, 1)):
+            n += 1
+    return n
+
+
+@pytest.mark.beam
+@needs_erlang
+def test_sheet_activation_is_seeded_local_bursts() -> None:
+    n, p = 10_000, 0.01
+    cfg = BeamConfig(processes=n, pattern="sheet", p=p, interval=0.001, report_ids=True, seed=7)
+    ids, counts = _step_ids(cfg, 3)
+    again, _ = _step_ids(cfg, 3)
+    other, _ = _step_ids(BeamConfig(processes=n, pattern="sheet", p=p, interval=0.001, report_ids=True, seed=8), 3)
+    uniform, _ = _step_ids(BeamConfig(processes=n, pattern="uniform", p=p, interval=0.001, report_ids=True, seed=7), 3)
+    width = 100  # ceil(sqrt(10_000))
+    for step in ids:
+        assert len(step) == len(set(step)) == 100  # exactly p * N distinct workers
+        assert all(0 <= i < n for i in step)
+        # Discs of radius 4, walked row by row from the top: only the last disc, cut
+        # short at the quota after its first one or two cells ((0,-4), (-2,-3)), leaves ids alone.
+        assert _isolated(step, width) <= 2
+    assert counts == [100, 100, 100]  # every activated process replied
+    assert ids == again  # same seed, same schedule
+    assert ids != other
+    # Uniform 1% has almost no neighbours: the sheet's locality is real, not an artefact of the check.
+    assert all(_isolated(step, width) >= 80 for step in uniform)
+
+
+@pytest.mark.beam
+@needs_erlang
+def test_vm_accounts_for_every_worker_and_hibernation() -> None:
+    for hibernate in (False, True):
+        with BeamVM(BeamConfig(processes=2_000, hibernate=hibernate)) as vm:
+            vm.request("spawn", "ready", timeout=60)
+            mem = vm.request("memory", "memory")
+            pid = vm.pid
+            assert _alive(pid)
+        assert mem["workers"] == 2_000
+        assert mem["process_count"] >= 2_000
+        assert mem["workers_hibernated"] == (2_000 if hibernate else 0)
+        assert not _alive(pid)  # leaving the context killed the VM
+
+
+@pytest.mark.beam
+@needs_erlang
+def test_interrupt_kills_the_vm_and_marks_the_run(tmp_path: Path) -> None:
+    seen: dict[str, int] = {}
+
+    def interrupt(message: str) -> None:
+        if message.startswith("spawning"):
+            seen["pid"] = int(message.rsplit("pid ", 1)[1].rstrip(")"))
+        if message.startswith("running"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_beam(BeamConfig(processes=1_000, steps=2, interval=0.1), tmp_path, progress=False, on_event=interrupt)
+    (run_dir,) = tmp_path.iterdir()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["kind"] == "beam" and manifest["status"] == "interrupted"
+    assert not _alive(seen["pid"])
+
+
+@pytest.mark.beam
+@needs_erlang
+def test_pageout_watch_refuses_without_swap(tmp_path: Path) -> None:
+    if beam_mod.swap_is_on():
+        pytest.skip("swap is on here; the refusal is for machines without it")
+    r = _locality("beam", "-n", "100", "--pageout-watch", "--out", str(tmp_path))
+    assert r.returncode == 2
+    assert "locality swap on" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------ acceptance
+
+
+@pytest.mark.beam
+@needs_erlang
+def test_acceptance_100k_processes_sparse_sheet(tmp_path: Path) -> None:
+    """100k BEAM processes, a known 1% per step on the sheet: the referenced set
+    is far below the resident set, and hibernation lowers bytes per process."""
+    metrics, runs = {}, {}
+    for hibernate in (False, True):
+        cfg = BeamConfig(processes=100_000, pattern="sheet", p=0.01, steps=3, interval=0.5,
+                         hibernate=hibernate, track_refs=True, windows=(1.0,))
+        run_dir = run_beam(cfg, tmp_path, run_id=f"hib-{hibernate}", progress=False)
+        runs[hibernate] = run_dir
+        metrics[hibernate] = json.loads((run_dir / "metrics.json").read_text())
+
+    for hibernate, m in metrics.items():
+        manifest = json.loads((runs[hibernate] / "manifest.json").read_text())
+        assert manifest["kind"] == "beam" and manifest["status"] == "complete"
+        assert manifest["versions"]["otp_release"].isdigit()
+        assert not _alive(manifest["config"]["pid"])  # the VM was killed at the end
+        assert m["workers"] == 100_000
+        assert m["activations"] == 3 * 1_000  # the known 1%, every step
+        assert m["workers_hibernated"] == (100_000 if hibernate else 0)
+        # Sparse activation: the VM referenced far less than it holds resident in 1 s.
+        assert m["cold_fraction_windows_measured"]["1"] >= 1
+        assert 1 - m["cold_fraction"]["1"] < 0.5
+        # Self-consistency: the VM's accounting and the kernel's RSS growth agree within 15%.
+        assert abs(m["bytes_per_process_rss"] / m["bytes_per_process_vm"] - 1) <= 0.15, m
+        # Stored like any run: timeline and page matrices readable with pandas/numpy.
+        timeline = pd.read_csv(runs[hibernate] / "timeline.csv")
+        assert {"t", "rss_bytes", "pss_bytes", "swap_bytes", "referenced_bytes"} <= set(timeline.columns)
+        with np.load(runs[hibernate] / "pages.npz") as z:
+            assert z["resident"].shape[0] == len(z["t"]) == len(timeline)
+            resident = np.unpackbits(z["resident"], axis=1, count=int(z["n_pages"])).astype(bool)
+            # pagemap residency of the tracked anonymous pages cannot exceed the VM's RSS.
+            assert 0 < resident[-1].sum() * 4096 <= timeline["rss_bytes"].iloc[-1]
+
+    plain, hib = metrics[False], metrics[True]
+    # A process with state is at least the documented fresh process (327 words).
+    assert plain["bytes_per_process_erlang"] >= beam_mod.DOCUMENTED_FRESH_PROCESS_BYTES
+    # Hibernation lowers bytes per process, measured every way, in the same test.
+    for key in ("bytes_per_process_erlang", "bytes_per_process_vm", "bytes_per_process_rss"):
+        assert hib[key] < plain[key], key
+
+    from locality.report.data import load_run_data
+
+    assert load_run_data(runs[True]).kind == "beam"
