@@ -104,12 +104,11 @@ class LatencyReservoir:
         return self.buf[: min(self.seen, self.cap)].copy()
 
 
-def _arenas(layout: Any) -> list[Any]:
-    arenas = getattr(layout, "arenas", None)
-    if arenas is None:
-        arena = getattr(layout, "arena", None)
-        arenas = [arena] if arena is not None else []
-    return [a for a in arenas if a is not None and getattr(a, "length", 0) > 0]
+def _arenas(layout: Any) -> list[tuple[str, Any]]:
+    """(name, arena) of the layout's arenas (``Layout.arenas`` is a dict name -> Arena)."""
+    arenas = getattr(layout, "arenas", None) or {}
+    items = arenas.items() if isinstance(arenas, dict) else enumerate(arenas)
+    return [(str(name), a) for name, a in items if a is not None and getattr(a, "length", 0) > 0]
 
 
 def _register(ranges: list[tuple[int, int]]) -> tuple[list[list[int]], list[list[Any]]]:
@@ -156,9 +155,10 @@ def main() -> None:
     chan.expect("spawn")
 
     t0 = time.perf_counter()
-    layout = make_layout(
-        cfg["layout"], n, arena=cfg["arena"], hugepages=bool(cfg["hugepages"]), seed=int(cfg["seed"])
-    )
+    layout_kw: dict[str, Any] = {"arena": cfg["arena"], "hugepages": bool(cfg["hugepages"]), "seed": int(cfg["seed"])}
+    if cfg.get("arena_dir"):
+        layout_kw["directory"] = cfg["arena_dir"]
+    layout = make_layout(cfg["layout"], n, **layout_kw)
     pop = Population(n, scheduler=cfg["scheduler"], pattern=pattern, seed=int(cfg["seed"]), layout=layout)
     pop.spawn()
     # Frozen objects are never traversed by the collector again, so a GC pass
@@ -169,8 +169,7 @@ def main() -> None:
 
     regions: list[dict[str, Any]] = []
     arena_ranges = []
-    for i, arena in enumerate(_arenas(layout)):
-        name = getattr(arena, "name", None) or f"arena{i}"
+    for name, arena in _arenas(layout):
         arena_ranges.append((int(arena.address), int(arena.length)))
         regions.append({"name": f"arena:{name}", "start": int(arena.address), "length": int(arena.length)})
     failed: list[list[Any]] = []
@@ -188,6 +187,14 @@ def main() -> None:
     interval = float(cfg["step_interval"])
     reservoir = LatencyReservoir(LATENCY_SAMPLE, int(cfg["seed"]))
     useful_fn = getattr(layout, "useful_bytes", None)
+    # pageout-idle on a file arena: dirty file pages cannot be paged out, so
+    # write them back once per sampling interval (the policy the user chose).
+    sync_every = float(cfg["sampling"]["interval"]) if (
+        cfg["reclaim"]["policy"] == "pageout-idle" and cfg["arena"] == "file" and tracking
+    ) else 0.0
+    file_arenas = [a for _, a in _arenas(layout) if getattr(a, "kind", "") == "file"]
+    last_sync = time.monotonic()
+    reloc_start = float(getattr(layout, "relocation_seconds", 0.0))
 
     k = 0
     total_acts = 0
@@ -230,8 +237,10 @@ def main() -> None:
         lat = getattr(result, "latency_ns", None)
         if lat is not None:
             reservoir.add(np.atleast_1d(lat))
-        useful = int(useful_fn(ids)) if useful_fn is not None else 0
-        reloc = int(getattr(result, "relocation_ns", 0) or 0)
+        useful = int(useful_fn(ids, result.step)) if useful_fn is not None else 0
+        reloc_now = float(getattr(layout, "relocation_seconds", 0.0))
+        reloc = int((reloc_now - reloc_start) * 1e9)
+        reloc_start = reloc_now
         k += 1
         total_acts += len(ids)
         total_step_ns += step_ns
@@ -247,6 +256,10 @@ def main() -> None:
             chan.send("steps", step=k, **batch)
             batch = dict.fromkeys(batch, 0)
             last_send = now
+        if sync_every and now - last_sync >= sync_every:
+            for a in file_arenas:
+                a.sync()
+            last_sync = now
         if interval > 0:
             time.sleep(interval)
     if batch["steps"]:

@@ -153,6 +153,8 @@ class ExperimentConfig(_Model):
     scheduler: Literal["lean", "asyncio"] = "lean"
     layout: str = "slab"
     arena: Literal["anon", "file"] = "anon"
+    # Directory of file arenas (a disk file system, not tmpfs); default: the temp dir.
+    arena_dir: str | None = None
     hugepages: bool = False
     pattern: Pattern = Field(default_factory=lambda: UniformPattern(name="uniform"))
     steps: int | None = Field(None, ge=0)

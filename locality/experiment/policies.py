@@ -77,6 +77,7 @@ class PageoutIdle(NoReclaim):
         if not ranges or self.pid is None:
             return 0
         advised = process_pageout(self.pid, ranges)
+        sampler.after_pageout()
         self.advised_bytes += advised
         self.calls += 1
         return advised

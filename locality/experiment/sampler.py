@@ -22,6 +22,12 @@ import numpy as np
 
 from locality.errors import LocalityError
 
+# A page registered for write tracking but never populated holds a uffd-wp
+# PTE marker, which /proc/PID/pagemap reports as "swapped" with swap type
+# SWP_PTE_MARKER: always the last 5-bit type, 31 (include/linux/swap.h). It is
+# not in swap; only real swap entries (types < MAX_SWAPFILES) count.
+SWP_PTE_MARKER = 31
+
 # Mappings that are the process's working memory, not code, files or kernel pages.
 _ANON_PATHS = ("", "[heap]")
 
@@ -177,7 +183,7 @@ class Sampler:
                     r.swapped_rows.append(z)
                 continue
             present = np.asarray(pm.present, dtype=bool)
-            swp = np.asarray(pm.swapped, dtype=bool)
+            swp = np.asarray(pm.swapped, dtype=bool) & (pm.swap_type != SWP_PTE_MARKER)
             r.last_written[w] = now
             # Out of memory: swapped, or a file page we paged out that is gone.
             out_now = swp | (r.paged_out & ~present)
@@ -227,6 +233,23 @@ class Sampler:
             for first, last in runs(idle):
                 out.append((r.start + first * ps, (last - first) * ps))
         return out
+
+    def after_pageout(self) -> None:
+        """Re-read residency of regions just paged out, so the next sample's
+        refault count starts from what really left memory."""
+        from locality.kernel import pagemap
+
+        for r in self.regions:
+            if not r.alive or not r.paged_out.any():
+                continue
+            try:
+                pm = pagemap(self.pid, r.start, r.end)
+            except LocalityError:
+                continue
+            present = np.asarray(pm.present, dtype=bool)
+            swp = np.asarray(pm.swapped, dtype=bool) & (pm.swap_type != SWP_PTE_MARKER)
+            r.paged_out &= ~present
+            r.out_prev = swp | r.paged_out
 
     def close(self) -> None:
         for r in self.regions:
