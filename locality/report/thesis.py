@@ -1,0 +1,200 @@
+"""Thesis figures from an experiment file and its stored runs alone (no re-run).
+
+An EXPERIMENT.toml is a `locality run` config (the runner's schema) plus two
+tables the runner does not validate:
+
+    [grid]      key path -> list of values; `locality sweep` runs their product
+    [figures]   where the runs are and which figures to draw from them
+
+    [figures]
+    runs = "runs/thesis"            # default: the config's `out`
+    out = "reports/figures"
+    format = ["pdf", "svg"]
+    run_ids = ["a", "b"]            # optional: instead of the [grid] points
+    [[figures.figure]]
+    name = "bytes_per_worker"       # a name from locality.report.figures.FIGURES
+    file = "bytes-per-worker-sheet" # file stem (default: name)
+    where = { "pattern.name" = "sheet", "reclaim.policy" = "none" }
+    label = "{layout}"              # legend label from config key paths
+
+Output is deterministic: runs in grid order, figures drawn under the shipped
+style with a fixed SVG id salt and no dates, so the same runs give
+byte-identical SVG.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from locality.errors import ConfigError, LocalityError
+from locality.report import figures as figs
+from locality.report.data import RunData, load_run_data
+from locality.report.html import readable
+
+FORMATS = ("pdf", "svg", "png")
+NON_CONFIG_TABLES = ("grid", "figures")
+
+
+class MissingRuns(LocalityError):
+    """Runs an experiment file names are not stored (or not complete)."""
+
+
+@dataclass
+class FigureRequest:
+    name: str
+    file: str
+    where: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+
+@dataclass
+class FigureSet:
+    source: Path
+    runs_dir: Path
+    run_ids: list[str]
+    requests: list[FigureRequest]
+    formats: list[str]
+    out: Path
+
+
+def split_experiment(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list], dict[str, Any]]:
+    """TOML dict -> (runner config, grid, figures table)."""
+    config = {k: v for k, v in data.items() if k not in NON_CONFIG_TABLES}
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError("grid: must be a table of key path -> non-empty list of values")
+    table = data.get("figures") or {}
+    if not isinstance(table, dict):
+        raise ConfigError("figures: must be a table")
+    return config, grid, table
+
+
+def _grid_run_ids(config: dict[str, Any], grid: dict[str, list], base_dir: Path) -> list[str]:
+    from locality.experiment import config as cfg
+    from locality.experiment import sweep
+
+    experiment = cfg.validate(config, base_dir=base_dir)
+    return [p.point_id for p in sweep.points(experiment, grid)]
+
+
+def load_figure_set(path: str | Path, formats: list[str] | None = None, out: str | Path | None = None) -> FigureSet:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"experiment file {str(path)!r} not found", "e.g. experiments/thesis.toml") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"experiment file {str(path)!r}: cannot read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"experiment file {str(path)!r}: invalid TOML: {e}") from None
+    config, grid, table = split_experiment(data)
+    known = {"runs", "out", "format", "run_ids", "figure"}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"unknown key 'figures.{key}'", f"allowed: {', '.join(sorted(known))}")
+
+    run_ids = table.get("run_ids")
+    if run_ids is not None:
+        if not isinstance(run_ids, list) or not run_ids or not all(isinstance(r, str) and r for r in run_ids):
+            raise ConfigError("figures.run_ids: must be a non-empty list of run ids")
+    elif grid:
+        run_ids = _grid_run_ids(config, grid, path.parent)
+    else:
+        raise ConfigError(f"{path}: names no runs", "add a [grid] table or figures.run_ids")
+
+    runs_dir = Path(table.get("runs") or config.get("out") or "runs")
+    fmts = formats or table.get("format") or ["pdf", "svg"]
+    fmts = [fmts] if isinstance(fmts, str) else list(fmts)
+    for f in fmts:
+        if f not in FORMATS:
+            raise ConfigError(f"figures.format: unknown {f!r} (allowed: {', '.join(FORMATS)})")
+
+    requests = []
+    entries = table.get("figure") or [{"name": n} for n in figs.FIGURES if not figs.FIGURES[n].probe_only]
+    for i, entry in enumerate(entries):
+        where = f"figures.figure[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table")
+        for key in entry:
+            if key not in ("name", "file", "where", "label"):
+                raise ConfigError(f"unknown key '{where}.{key}'", "allowed: name, file, where, label")
+        name = entry.get("name")
+        if name not in figs.FIGURES:
+            raise ConfigError(f"{where}.name: unknown {name!r} (allowed: {', '.join(figs.FIGURES)})")
+        file = entry.get("file") or name
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", str(file)):
+            raise ConfigError(f"{where}.file: {file!r} must be a plain file stem (letters, digits, . _ -)")
+        if not isinstance(entry.get("where", {}), dict):
+            raise ConfigError(f"{where}.where: must be a table of key path = value")
+        requests.append(FigureRequest(name, str(file), dict(entry.get("where", {})), entry.get("label")))
+    return FigureSet(path, runs_dir, list(run_ids), requests, fmts, Path(out or table.get("out") or "reports/figures"))
+
+
+def dotted(config: dict[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _label(template: str, run: RunData) -> str:
+    def sub(m: re.Match) -> str:
+        value = dotted(run.config, m.group(1))
+        return "—" if value is None else str(value)
+    return re.sub(r"\{([A-Za-z0-9_.-]+)\}", sub, template)
+
+
+def load_complete_runs(fs: FigureSet) -> list[RunData]:
+    """The named runs, in order; MissingRuns naming every absent or incomplete one."""
+    runs, missing = [], []
+    for run_id in fs.run_ids:
+        run_dir = fs.runs_dir / run_id
+        if not (run_dir / "manifest.json").exists():
+            missing.append(run_id)
+            continue
+        run = load_run_data(run_dir)
+        if run.status != "complete":
+            missing.append(f"{run_id} ({run.status})")
+            continue
+        runs.append(run)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f", and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise MissingRuns(
+            f"{len(missing)} of {len(fs.run_ids)} runs missing in {fs.runs_dir}: {shown}",
+            f"produce them with: locality sweep {fs.source} --out {fs.runs_dir} --resume",
+        )
+    return runs
+
+
+def write_figures(fs: FigureSet) -> tuple[list[Path], list[str]]:
+    """Draw every requested figure in every format.
+
+    Returns the files written and notes on runs left out of a figure for lack of data.
+    """
+    runs = load_complete_runs(fs)
+    written: list[Path] = []
+    notes: list[str] = []
+    with figs.style():
+        for req in fs.requests:
+            chosen = [r for r in runs if all(dotted(r.config, k) == v for k, v in req.where.items())]
+            if not chosen:
+                raise MissingRuns(f"figure {req.file}: no stored run matches where = {req.where}",
+                                  f"check the [grid] of {fs.source} and the figure's where table")
+            for r in chosen:
+                r.label = _label(req.label, r) if req.label else (r.layout or r.id)
+            try:
+                rendered = figs.render(req.name, chosen)
+            except figs.NoData as e:
+                raise MissingRuns(f"figure {req.file}: {e}", "the runs were stored without this data; re-run them") from None
+            notes += [f"{req.file}: left out {what}" for what in rendered.left_out]
+            for fmt in fs.formats:
+                path = figs.save(rendered.figure, fs.out / f"{req.file}.{fmt}", fmt, salt=f"locality-{req.file}")
+                written.append(readable(path))
+    return written, notes

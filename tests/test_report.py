@@ -1,0 +1,232 @@
+"""`locality report`: the HTML says exactly what the stored runs say, escaped, self-contained."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from fixtures_runs import make_probe, make_run
+from locality.cli import main
+from locality.errors import LocalityError
+from locality.report.data import CorruptRun, RunNotFound, load_runs
+from locality.report.html import render_html, write_report
+
+
+class Tables(HTMLParser):
+    """Cells of the table with id metrics-table, as text, row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.row_attrs: list[dict] = []
+        self._in_table = False
+        self._cell: list[str] | None = None
+        self.figures: dict[str, str] = {}
+        self._figure: str | None = None
+        self.srcs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for key in ("src", "href", "xlink:href"):
+            if key in a:
+                self.srcs.append(a[key])
+        if tag == "table" and a.get("id") == "metrics-table":
+            self._in_table = True
+        elif self._in_table and tag == "tr":
+            self.rows.append([])
+            self.row_attrs.append(a)
+        elif self._in_table and tag in ("td", "th"):
+            self._cell = []
+        elif tag == "figure":
+            self._figure = a["id"]
+            self.figures[self._figure] = a["class"]
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_table = False
+        elif tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(" " + data)
+
+
+def parse(html: str) -> Tables:
+    t = Tables()
+    t.feed(html)
+    return t
+
+
+def table(html: str) -> dict[str, dict[str, str]]:
+    """run label -> heading -> cell text."""
+    t = parse(html)
+    head, *body = t.rows
+    return {row[0].replace(" (baseline)", ""): dict(zip(head, row)) for row in body}
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory) -> list[Path]:
+    d = tmp_path_factory.mktemp("runs")
+    return [
+        make_run(d, "r-slab", "slab", bytes_per_worker=120.0, page_utilization=0.30, refault_rate=2.0),
+        make_run(d, "r-objects", "objects", bytes_per_worker=1000.0, page_utilization=0.016),
+        make_run(d, "r-isolated", "isolated", bytes_per_worker=4096.0, page_utilization=0.02, with_latency=False),
+    ]
+
+
+@pytest.fixture(scope="module")
+def three_report(three_runs, tmp_path_factory) -> Path:
+    """One report of the three runs, shared (rendering costs seconds)."""
+    return write_report(three_runs, tmp_path_factory.mktemp("report") / "reports" / "r.html")
+
+
+def test_metrics_table_values_and_ratios_to_objects_baseline(three_report):
+    out = three_report
+    rows = table(out.read_text())
+    assert set(rows) == {"slab", "objects", "isolated"}
+    assert rows["objects"]["bytes / worker (B)"] == "1,000"  # baseline: no ratio
+    assert rows["slab"]["bytes / worker (B)"] == "120 0.12×"
+    assert rows["isolated"]["bytes / worker (B)"] == "4,096 4.1×"
+    assert rows["slab"]["page utilization (%)"] == "30 18.8×"
+    assert rows["objects"]["page utilization (%)"] == "1.6"
+    assert rows["slab"]["status"] == "complete"
+    assert rows["slab"]["workers"] == "1,000"
+    assert rows["slab"]["cold fraction"] == "1 s: 50%, 10 s: 25%"
+    assert "(baseline)" in parse(out.read_text()).rows[2][0]
+
+
+def test_baseline_is_first_run_without_objects(tmp_path):
+    runs = [make_run(tmp_path, "a", "slab", bytes_per_worker=200.0), make_run(tmp_path, "b", "hot-cold", bytes_per_worker=50.0)]
+    rows = table(write_report(runs, tmp_path / "r.html").read_text())
+    assert rows["slab"]["bytes / worker (B)"] == "200"
+    assert rows["hot-cold"]["bytes / worker (B)"] == "50 0.25×"
+
+
+def test_figures_drawn_or_omitted_with_a_note(three_report):
+    html = three_report.read_text()
+    figures = parse(html).figures
+    for name in ("bytes_per_worker", "page_utilization", "wss_over_time", "pareto", "heatmap",
+                 "residency_map", "latency_cdf", "page_age"):
+        assert figures[f"fig-{name}"] == "drawn", name
+    # isolated has no latency.csv: drawn for the others, and the caption says who is missing.
+    latency = html[html.index('id="fig-latency_cdf"'):html.index('id="fig-page_age"')]
+    assert "isolated: no latency.csv" in latency
+    assert latency.count("<svg") == 1
+    # No probe runs -> no per-VMA figures attempted.
+    assert "fig-vma_rss" not in figures
+
+
+def test_figure_omitted_when_no_run_has_its_data(tmp_path):
+    run = make_run(tmp_path, "a", "slab", with_pages=False, with_latency=False)
+    html = write_report([run], tmp_path / "r.html").read_text()
+    figures = parse(html).figures
+    for name in ("heatmap", "residency_map", "page_age", "latency_cdf"):
+        assert figures[f"fig-{name}"] == "omitted"
+    assert "Not drawn: no run has latency.csv." in html
+    assert "Not drawn: no run has written matrix in pages.npz." in html
+    assert figures["fig-bytes_per_worker"] == "drawn"
+
+
+def test_failed_run_marked_failed_and_left_out_of_figures(tmp_path):
+    runs = [make_run(tmp_path, "ok", "objects"),
+            make_run(tmp_path, "bad", "compacting", status="failed", error="child exited with status 1: MemoryError",
+                     with_metrics=False)]
+    html = write_report(runs, tmp_path / "r.html").read_text()
+    t = parse(html)
+    failed = [a for a in t.row_attrs if "failed" in (a.get("class") or "")]
+    assert [a["data-run"] for a in failed] == ["bad"]
+    rows = table(html)
+    assert rows["compacting"]["status"] == "failed child exited with status 1: MemoryError"
+    assert rows["compacting"]["bytes / worker (B)"] == "—"
+    assert "compacting: run failed" in html
+
+
+def test_script_in_names_paths_and_config_is_escaped(tmp_path):
+    evil = "<script>alert(1)</script>"
+    d = tmp_path / f"dir{evil.replace('/', '_')}"
+    runs = [
+        make_run(d, f"id{evil.replace('/', '_')}", layout=evil),
+        make_run(tmp_path, "cfg", "slab", config={"layout": "slab", "workers": 10, "note": evil, "pattern": {"name": evil}}),
+    ]
+    html = write_report(runs, tmp_path / "r.html").read_text()
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # layout label and config string
+    assert "&lt;script&gt;alert(1)&lt;_script&gt;" in html  # the run path
+    # Labels inside the SVG figures are escaped by matplotlib too.
+    assert evil not in html
+
+
+def test_self_contained_no_external_references(three_report):
+    html = three_report.read_text()
+    t = parse(html)
+    assert all(s.startswith(("#", "data:")) for s in t.srcs), [s for s in t.srcs if not s.startswith(("#", "data:"))][:3]
+    assert "<link" not in html and "@import" not in html and "url(http" not in html
+    assert "default-src 'none'" in html
+
+
+def test_probe_run_renders_per_vma_figures(tmp_path):
+    probe = make_probe(tmp_path, pid=4242)
+    html = write_report([probe], tmp_path / "r.html").read_text()
+    figures = parse(html).figures
+    assert figures["fig-vma_rss"] == "drawn"
+    assert figures["fig-vma_referenced"] == "drawn"
+    assert figures["fig-bytes_per_worker"] == "omitted"
+    assert "probe 4242" in html
+    assert "beam.smp" in html  # VMA named by its file
+
+
+def test_setup_section_shows_machine_and_capabilities(three_runs, three_report):
+    html = three_report.read_text()
+    manifest = json.loads((three_runs[0] / "manifest.json").read_text())
+    assert manifest["machine"]["kernel"] in html
+    assert "no swap device is active" in html and "locality swap on" in html
+    assert re.search(r"question.*million small", html, re.S)
+
+
+def test_write_is_atomic_and_readable(three_report):
+    out = three_report
+    assert [p.name for p in out.parent.iterdir()] == ["r.html"]
+    assert out.stat().st_mode & 0o044  # not the temp file's 0600
+
+
+def test_missing_and_corrupt_runs_are_clear_errors(tmp_path):
+    with pytest.raises(RunNotFound, match="no run directory at"):
+        load_runs([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunNotFound, match="no manifest.json"):
+        load_runs([tmp_path / "empty"])
+    run = make_run(tmp_path, "x", "slab")
+    (run / "metrics.json").write_text("{not json")
+    with pytest.raises(CorruptRun, match="metrics.json"):
+        load_runs([run])
+    assert issubclass(CorruptRun, LocalityError)
+
+
+def test_cli_report(three_runs, tmp_path, capsys):
+    out = tmp_path / "cli.html"
+    with pytest.raises(SystemExit) as e:
+        main(["report", *map(str, three_runs), "--out", str(out), "--json"])
+    assert e.value.code == 0
+    assert json.loads(capsys.readouterr().out)["report"] == str(out)
+    assert out.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_cli_report_missing_run_exit_2_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r.html")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no run directory at" in err and "Traceback" not in err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_render_is_deterministic_apart_from_timestamp(three_runs):
+    a, b = render_html(load_runs(three_runs[:2])), render_html(load_runs(three_runs[:2]))
+    strip = lambda s: re.sub(r"Written \S+ from", "", s)  # noqa: E731
+    assert strip(a) == strip(b)
