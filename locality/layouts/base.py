@@ -84,8 +84,37 @@ def sheet_neighbours(n: int) -> np.ndarray:
     return out
 
 
-def initial_weights(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, N_WEIGHTS), dtype=np.float32)
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A stateless 64-bit hash (splitmix64 finaliser): per-worker values without a stream."""
+    x = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def initial_weights(n: int, seed: int = 0, ids: np.ndarray | None = None) -> np.ndarray:
+    """(len(ids), 16) float32 in [0, 1): a pure function of (seed, worker, k), so a
+    layout that materialises records lazily (isolated) gets the same values."""
+    ids = np.arange(n, dtype=np.uint64) if ids is None else np.asarray(ids, dtype=np.uint64)
+    key = (ids[:, None] * np.uint64(N_WEIGHTS) + np.arange(N_WEIGHTS, dtype=np.uint64)[None, :])
+    h = _splitmix64(key ^ (np.uint64(seed) * np.uint64(0xD1B54A32D192ED03)))
+    return ((h >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)).astype(np.float32)
+
+
+def initial_counts(n: int, seed: int = 0, ids: np.ndarray | None = None, warm: bool = True) -> np.ndarray:
+    """Activation count each worker starts with.
+
+    ``warm=True`` (the default): a seeded phase in [0, COLD_EVERY), as after a
+    long run, so cold parts are touched at the steady-state rate (1 activation
+    in 64) from the first step instead of never within a short benchmark.
+    ``warm=False``: 0 (a freshly built population).
+    """
+    ids = np.arange(n, dtype=np.uint64) if ids is None else np.asarray(ids, dtype=np.uint64)
+    if not warm:
+        return np.zeros(ids.size, dtype=np.uint32)
+    h = _splitmix64(ids ^ (np.uint64(seed + 1) * np.uint64(0x8CB92BA72F3D8DD7)))
+    return (h % np.uint64(COLD_EVERY)).astype(np.uint32)
 
 
 def round_up(x: int, to: int = PAGE_SIZE) -> int:
@@ -474,8 +503,9 @@ class ArenaLayout(Layout):
     cold_arena: str
 
     def __init__(self, n: int, *, arena: str = "anon", directory: str | os.PathLike | None = None,
-                 hugepages: bool = False, seed: int = 0) -> None:
+                 hugepages: bool = False, seed: int = 0, warm: bool = True) -> None:
         super().__init__(n)
+        self.warm = bool(warm)
         self.arena_kind = arena
         self.directory = directory
         self.hugepages = hugepages
@@ -507,10 +537,10 @@ class ArenaLayout(Layout):
         h = self.hot_word(ids)
         c = self.cold_word(ids)
         hot[h + W_POTENTIAL] = 0
-        hot[h + W_COUNT] = 0
+        hot[h + W_COUNT] = initial_counts(self.n, self.seed, ids, self.warm)
         hot[h + W_LAST_STEP] = NEVER
         hot[h + W_FLAGS] = 0
-        weights = initial_weights(self.n, self.seed)[ids].view(np.uint32)
+        weights = initial_weights(self.n, self.seed, ids).view(np.uint32)
         neighbours = sheet_neighbours(self.n)[ids].view(np.uint32)
         for k in range(N_WEIGHTS):
             cold[c + W_WEIGHTS + k] = weights[:, k]

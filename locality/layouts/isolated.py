@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from locality.layouts.base import (
-    COLD_EVERY, DECAY, HOT_WORDS, N_NEIGHBOURS, N_WEIGHTS, PAGE_SIZE, RECORD_BYTES, RECORD_DTYPE, W_NEIGHBOURS,
-    ArenaLayout, Region, initial_weights, sheet_neighbours, sheet_width, touch_cold,
+    COLD_EVERY, DECAY, HOT_WORDS, N_NEIGHBOURS, N_WEIGHTS, NEVER, PAGE_SIZE, RECORD_BYTES, W_NEIGHBOURS, ArenaLayout,
+    Region, initial_counts, initial_weights, sheet_neighbours, sheet_width, touch_cold,
 )
 
 PAGE_WORDS = PAGE_SIZE // 4
@@ -28,14 +28,13 @@ class IsolatedLayout(ArenaLayout):
     def __init__(self, n: int, **kw) -> None:
         super().__init__(n, **kw)
         self._width = sheet_width(self.n)
-        self._rng_seed = self.seed
         try:
             self._arena("isolated", self.n * PAGE_SIZE)
         except BaseException:
             self._close_on_error()
             raise
-        # zero-filled pages read as count 0, last_step 0: last_step is only
-        # meaningful once count > 0, so "never" is count == 0 here.
+        # A zero-filled page is a record never activated: flags (first
+        # activation step + 1) is 0 exactly until the first activation.
         self._u = self.arenas["isolated"].words("I")
         self._f = self.arenas["isolated"].words("f")
 
@@ -46,11 +45,15 @@ class IsolatedLayout(ArenaLayout):
         return np.asarray(ids, dtype=np.int64) * PAGE_WORDS + HOT_WORDS
 
     def _materialise(self, i: int, b: int) -> None:
-        w = self._initial_weights(np.array([i]))[0]
-        f = self._f
-        for k in range(N_WEIGHTS):
-            f[b + HOT_WORDS + k] = float(w[k])
+        """Write worker i's initial record into its (still untouched) page."""
+        ids = np.array([i])
         u = self._u
+        f = self._f
+        u[b + 1] = int(initial_counts(self.n, self.seed, ids, self.warm)[0])
+        u[b + 2] = NEVER
+        w = initial_weights(self.n, self.seed, ids)[0].tolist()
+        for k in range(N_WEIGHTS):
+            f[b + HOT_WORDS + k] = w[k]
         n = self.n
         width = self._width
         x = i % width
@@ -59,20 +62,13 @@ class IsolatedLayout(ArenaLayout):
         for k in range(N_NEIGHBOURS):
             u[b + HOT_WORDS + W_NEIGHBOURS + k] = nb[k] & 0xFFFFFFFF
 
-    def _initial_weights(self, ids: np.ndarray) -> np.ndarray:
-        # per-worker stream so a lazily built record equals an eager one
-        out = np.empty((ids.size, N_WEIGHTS), dtype=np.float32)
-        for j, i in enumerate(ids.tolist()):
-            out[j] = np.random.default_rng((self.seed, i)).random(N_WEIGHTS, dtype=np.float32)
-        return out
-
     def update(self, i: int, step: int) -> None:
         u = self._u
         f = self._f
         b = i * PAGE_WORDS
-        c = u[b + 1] + 1
-        if c == 1:
+        if not u[b + 3]:
             self._materialise(i, b)
+        c = u[b + 1] + 1
         u[b + 1] = c
         p = f[b] * DECAY + 1.0
         f[b] = p
@@ -82,16 +78,20 @@ class IsolatedLayout(ArenaLayout):
             touch_cold(u, f, b + HOT_WORDS, p)
 
     def _hot_state(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, dtype=np.int64)
         count, last = super()._hot_state(ids)
-        return count, np.where(count == 0, np.uint32(0xFFFFFFFF), last)
+        fresh = self._u32("isolated")[self.hot_word(ids) + 3] == 0
+        count = np.where(fresh, initial_counts(self.n, self.seed, ids, self.warm), count)
+        return count, np.where(fresh, np.uint32(NEVER), last)
 
     def state(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         out = super().state(ids).copy()
-        fresh = out["count"] == 0
+        fresh = out["flags"] == 0
         if fresh.any():
-            out["last_step"][fresh] = 0xFFFFFFFF
-            out["weights"][fresh] = self._initial_weights(ids[fresh])
+            out["count"][fresh] = initial_counts(self.n, self.seed, ids[fresh], self.warm)
+            out["last_step"][fresh] = NEVER
+            out["weights"][fresh] = initial_weights(self.n, self.seed, ids[fresh])
             out["neighbours"][fresh] = sheet_neighbours(self.n)[ids[fresh]]
         return out
 

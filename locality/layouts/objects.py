@@ -30,7 +30,7 @@ import numpy as np
 
 from locality.errors import InvalidArgument
 from locality.layouts.base import (
-    COLD_BYTES, COLD_EVERY, DECAY, HOT_BYTES, NEVER, PAGE_SIZE, RECORD_DTYPE, Layout, initial_weights,
+    COLD_BYTES, COLD_EVERY, DECAY, HOT_BYTES, NEVER, PAGE_SIZE, RECORD_DTYPE, Layout, initial_counts, initial_weights,
     sheet_neighbours,
 )
 
@@ -69,7 +69,7 @@ def _ptr(addr: int) -> int:
 class ObjectsLayout(Layout):
     name = "objects"
 
-    def __init__(self, n: int, *, arena: str = "anon", seed: int = 0, **ignored) -> None:
+    def __init__(self, n: int, *, arena: str = "anon", seed: int = 0, warm: bool = True, **ignored) -> None:
         if arena != "anon":
             raise InvalidArgument("the objects layout has no arena: its state is the Python heap",
                                   "use --arena anon with objects, or another layout")
@@ -77,10 +77,11 @@ class ObjectsLayout(Layout):
         self.seed = seed
         weights = initial_weights(self.n, seed)
         nbs = sheet_neighbours(self.n)
+        counts = initial_counts(self.n, seed, warm=warm).tolist()
         # distinct float/int objects per worker, as a real program would have
         self.workers: list[dict] = [
-            {"potential": 0.0, "count": 0, "last_step": NEVER, "flags": 0, "weights": w, "neighbours": nb}
-            for w, nb in zip(weights.tolist(), nbs.tolist())
+            {"potential": 0.0, "count": c, "last_step": NEVER, "flags": 0, "weights": w, "neighbours": nb}
+            for c, w, nb in zip(counts, weights.tolist(), nbs.tolist())
         ]
         self._owner_index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
