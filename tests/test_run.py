@@ -1,0 +1,227 @@
+"""End-to-end runs: a real child population sampled from outside, checked against ground truth."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from locality.experiment import load, load_run
+from locality.experiment.config import validate
+from locality.experiment.runner import RunFailed, run
+from locality.kernel import swap_active
+from locality.kernel import swap as zram
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def small(**over) -> dict:
+    cfg = {
+        "workers": 2000,
+        "layout": "slab",
+        "scheduler": "lean",
+        "steps": 30,
+        "step_interval": 0.01,
+        "seed": 3,
+        "pattern": {"name": "uniform", "p": 0.05},
+        "sampling": {"interval": 0.1, "cold_thresholds": [0.2, 100.0]},
+    }
+    cfg.update(over)
+    return cfg
+
+
+def activated(cfg: dict, steps: int) -> list[np.ndarray]:
+    from locality.population import make_pattern
+
+    p = cfg["pattern"]
+    it = make_pattern(p["name"], cfg["workers"], seed=cfg["seed"], **{k: v for k, v in p.items() if k != "name"}).steps()
+    return [np.asarray(next(it)) for _ in range(steps)]
+
+
+def test_run_stores_every_file_and_the_arena_pages_written_are_exactly_the_activated_slots(tmp_path):
+    cfg = small()
+    d = run(validate(cfg), tmp_path, run_id="r1", progress=False)
+    assert d == tmp_path / "r1"
+    r = load_run(d)
+    assert r.status == "complete" and r.manifest["error"] is None and r.manifest["kind"] == "run"
+    assert r.manifest["config"]["workers"] == 2000 and r.manifest["machine"]["page_size"] == 4096
+    assert {"timeline.csv", "pages.npz", "latency.csv", "metrics.json", "manifest.json"} <= set(os.listdir(d))
+
+    # The child's own counts: 30 steps, exactly the pattern's activations.
+    ids = activated(cfg, 30)
+    m = r.metrics
+    assert m["steps"] == 30 and r.timeline["step"].iloc[-1] == 30
+    assert m["activations"] == sum(len(i) for i in ids) == r.timeline["activations"].sum()
+
+    # Ground truth: the slab pages written during the run are exactly the
+    # pages holding the hot fields of the activated workers (no worker reaches
+    # its 64th activation in 30 steps, so no cold part is written).
+    from locality.layouts import make_layout
+
+    ref = make_layout("slab", 2000, seed=3)
+    expected = ref.expected_written(np.unique(np.concatenate(ids)))["slab"]
+    ref.close()
+    pages = r.pages
+    arena_region = [i for i, name in enumerate(pages["regions"]) if name == "arena:slab"]
+    assert len(arena_region) == 1
+    cols = pages["region"] == arena_region[0]
+    written_union = pages["written"][:, cols].any(axis=0)
+    assert written_union.tolist() == expected.tolist()
+    assert pages["written"].shape == (len(r.timeline), int(pages["n_pages"]))
+    assert np.allclose(pages["t"], r.timeline["t"])
+    # The written page counts of the timeline are the rows of the matrix.
+    assert r.timeline["written_pages"].tolist() == pages["written"].sum(axis=1).tolist()
+
+    # Metrics derived from those measurements.
+    useful = m["useful_bytes"]
+    assert useful == 16 * sum(len(np.unique(i)) for i in ids)
+    assert m["page_utilization"] == pytest.approx(useful / (r.timeline["written_pages"].iloc[1:].sum() * 4096))
+    assert m["bytes_per_worker"] > 0 and m["pss_spawned_bytes"] > m["pss_empty_bytes"]
+    assert 0 < m["latency_p50_us"] <= m["latency_p99_us"]
+    assert 1 <= len(r.latency_ns) <= 100_000
+    assert m["activations_per_s"] > 0 and m["wss_pages_mean"] > 0
+    assert m["cold_fraction"]["100"] is None  # never watched that long
+    assert 0 <= m["cold_fraction"]["0.2"] <= 1
+    assert m["swapped_pages_max"] == 0 and m["refaulted_pages"] == 0
+    assert load(d).equals(r.timeline)
+
+
+def test_sampling_off_still_measures_footprint_and_throughput(tmp_path):
+    d = run(validate(small(sampling={"interval": 0})), tmp_path, run_id="off", progress=False)
+    r = load_run(d)
+    assert r.status == "complete" and not (d / "pages.npz").exists()
+    assert len(r.timeline) == 2 and "written_pages" not in r.timeline
+    assert r.metrics["bytes_per_worker"] > 0 and r.metrics["activations_per_s"] > 0
+    assert r.metrics["page_utilization"] is None and r.metrics["sampler_overhead_pct"] is None
+
+
+def test_child_crash_marks_the_run_failed_with_its_stderr(tmp_path):
+    replay = tmp_path / "r.csv"
+    replay.write_text("0,1\n0.1,2\n")
+    cfg = validate(small(pattern={"name": "replay", "path": str(replay)}))
+    replay.unlink()  # valid when checked, gone when the child reads it
+    with pytest.raises(RunFailed) as e:
+        run(cfg, tmp_path / "runs", run_id="crash", progress=False)
+    assert "crash failed" in str(e.value)
+    man = json.loads((tmp_path / "runs" / "crash" / "manifest.json").read_text())
+    assert man["status"] == "failed"
+    assert "child stderr (tail)" in man["error"] and "r.csv" in man["error"]
+    assert load(tmp_path / "runs" / "crash").empty  # readable, with the standard columns
+
+
+def test_cli_json_prints_metrics(cli, tmp_path):
+    (tmp_path / "c.toml").write_text(
+        'workers = 1000\nsteps = 5\n[pattern]\nname = "uniform"\np = 0.1\n[sampling]\ninterval = 0.05\n'
+    )
+    rc, out, err = cli("run", "c.toml", "--out", "runs", "--id", "j", "--json")
+    assert rc == 0, err
+    m = json.loads(out)
+    assert m["run_dir"] == "runs/j" and m["steps"] == 5 and m["workers"] == 1000
+    assert err == ""  # no progress bar with --json
+    rc, out, err = cli("run", "c.toml", "--out", "runs", "--id", "h")
+    assert rc == 0 and "bytes/worker" in out and out.strip().endswith("run: runs/h")
+
+
+def test_sigint_mid_run_leaves_an_interrupted_readable_run(tmp_path):
+    (tmp_path / "c.toml").write_text(
+        'workers = 5000\nduration = 120\nstep_interval = 0.01\n[pattern]\nname = "uniform"\n[sampling]\ninterval = 0.2\n'
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "locality", "run", "c.toml", "--out", "runs", "--id", "i"],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    timeline = tmp_path / "runs" / "i" / "timeline.csv"
+    deadline = time.monotonic() + 60
+    while not timeline.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    r = load_run(tmp_path / "runs" / "i")
+    assert r.status == "interrupted" and r.manifest["finished"] is not None
+    assert len(r.timeline) >= 2 and r.timeline["step"].iloc[-1] > 0
+    assert r.metrics is not None and r.metrics["steps"] == r.timeline["step"].iloc[-1]
+    assert r.pages["written"].shape[0] == len(r.timeline)
+    # The child is gone.
+    pid = r.manifest["child_pid"]
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+# -- reclaim acceptance -------------------------------------------------------------
+
+
+def _zram_active() -> bool:
+    return any(a["filename"] == "/dev/zram0" for a in swap_active())
+
+
+@pytest.fixture
+def swap_on():
+    """zram swap on for the test, and ALWAYS off again."""
+    if os.geteuid() != 0 or not zram.ZRAM_SYSFS.is_dir():
+        pytest.skip("needs root and /sys/block/zram0")
+    if _zram_active():
+        pytest.skip("zram swap is already in use on this machine (another run?)")
+    try:
+        zram.zram_swap_on(512 << 20)
+        yield
+    finally:
+        zram.zram_swap_off()
+        assert not _zram_active()
+
+
+PAGEOUT_WORKERS = 100_000
+
+
+def sheet_pageout(policy: dict) -> dict:
+    return {
+        "workers": PAGEOUT_WORKERS,
+        "layout": "slab",
+        "scheduler": "lean",
+        "duration": 8,
+        "step_interval": 0.2,
+        "seed": 1,
+        "pattern": {"name": "sheet", "p": 0.01, "radius": 3, "waves": 1},
+        "sampling": {"interval": 0.5, "cold_thresholds": [2.0]},
+        "reclaim": policy,
+    }
+
+
+@pytest.mark.swap
+def test_pageout_idle_on_a_sheet_population_is_mostly_cold_and_refaults_are_measured(tmp_path, swap_on):
+    d = run(validate(sheet_pageout({"policy": "pageout-idle", "idle_seconds": 2})), tmp_path, run_id="po", progress=False)
+    r = load_run(d)
+    m = r.metrics
+    assert r.status == "complete"
+    assert m["cold_fraction"]["2"] > 0.90, m["cold_fraction"]
+    assert m["swapped_pages_max"] > 0 and r.timeline["swap_bytes"].max() > 0
+    assert m["refault_rate_pct_per_min"] is not None and m["refaulted_pages"] > 0
+    assert r.manifest["reclaim"]["policy"] == "pageout-idle" and r.manifest["reclaim"]["advised_bytes"] > 0
+    # Every refaulted page was swapped out at the sample before.
+    sw, res = r.pages["swapped"], r.pages["resident"]
+    back = (sw[:-1] & res[1:]).sum(axis=1)
+    assert (r.timeline["refaulted_pages"].iloc[1:].to_numpy() >= back).all()
+
+    d = run(validate(sheet_pageout({"policy": "none"})), tmp_path, run_id="none", progress=False)
+    n = load_run(d)
+    assert n.metrics["swapped_pages_max"] == 0 and n.timeline["swap_bytes"].max() == 0
+    assert n.metrics["cold_fraction"]["2"] > 0.90
+
+
+def test_pageout_idle_without_swap_is_refused_before_anything_is_created(tmp_path):
+    if _zram_active() or swap_active():
+        pytest.skip("swap is on on this machine")
+    cfg = validate(small(reclaim={"policy": "pageout-idle", "idle_seconds": 1}))
+    from locality.errors import Unsupported
+
+    with pytest.raises(Unsupported) as e:
+        run(cfg, tmp_path / "runs", progress=False)
+    assert "locality swap on" in str(e.value)
+    assert not (tmp_path / "runs").exists()
