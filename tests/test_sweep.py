@@ -1,0 +1,109 @@
+"""Sweeps: stable point ids, resume after Ctrl-C runs only what is missing, memory guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from locality.errors import ConfigError, InvalidArgument
+from locality.experiment import load, store
+from locality.experiment.config import validate
+from locality.experiment.sweep import MemoryBudgetExceeded, parse_grid, pending, points, run_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = {"workers": 1000, "steps": 5, "pattern": {"name": "uniform", "p": 0.1}, "sampling": {"interval": 0.05}}
+
+
+def test_parse_grid_values_are_toml():
+    g = parse_grid(["workers=1000,2000", "layout=slab,objects", "sampling.cold_thresholds=[1, 2],[3]", 'pattern.name="sheet"'])
+    assert g == {"workers": [1000, 2000], "layout": ["slab", "objects"], "sampling.cold_thresholds": [[1, 2], [3]],
+                 "pattern.name": ["sheet"]}
+    for bad in ("workers", "workers=", "=1,2"):
+        with pytest.raises(InvalidArgument):
+            parse_grid([bad])
+    with pytest.raises(InvalidArgument, match="given twice"):
+        parse_grid(["workers=1", "workers=2"])
+
+
+def test_point_ids_are_stable_distinct_and_follow_the_config():
+    cfg = validate(BASE)
+    pts = points(cfg, {"workers": [100, 200], "layout": ["slab", "objects"]})
+    ids = [p.point_id for p in pts]
+    assert [i.rsplit("-", 1)[0] for i in ids] == [
+        "workers=100+layout=slab", "workers=100+layout=objects", "workers=200+layout=slab", "workers=200+layout=objects"]
+    assert len(set(ids)) == 4
+    assert ids == [p.point_id for p in points(validate(BASE), {"workers": [100, 200], "layout": ["slab", "objects"]})]
+    assert (pts[3].config.workers, pts[3].config.layout) == (200, "objects")
+    # Another base config is another sweep: same grid values, other ids.
+    other = points(validate({**BASE, "seed": 9}), {"workers": [100]})
+    assert other[0].point_id.startswith("workers=100-") and other[0].point_id != points(cfg, {"workers": [100]})[0].point_id
+
+
+def test_bad_point_is_named_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        run_sweep(validate(BASE), {"workers": [10, -1]}, tmp_path / "runs", progress=False)
+    assert str(e.value) == "sweep point workers=-1: workers: must be > 0 (got -1)"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_pending_skips_only_complete_runs(tmp_path):
+    pts = points(validate(BASE), {"workers": [1, 2, 3, 4]})
+    for p, status in zip(pts, ["complete", "failed", "interrupted"]):
+        store.write_manifest(tmp_path / p.point_id, store.start_manifest("run", p.point_id, {}) | {"status": status})
+    assert [p.point_id for p in pending(pts, tmp_path, resume=True)] == [p.point_id for p in pts[1:]]
+    assert pending(pts, tmp_path, resume=False) == pts
+
+
+def test_sweep_refuses_to_overwrite_without_resume(tmp_path):
+    pts = points(validate(BASE), {"workers": [1]})
+    store.write_manifest(tmp_path / pts[0].point_id, store.start_manifest("run", pts[0].point_id, {}) | {"status": "complete"})
+    with pytest.raises(InvalidArgument, match="pass --resume"):
+        run_sweep(validate(BASE), {"workers": [1]}, tmp_path, progress=False)
+
+
+def test_memory_guard_names_both_numbers(tmp_path):
+    with pytest.raises(MemoryBudgetExceeded) as e:
+        run_sweep(validate(BASE), {"workers": [1000, 10**10]}, tmp_path / "runs", progress=False)
+    msg = str(e.value)
+    assert msg.startswith("sweep point workers=10000000000-") and "needs about" in msg and "is available" in msg
+    assert "10,000,000,000 workers x" in msg and "calibration run of 1,000 workers" in msg
+    assert not any((tmp_path / "runs").glob("workers=*"))  # nothing ran
+
+
+def test_sweep_interrupted_then_resumed_runs_only_the_missing_points(tmp_path):
+    (tmp_path / "c.toml").write_text(
+        'workers = 2000\nduration = 1.5\nstep_interval = 0.01\n[pattern]\nname = "uniform"\n[sampling]\ninterval = 0.1\n'
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "locality", "sweep", "c.toml", "--grid", "seed=1,2,3", "--out", "runs"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ids = [pt.point_id for pt in points(validate({"workers": 2000, "duration": 1.5, "step_interval": 0.01,
+                                                   "pattern": {"name": "uniform"}, "sampling": {"interval": 0.1}}),
+                                        {"seed": [1, 2, 3]})]
+    runs = tmp_path / "runs"
+    second = runs / ids[1] / "timeline.csv"
+    deadline = time.monotonic() + 90
+    while not second.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    status = {i: json.loads((runs / i / "manifest.json").read_text())["status"] for i in ids if (runs / i).exists()}
+    assert status == {ids[0]: "complete", ids[1]: "interrupted"}
+    assert len(load(runs / ids[1])) >= 1
+    first_created = json.loads((runs / ids[0] / "manifest.json").read_text())["created"]
+
+    rc = subprocess.run(cmd + ["--resume", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert rc.returncode == 0, rc.stderr
+    rows = [json.loads(line) for line in rc.stdout.splitlines()]
+    assert [r["point_id"] for r in rows] == ids and {r["status"] for r in rows} == {"complete"}
+    # The complete point was not run again.
+    assert json.loads((runs / ids[0] / "manifest.json").read_text())["created"] == first_created
+    assert all(json.loads((runs / i / "manifest.json").read_text())["status"] == "complete" for i in ids)
