@@ -128,3 +128,26 @@ def test_pagemap_of_a_foreign_pid_without_permission_is_access_denied():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "denied 1", out.stderr
+
+
+def test_bench_instruments_measures_every_instrument_on_the_mapping():
+    from locality.bench.instruments import TARGETS_MS_AT_4GIB, run_benchmark
+
+    report = run_benchmark(16 << 20, repeat=2, progress=False)
+    assert report["pages"] == (16 << 20) // PAGE_SIZE
+    names = [r["name"] for r in report["results"]]
+    assert {"mincore", "pagemap read+decode", "pagemap kernel read only", "pagemap decode only",
+            "PAGEMAP_SCAN first write-protect", "PAGEMAP_SCAN query (1% written)",
+            "PAGEMAP_SCAN query+reset (1% written)"} <= set(names)
+    for r in report["results"]:
+        assert 0 < r["best_ms"] <= r["median_ms"]
+        assert (r["target_ms"] is not None) == (r["name"] in TARGETS_MS_AT_4GIB)
+    assert 0 < report["pagemap_decode_overhead_pct"] < 100
+
+
+def test_bench_cli_unknown_benchmark_exits_2():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "locality", "bench", "nope"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr

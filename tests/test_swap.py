@@ -34,8 +34,8 @@ def swap_on():
     """zram swap on for the test, and ALWAYS off again."""
     if zram_active():
         pytest.skip("zram swap is already in use on this machine (another run?)")
+    zram.zram_swap_on(256 << 20)  # outside the try: if it fails, someone else's swap stays on
     try:
-        zram.zram_swap_on(256 << 20)
         yield
     finally:
         zram.zram_swap_off()
@@ -116,6 +116,27 @@ def test_failure_half_way_undoes_everything(monkeypatch):
     with pytest.raises(LocalityError, match="on purpose"):
         zram.zram_swap_on(64 << 20)
     assert device_is_as_found()
+
+
+@pytest.mark.swap
+@needs_root_and_zram
+def test_off_is_refused_while_the_process_that_turned_it_on_runs():
+    if zram_active():
+        pytest.skip("zram swap is already in use on this machine (another run?)")
+    code = "from locality.kernel.swap import zram_swap_on; import time; zram_swap_on(64 << 20); print('on', flush=True); time.sleep(60)"
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "on"
+        with pytest.raises(LocalityError, match=f"PID {owner.pid} turned it on"):
+            zram.zram_swap_off()
+        assert zram_active()
+        zram.zram_swap_off(force=True)
+        assert device_is_as_found()
+    finally:
+        owner.kill()
+        owner.wait()
+        if zram.STATE_FILE.exists():
+            zram.zram_swap_off(force=True)
 
 
 def test_bad_sizes_are_refused():

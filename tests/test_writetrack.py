@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 
 import numpy as np
 import pytest
@@ -155,3 +156,28 @@ def test_child_exiting_under_the_tracker_is_no_such_process():
             tracker.written()
     finally:
         tracker.close()
+
+
+def test_a_forked_child_starts_without_registrations():
+    m = mmap.mmap(-1, 8 * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf = ctypes.c_char.from_buffer(m)
+    addr = ctypes.addressof(buf)
+    register_write_tracking(addr, len(m))
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: the inherited registration is gone, a tracker registers anew
+            ok = writetrack._uffd is None and writetrack._registered == []
+            with WriteTracker(addr, len(m)) as t:
+                m[2 * PAGE_SIZE] = 1
+                ok = ok and pages(t.written()) == [2]
+            os.write(w, b"1" if ok else b"0")
+            os._exit(0)
+        os.close(w)
+        assert os.read(r, 1) == b"1"
+        os.waitpid(pid, 0)
+        os.close(r)
+    finally:
+        unregister_write_tracking(addr, len(m))
+        del buf
+        m.close()

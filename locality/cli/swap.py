@@ -68,12 +68,13 @@ def on(size: int) -> None:
 
 
 @swap.command()
-def off() -> None:
+@click.option("--force", is_flag=True, help="Turn it off even while the process that turned it on is still running.")
+def off(force: bool) -> None:
     """Disable the zram swap locality turned on and reset the device."""
     from locality.kernel.swap import STATE_FILE, zram_swap_off
 
     was_on = STATE_FILE.exists()
-    zram_swap_off()
+    zram_swap_off(force=force)
     click.echo("zram swap off" if was_on else "zram swap was not on; nothing to do")
 
 

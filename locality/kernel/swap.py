@@ -79,6 +79,22 @@ def _selected_algorithm() -> str | None:
     return m.group(1) if m else None
 
 
+def _start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (tells a live owner from a reused PID)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _live_owner(state: dict) -> int | None:
+    """PID of the process that turned swap on, if it is another process still running."""
+    pid = state.get("owner_pid")
+    if not pid or pid == os.getpid():
+        return None
+    return pid if _start_time(pid) == state.get("owner_start") else None
+
+
 def _require_zram_and_root() -> None:
     if not ZRAM_SYSFS.is_dir() or not ZRAM_DEVICE.exists():
         raise Unsupported("zram swap", "there is no zram device (/sys/block/zram0)", "load the module: modprobe zram")
@@ -185,6 +201,8 @@ def zram_swap_on(size_bytes: int) -> None:
             "was_swap": False,
             "size_bytes": size_bytes,
             "turned_on": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "owner_pid": os.getpid(),
+            "owner_start": _start_time(os.getpid()),
         }
         _write_state(prior)
         try:
@@ -199,10 +217,13 @@ def zram_swap_on(size_bytes: int) -> None:
             raise
 
 
-def zram_swap_off() -> None:
+def zram_swap_off(*, force: bool = False) -> None:
     """Turn off the zram swap locality turned on and restore the device's prior state.
 
-    A no-op when locality has nothing turned on.
+    A no-op when locality has nothing turned on. Refuses while the process
+    that turned it on is still running (another experiment or test may be
+    using it), unless ``force``; `locality swap on` exits at once, so swap it
+    turned on can be turned off from anywhere.
     """
     _require_zram_and_root()
     with _device_lock():
@@ -217,6 +238,12 @@ def zram_swap_off() -> None:
             prior = json.loads(STATE_FILE.read_text())
         except (OSError, ValueError) as e:
             raise LocalityError(f"cannot read {STATE_FILE}: {e}", "inspect it, or delete it and reset zram0 by hand") from None
+        owner = _live_owner(prior)
+        if owner is not None and not force:
+            raise LocalityError(
+                f"zram swap is in use: PID {owner} turned it on and is still running",
+                "let it finish, or force it off with `locality swap off --force`",
+            )
         _restore(prior)
 
 

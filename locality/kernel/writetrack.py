@@ -91,6 +91,19 @@ _uffd: int | None = None  # one userfaultfd per process, kept open while anythin
 _registered: list[tuple[int, int]] = []  # [start, end) ranges registered through this module
 
 
+def _forget_after_fork() -> None:
+    # A forked child inherits the fd but not the registrations (no UFFD_FEATURE_EVENT_FORK):
+    # start from nothing, so it registers its own ranges again.
+    global _uffd
+    if _uffd is not None:
+        os.close(_uffd)
+    _uffd = None
+    _registered.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def _ioctl(fd: int, request: int, arg: ctypes.Structure) -> int:
     rv = libc.ioctl(fd, request, ctypes.addressof(arg))
     if rv < 0:
