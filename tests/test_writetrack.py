@@ -181,3 +181,26 @@ def test_a_forked_child_starts_without_registrations():
         unregister_write_tracking(addr, len(m))
         del buf
         m.close()
+
+
+def test_a_range_mapped_again_at_the_same_address_is_tracked():
+    # Layouts free and recreate arenas; mmap often hands back the same address.
+    m = mmap.mmap(-1, 8 * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf = ctypes.c_char.from_buffer(m)
+    addr = ctypes.addressof(buf)
+    register_write_tracking(addr, len(m))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    MAP_FIXED = 0x10
+    try:
+        # Replace the mapping in place: the new VMA is not registered with the uffd.
+        assert libc.mmap(addr, len(m), mmap.PROT_READ | mmap.PROT_WRITE,
+                         mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED, -1, 0) == addr
+        with WriteTracker(addr, len(m)) as t:
+            m[5 * PAGE_SIZE] = 1
+            assert pages(t.written()) == [5]
+    finally:
+        unregister_write_tracking(addr, len(m))
+        del buf
+        m.close()

@@ -165,7 +165,8 @@ def register_write_tracking(addr: int, length: int) -> None:
                     "unregister it there first",
                 ) from None
             raise
-        _registered.append((addr, addr + length))
+        if not _covered(addr, addr + length):
+            _registered.append((addr, addr + length))
 
 
 def unregister_write_tracking(addr: int, length: int) -> None:
@@ -233,9 +234,10 @@ class WriteTracker:
         if self.pid is None:
             with _lock:
                 already = _covered(self.start, self.end)
-            if not already:
-                register_write_tracking(self.start, self.length)
-                self._registered_here = True
+            # Register even when already registered: the range may have been unmapped and
+            # mapped again since (new VMAs start unregistered); same-uffd re-registration is a no-op.
+            register_write_tracking(self.start, self.length)
+            self._registered_here = not already
         try:
             self._fd = open_proc(self.pid, "pagemap")
             if self.pid is None:
