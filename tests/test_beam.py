@@ -226,3 +226,37 @@ def test_acceptance_100k_processes_sparse_sheet(tmp_path: Path) -> None:
     from locality.report.data import load_run_data
 
     assert load_run_data(runs[True]).kind == "beam"
+
+
+@pytest.mark.beam
+@pytest.mark.swap
+@needs_erlang
+def test_pageout_watch_sees_refaults(tmp_path: Path) -> None:
+    """Paged-out VM memory comes back only where the VM touches it."""
+    import contextlib
+
+    from locality.kernel import swap
+
+    if os.geteuid() != 0:
+        pytest.skip("zram swap needs root")
+    on = contextlib.nullcontext() if beam_mod.swap_is_on() else swap.zram_swap(512 << 20)
+    try:
+        with on:
+            cfg = BeamConfig(processes=20_000, steps=4, interval=0.5, track_refs=True,
+                             pageout_watch=True, windows=(1.0,))
+            run_dir = run_beam(cfg, tmp_path, progress=False)
+    except beam_mod.LocalityError as e:
+        if "already" in str(e):
+            pytest.skip(f"zram busy: {e}")
+        raise
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["pageouts"] and m["pageouts"][0]["paged_out_pages"] > 0
+    with np.load(run_dir / "pages.npz") as z:
+        n = int(z["n_pages"])
+        accessed = np.unpackbits(z["accessed"], axis=1, count=n).astype(bool)
+        resident = np.unpackbits(z["resident"], axis=1, count=n).astype(bool)
+    # A page counted as accessed is present again in the same sample.
+    assert not (accessed & ~resident).any()
+    assert 0 < accessed.any(axis=0).sum() < n
+    assert 0.5 < m["untouched_after_pageout"]["1"] < 1
+    assert m["major_faults"] > 0  # refaults from zram are major faults

@@ -525,6 +525,7 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
             state["paged"] = swp.copy()
             state["accessed"] = np.zeros(tracked.addr.size, bool)
             state["majflt0"] = kernel.faults(pid)[1]
+            state["after_pageout"] = True
             pageout_log.append({"t": now, "advised_bytes": advised, "paged_out_pages": int(swp.sum()),
                                 "pageout_ms": dt * 1000})
 
@@ -611,6 +612,8 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
         if event.get("event") == "step":
             last_step = event
             steps.append({k: v for k, v in event.items() if k not in ("ids", "lat_sample_ns", "event")})
+            # The first step after a pageout pays the refaults of the pages it needs.
+            steps[-1]["after_pageout"] = bool(state.pop("after_pageout", False))
             if cfg.report_ids:
                 steps[-1]["ids"] = event.get("ids", [])
             latencies.append(np.asarray(event.get("lat_sample_ns", []), np.int64))
@@ -671,6 +674,8 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
         "pageouts": pageout_log,
         "wss_bytes_mean": sum(v["referenced_bytes"] for v in wss1.values()) if cfg.track_refs else None,
         "refault_rate_pct_per_min": refault_rate,
+        "step_elapsed_us_after_pageout": _median([s["elapsed_us"] for s in steps if s["after_pageout"]]),
+        "step_elapsed_us_other": _median([s["elapsed_us"] for s in steps if not s["after_pageout"]]),
         "major_faults": int(timeline["major_faults"].iloc[-1]) if rows else 0,
         "swapped_pages_max": int(timeline["swapped_pages"].max()) if rows else 0,
         "steps": len(steps), "activations": activations,
@@ -696,6 +701,10 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
         "vm": {"hello": vm.hello, "ready": ready, "memory_after_spawn": mem, "memory_end": mem_end,
                "allocators_before": alloc_before, "allocators_after": alloc_after, "binary_probe": binaries},
     }
+
+
+def _median(xs: list[float]) -> float | None:
+    return float(np.median(xs)) if xs else None
 
 
 def _write_run(run_dir: Path, result: dict[str, Any]) -> None:
