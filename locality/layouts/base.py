@@ -98,7 +98,7 @@ def initial_weights(n: int, seed: int = 0, ids: np.ndarray | None = None) -> np.
     layout that materialises records lazily (isolated) gets the same values."""
     ids = np.arange(n, dtype=np.uint64) if ids is None else np.asarray(ids, dtype=np.uint64)
     key = (ids[:, None] * np.uint64(N_WEIGHTS) + np.arange(N_WEIGHTS, dtype=np.uint64)[None, :])
-    h = _splitmix64(key ^ (np.uint64(seed) * np.uint64(0xD1B54A32D192ED03)))
+    h = _splitmix64(key ^ np.uint64((seed * 0xD1B54A32D192ED03) % 2**64))
     return ((h >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)).astype(np.float32)
 
 
@@ -113,7 +113,7 @@ def initial_counts(n: int, seed: int = 0, ids: np.ndarray | None = None, warm: b
     ids = np.arange(n, dtype=np.uint64) if ids is None else np.asarray(ids, dtype=np.uint64)
     if not warm:
         return np.zeros(ids.size, dtype=np.uint32)
-    h = _splitmix64(ids ^ (np.uint64(seed + 1) * np.uint64(0x8CB92BA72F3D8DD7)))
+    h = _splitmix64(ids ^ np.uint64(((seed + 1) * 0x8CB92BA72F3D8DD7) % 2**64))
     return (h % np.uint64(COLD_EVERY)).astype(np.uint32)
 
 

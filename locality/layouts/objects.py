@@ -225,28 +225,29 @@ class ObjectsLayout(Layout):
         return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
     def expected_written(self, ids: np.ndarray, step: int | None = None) -> dict[str, np.ndarray]:
-        """A LOWER BOUND, as page addresses under key "heap": the dict header and
-        keys table of every activated worker, plus both lists' headers and item
-        arrays for cold touches.  The allocator writes more (freed blocks, new
-        value objects, pool headers), which is the point of this baseline.
+        """A LOWER BOUND, as sorted page addresses under key "heap": the bytes this
+        layout's own code certainly writes -- each activated dict's reference
+        count and version tag, the value slots of count/potential/last_step (and
+        flags on a first activation) in its keys table, and for a cold touch both
+        lists' reference counts and item arrays.  The allocator writes more
+        (new value objects, freed blocks, pool headers): the cost of this layout.
         """
         ids = np.unique(np.asarray(ids, dtype=np.int64))
         cold = self._cold_due(ids) if step is None else self.cold_touched(ids, step)
-        st: list[int] = []
-        ln: list[int] = []
+        points: list[int] = []
         for i, c in zip(ids.tolist(), cold.tolist()):
             w = self.workers[i]
             d = id(w)
-            st += [d - _GC_HEAD, _ptr(d + 32)]
-            ln += [_GC_HEAD + _DICT_BASIC, sys.getsizeof(w) - _EMPTY_DICT_SIZE]
+            keys = _ptr(d + 32)
+            entries = keys + 32 + (1 << ctypes.c_uint8.from_address(keys + 9).value)
+            first = w["flags"] == 0 if step is None else w["flags"] == step + 1
+            points += [d, d + 24] + [entries + 16 * k + 8 for k in range(4 if first else 3)]
             if c:
-                for key in ("weights", "neighbours"):
+                for key in _LISTS:
                     a = id(w[key])
-                    st += [a - _GC_HEAD, _ptr(a + 24)]
-                    ln += [_GC_HEAD + _LIST_BASIC, 8 * ctypes.c_ssize_t.from_address(a + 32).value]
-        s = np.array(st, dtype=np.int64)
-        e = s + np.array(ln, dtype=np.int64) - 1
-        return {"heap": np.unique(np.concatenate([s // PAGE_SIZE, e // PAGE_SIZE])) * PAGE_SIZE}
+                    item = _ptr(a + 24)
+                    points += [a, item, item + 8 * len(w[key]) - 1]
+        return {"heap": np.unique(np.array(points, dtype=np.int64) // PAGE_SIZE) * PAGE_SIZE}
 
     def useful_bytes(self, ids: np.ndarray, step: int) -> int:
         ids = np.unique(np.asarray(ids, dtype=np.int64))
