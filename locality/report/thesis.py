@@ -59,6 +59,7 @@ class FigureSet:
     requests: list[FigureRequest]
     formats: list[str]
     out: Path
+    produce: str  # the command that produces the runs
 
 
 def split_experiment(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list], dict[str, Any]]:
@@ -99,6 +100,9 @@ def load_figure_set(path: str | Path, formats: list[str] | None = None, out: str
             raise ConfigError(f"unknown key 'figures.{key}'", f"allowed: {', '.join(sorted(known))}")
 
     run_ids = table.get("run_ids")
+    sweep_hint = f"locality sweep {path} " + " ".join(
+        "--grid " + k + "=" + ",".join(_flag_value(v) for v in values) for k, values in grid.items()
+    )
     if run_ids is not None:
         if not isinstance(run_ids, list) or not run_ids or not all(isinstance(r, str) and r for r in run_ids):
             raise ConfigError("figures.run_ids: must be a non-empty list of run ids")
@@ -132,7 +136,17 @@ def load_figure_set(path: str | Path, formats: list[str] | None = None, out: str
         if not isinstance(entry.get("where", {}), dict):
             raise ConfigError(f"{where}.where: must be a table of key path = value")
         requests.append(FigureRequest(name, str(file), dict(entry.get("where", {})), entry.get("label")))
-    return FigureSet(path, runs_dir, list(run_ids), requests, fmts, Path(out or table.get("out") or "reports/figures"))
+    return FigureSet(path, runs_dir, list(run_ids), requests, fmts, Path(out or table.get("out") or "reports/figures"),
+                     sweep_hint.rstrip() if grid and table.get("run_ids") is None else f"locality run CONFIG --id RUN_ID --out {runs_dir}")
+
+
+def _flag_value(value: Any) -> str:
+    # --grid values are TOML; bare words are read as strings.
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9._-]+", value):
+        return value
+    import json
+
+    return json.dumps(value)
 
 
 def dotted(config: dict[str, Any], key: str) -> Any:
@@ -142,6 +156,15 @@ def dotted(config: dict[str, Any], key: str) -> Any:
             return None
         node = node[part]
     return node
+
+
+def matches(run: RunData, where: dict[str, Any]) -> bool:
+    """Every key path equals its value (or is one of them, for a list)."""
+    for key, want in where.items():
+        value = dotted(run.config, key)
+        if not (value in want if isinstance(want, list) else value == want):
+            return False
+    return True
 
 
 def _label(template: str, run: RunData) -> str:
@@ -168,7 +191,8 @@ def load_complete_runs(fs: FigureSet) -> list[RunData]:
         shown = ", ".join(missing[:8]) + (f", and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise MissingRuns(
             f"{len(missing)} of {len(fs.run_ids)} runs missing in {fs.runs_dir}: {shown}",
-            f"produce them with: locality sweep {fs.source} --out {fs.runs_dir} --resume",
+            f"produce them with: {fs.produce} --out {fs.runs_dir} --resume" if "sweep" in fs.produce
+            else f"produce them with: {fs.produce}",
         )
     return runs
 
@@ -183,7 +207,7 @@ def write_figures(fs: FigureSet) -> tuple[list[Path], list[str]]:
     notes: list[str] = []
     with figs.style():
         for req in fs.requests:
-            chosen = [r for r in runs if all(dotted(r.config, k) == v for k, v in req.where.items())]
+            chosen = [r for r in runs if matches(r, req.where)]
             if not chosen:
                 raise MissingRuns(f"figure {req.file}: no stored run matches where = {req.where}",
                                   f"check the [grid] of {fs.source} and the figure's where table")
