@@ -151,3 +151,19 @@ def test_bench_cli_unknown_benchmark_exits_2():
 
     out = subprocess.run([sys.executable, "-m", "locality", "bench", "nope"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+def test_childproc_helper_commands(child):
+    minflt, majflt = child.faults()
+    child.start("loop_touch", pages=[5, 9], rate=200, seconds=0.1)  # asynchronous: answer later
+    assert child.result() > 2
+    assert child.mincore() == [5, 9]
+    assert child.faults()[0] >= minflt + 2
+    assert child.read([5, 9, 11]) is None and child.mincore() == [5, 9, 11]
+    child.sleep(0.01)
+    from childproc import ChildError
+
+    with pytest.raises(ChildError, match="unknown command"):
+        child.call("nope")
+    child.close()
+    assert child.proc.poll() is not None
