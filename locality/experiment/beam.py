@@ -509,10 +509,9 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
     sampling_s = 0.0
 
     state = {"cycle_start": 0.0, "done": set(), "paged": np.zeros(tracked.addr.size, bool),
-             "accessed": np.zeros(tracked.addr.size, bool), "majflt0": 0}
+             "accessed": np.zeros(tracked.addr.size, bool)}
 
-    def start_cycle(now: float) -> None:
-        state["cycle_start"] = now
+    def start_cycle() -> None:
         state["done"] = set()
         if cfg.track_refs:
             kernel.clear_refs(pid, 1)
@@ -524,13 +523,17 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
             _, swp = tracked.read(pid)
             state["paged"] = swp.copy()
             state["accessed"] = np.zeros(tracked.addr.size, bool)
-            state["majflt0"] = kernel.faults(pid)[1]
             state["after_pageout"] = True
-            pageout_log.append({"t": now, "advised_bytes": advised, "paged_out_pages": int(swp.sum()),
+            pageout_log.append({"t": t0 - t_start, "advised_bytes": advised, "paged_out_pages": int(swp.sum()),
                                 "pageout_ms": dt * 1000})
+        # Windows run from the moment the bits were cleared / the pages paged out;
+        # the sampling clock is realigned so each window is read right when it ends.
+        now = time.monotonic() - t_start
+        state["cycle_start"] = now
+        state["next_sample"] = t_start + now + cfg.interval
 
     t_start = time.monotonic()
-    start_cycle(0.0)
+    start_cycle()
     minflt0, majflt0 = kernel.faults(pid)
 
     def sample(step_event: dict[str, Any] | None) -> None:
@@ -588,7 +591,7 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
                 pageout_untouched[key].append(1 - state["accessed"].sum() / state["paged"].sum())
         sampling_s += time.monotonic() - s0
         if age >= cycle_len - 0.05 * cfg.interval and len(state["done"]) == len(usable):
-            start_cycle(time.monotonic() - t_start)
+            start_cycle()
 
     say(f"running {n_steps} steps of {cfg.pattern} activation, p={cfg.p}, every {cfg.interval:g} s")
     bar = None
@@ -597,15 +600,15 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
 
         bar = tqdm(total=n_steps, desc="beam steps", unit="step", leave=False)
     vm.send(f"steps {n_steps}")
-    next_sample = time.monotonic() + cfg.interval
     last_step: dict[str, Any] | None = None
     done = False
     while not done:
         # Sample on our own clock, between the VM's step reports.
-        event = vm.poll(max(0.0, next_sample - time.monotonic()))
+        event = vm.poll(max(0.0, state["next_sample"] - time.monotonic()))
         if event is None:
             sample(last_step)
-            next_sample += cfg.interval
+            if state["next_sample"] <= time.monotonic():
+                state["next_sample"] += cfg.interval
             if time.monotonic() - t_start > horizon + 120 + 10 * cfg.interval:
                 raise BeamError("the Erlang VM stopped reporting steps", "try fewer --processes or a longer --interval")
             continue
