@@ -64,7 +64,7 @@ class PageMap:
 
     @property
     def soft_dirty(self) -> np.ndarray:
-        return _bit(self.raw, PM_SOFT_DIRTY_BIT)
+        return ((self.raw >> np.uint64(PM_SOFT_DIRTY_BIT)) & np.uint64(1)).astype(np.bool_)
 
     @property
     def swap_type(self) -> np.ndarray:
@@ -79,15 +79,6 @@ class PageMap:
         off = (self.raw & _PFN_MASK) >> np.uint64(PM_SWAP_TYPE_BITS)
         off[~self.swapped] = 0
         return off
-
-
-def _bit(entries: np.ndarray, bit: int) -> np.ndarray:
-    # Bits 56-63 live in byte 7 of each little-endian entry: a strided uint8 view is
-    # much cheaper than shifting the whole u64 array.
-    top = entries.view(np.uint8)[7::8]
-    return (top & np.uint8(1 << (bit - 56))).astype(np.bool_) if bit >= 56 else (
-        (entries >> np.uint64(bit)) & np.uint64(1)
-    ).astype(np.bool_)
 
 
 def read_entries(pid: int | None, start: int, end: int) -> np.ndarray:
@@ -124,21 +115,26 @@ def read_entries(pid: int | None, start: int, end: int) -> np.ndarray:
 
 def decode(start: int, entries: np.ndarray) -> PageMap:
     """Decode raw pagemap entries of pages starting at ``start``."""
-    top = entries.view(np.uint8)[7::8]
-    present = (top & np.uint8(1 << (PM_PRESENT_BIT - 56))).astype(np.bool_)
-    swapped = (top & np.uint8(1 << (PM_SWAPPED_BIT - 56))).astype(np.bool_)
+    # Bits 56-63 live in byte 7 of each little-endian entry: one strided copy of that
+    # byte, then every flag is a cheap test on a contiguous uint8 array.
+    top = entries.view(np.uint8)[7::8].copy()
+
+    def flag(bit: int) -> np.ndarray:
+        return (top & np.uint8(1 << (bit - 56))) != 0
+
+    present = flag(PM_PRESENT_BIT)
     pfn = entries & _PFN_MASK
-    pfn[~present] = 0  # when swapped, the low bits hold swap type/offset, not a PFN
+    pfn *= present  # when swapped, the low bits hold swap type/offset, not a PFN
     return PageMap(
         start=start,
         end=start + len(entries) * PAGE_SIZE,
         page_size=PAGE_SIZE,
         present=present,
-        swapped=swapped,
+        swapped=flag(PM_SWAPPED_BIT),
         pfn=pfn,
-        exclusive=(top & np.uint8(1 << (PM_EXCLUSIVE_BIT - 56))).astype(np.bool_),
-        file_shared=(top & np.uint8(1 << (PM_FILE_SHARED_BIT - 56))).astype(np.bool_),
-        uffd_wp=(top & np.uint8(1 << (PM_UFFD_WP_BIT - 56))).astype(np.bool_),
+        exclusive=flag(PM_EXCLUSIVE_BIT),
+        file_shared=flag(PM_FILE_SHARED_BIT),
+        uffd_wp=flag(PM_UFFD_WP_BIT),
         raw=entries,
     )
 
