@@ -13,7 +13,8 @@ from locality.experiment import cgroup
 from locality.experiment.config import validate
 from locality.experiment.policies import CgroupLimit, NoReclaim, PageoutIdle, make_policy
 from locality.experiment.sampler import SWP_PTE_MARKER, Sampler, anonymous_ranges, runs, subtract
-from locality.kernel import pagemap, swap_active
+from locality.kernel import swap_active
+from locality.kernel.pagemap import pagemap
 from locality.kernel import swap as zram
 
 

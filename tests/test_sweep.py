@@ -81,7 +81,7 @@ def test_sweep_interrupted_then_resumed_runs_only_the_missing_points(tmp_path):
     (tmp_path / "c.toml").write_text(
         'workers = 2000\nduration = 1.5\nstep_interval = 0.01\n[pattern]\nname = "uniform"\n[sampling]\ninterval = 0.1\n'
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "locality", "sweep", "c.toml", "--grid", "seed=1,2,3", "--out", "runs"]
     p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ids = [pt.point_id for pt in points(validate({"workers": 2000, "duration": 1.5, "step_interval": 0.01,

@@ -53,7 +53,7 @@ def default_run_id(config: ExperimentConfig) -> str:
 
 def preflight(config: ExperimentConfig) -> dict[str, Any]:
     """Refuse a run that cannot work here, before anything is created; returns capabilities."""
-    from locality.kernel import capabilities
+    from locality.kernel.capabilities import capabilities
 
     caps = capabilities()
     if config.sampling.interval > 0:

@@ -159,7 +159,7 @@ class Sampler:
     # -- sampling ---------------------------------------------------------------
     def sample(self, now: float) -> Sample:
         """One sample at monotonic time ``now``: written (and re-protect), present, swapped."""
-        from locality.kernel import pagemap
+        from locality.kernel.pagemap import pagemap
 
         t0 = time.perf_counter()
         written = resident = swapped = populated = refaulted = paged_out = 0
@@ -237,7 +237,7 @@ class Sampler:
     def after_pageout(self) -> None:
         """Re-read residency of regions just paged out, so the next sample's
         refault count starts from what really left memory."""
-        from locality.kernel import pagemap
+        from locality.kernel.pagemap import pagemap
 
         for r in self.regions:
             if not r.alive or not r.paged_out.any():
