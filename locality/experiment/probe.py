@@ -1,0 +1,429 @@
+"""Sample any running process per VMA: the engine behind `locality probe PID`.
+
+Every ``interval`` seconds, from outside the target:
+
+- smaps: per VMA rss, pss, swap, anonymous, AnonHugePages (and Referenced);
+- pagemap, page by page, of every VMA with resident or swapped pages:
+  which pages are resident and which swapped; the per-page matrices go to
+  ``pages.npz``. VMAs with neither (rss 0 and swap 0 in smaps) are not read,
+  so a VM that maps GBs of address space but uses little stays cheap;
+- /proc/PID/stat: minor and major faults;
+- only with ``track_refs``: referenced bytes per VMA since the previous
+  sample (clear_refs right after each smaps read, then smaps Referenced at
+  the next). That writes the target's page-table accessed bits, so it is
+  only done on request. The first sample has no referenced value.
+
+Files (docs/internals.md): ``manifest.json`` (kind "probe"), ``timeline.csv``
+with one row per (sample, VMA), and ``pages.npz``. VMAs that appear or
+disappear between samples are handled by identity: a VMA is
+(start, end, perms, offset, inode, path); a changed VMA is a new entry of
+``regions`` and the ``vma`` column of the timeline is its index there. The
+page matrices are over the union of pages seen resident or swapped in any
+sample (``page_addr``, sorted); a page absent from a sample (unmapped, or
+never touched yet) is 0 in both matrices; ``region`` gives the first region
+each page was seen in. There is no ``written`` matrix: writes of a foreign
+process are not observable without its cooperation.
+
+Ctrl-C / SIGTERM stop after the current sample; every file is then written
+whole (atomically), the run is marked ``interrupted`` and KeyboardInterrupt
+is re-raised. A target that exits mid-probe ends the probe with status
+``complete`` and a note in the manifest.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from locality.errors import InvalidArgument, LocalityError, NoSuchProcess
+from locality.experiment import store
+from locality.kernel import PAGE_SIZE, clear_refs, faults, pagemap, smaps
+from locality.kernel._platform import check_pid
+
+TIMELINE_COLUMNS = [
+    "t", "sample", "vma", "start", "end", "perms", "path",
+    "rss_bytes", "pss_bytes", "swap_bytes", "referenced_bytes", "anonymous_bytes", "anon_huge_bytes",
+    "resident_pages", "swapped_pages", "minor_faults", "major_faults", "sample_ms",
+]
+
+
+@dataclass
+class ProbeSample:
+    """Totals of one sample, handed to ``on_sample`` (the CLI's live line)."""
+
+    sample: int
+    t: float
+    vmas: int
+    vmas_read: int  # VMAs whose pagemap was read (resident or swapped pages)
+    rss_bytes: int
+    pss_bytes: int
+    swap_bytes: int
+    referenced_bytes: int | None  # None without track_refs, and at the first sample
+    resident_pages: int
+    swapped_pages: int
+    minor_faults: int
+    major_faults: int
+    sample_ms: float  # time the sampler spent on this sample
+
+
+_MERGE_GAP = 256 * PAGE_SIZE  # read across gaps up to 1 MiB (2 KiB of pagemap)
+# pagemap covers the user address space only ([vsyscall] lies above it); the
+# bound is the largest x86_64/aarch64 user address with 5-level page tables.
+_USER_END = 1 << 56
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _check_positive(name: str, value: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{name} must be a number of seconds, not {value!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidArgument(f"{name} must be > 0 seconds, not {value:g}")
+    return value
+
+
+def check_ranges(ranges: Sequence[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+    """Validate [start, end) address ranges: non-negative, page-aligned, non-empty."""
+    if ranges is None:
+        return None
+    out = []
+    for start, end in ranges:
+        for name, value in (("start", start), ("end", end)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidArgument(f"range {name} must be an integer address, not {value!r}")
+            if value < 0:
+                raise InvalidArgument(f"range {name} {value:#x} is negative", "addresses are >= 0")
+            if value % PAGE_SIZE:
+                raise InvalidArgument(f"range {name} {value:#x} is not page-aligned", f"page size is {PAGE_SIZE} bytes")
+        if end <= start:
+            raise InvalidArgument(f"range {start:#x}-{end:#x} is empty or reversed", "give START-END with START < END")
+        out.append((start, end))
+    return sorted(out)
+
+
+def _clip(start: int, end: int, ranges: list[tuple[int, int]] | None) -> list[tuple[int, int]]:
+    if ranges is None:
+        return [(start, end)]
+    return [(max(start, a), min(end, b)) for a, b in ranges if a < end and b > start]
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [os.fsdecode(a) for a in f.read().split(b"\0") if a]
+    except OSError:
+        return None
+
+
+def preflight(pid: int, *, interval: float, duration: float, track_refs: bool,
+              ranges: Sequence[tuple[int, int]] | None = None) -> list[tuple[int, int]] | None:
+    """Every check that can refuse a probe, done before anything is written.
+
+    Raises InvalidArgument, NoSuchProcess, AccessDenied. With ``track_refs``
+    it clears the target's referenced bits once (the write permission check).
+    """
+    check_pid(pid)
+    interval = _check_positive("--interval", interval)
+    duration = _check_positive("--duration", duration)
+    if duration < interval:
+        raise InvalidArgument(f"--duration {duration:g}s is shorter than --interval {interval:g}s",
+                              "the probe needs at least two samples: make the duration at least one interval")
+    ranges = check_ranges(ranges)
+    entries = smaps(pid)
+    if not entries:
+        raise InvalidArgument(f"PID {pid} has no user memory (a kernel thread or a zombie)")
+    if ranges is not None and not any(_clip(e.start, e.end, ranges) for e in entries):
+        raise InvalidArgument(f"no VMA of PID {pid} intersects the given range(s)", f"see /proc/{pid}/maps")
+    first = entries[0]
+    pagemap(pid, first.start, first.start + PAGE_SIZE)  # permission to read pagemap
+    faults(pid)
+    if track_refs:
+        clear_refs(pid)
+    return ranges
+
+
+def probe(pid: int, out: str | os.PathLike, *, interval: float = 1.0, duration: float = 30.0,
+          track_refs: bool = False, on_sample: Callable[[ProbeSample], None] | None = None,
+          ranges: Sequence[tuple[int, int]] | None = None) -> Path:
+    """Sample process ``pid`` every ``interval`` s for ``duration`` s into the run directory ``out``.
+
+    ``out`` is the run directory itself (created; must not exist or be empty).
+    Samples are taken at t = 0, interval, 2 interval, ... <= duration.
+    ``ranges``: optional [(start, end)] page-aligned address ranges; only VMAs
+    that intersect them are recorded, and their pages only inside them
+    (smaps counters stay per whole VMA). Returns the run directory.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidArgument(f"{out} already exists and is not an empty directory", "choose a new --out directory")
+    ranges = preflight(pid, interval=interval, duration=duration, track_refs=track_refs, ranges=ranges)
+    interval, duration = float(interval), float(duration)
+
+    from locality.kernel import capabilities
+
+    caps = capabilities()
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "pid": pid, "comm": _comm(pid), "cmdline": _cmdline(pid), "interval": interval, "duration": duration,
+        "track_refs": track_refs, "ranges": [[a, b] for a, b in ranges] if ranges else None,
+    }
+    manifest = store.start_manifest("probe", out.name, config, caps)
+    manifest.update(samples=0, note=None, page_sizes_seen=[])
+    store.write_manifest(out, manifest)
+    return _Probe(pid, out, manifest, interval, duration, track_refs, ranges, on_sample).execute()
+
+
+class _Probe:
+    def __init__(self, pid: int, out: Path, manifest: dict[str, Any], interval: float, duration: float,
+                 track_refs: bool, ranges: list[tuple[int, int]] | None,
+                 on_sample: Callable[[ProbeSample], None] | None) -> None:
+        self.pid, self.out, self.manifest = pid, out, manifest
+        self.interval, self.duration, self.track_refs, self.ranges = interval, duration, track_refs, ranges
+        self.on_sample = on_sample
+        self.signal: int | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.times: list[float] = []
+        self.resident: list[np.ndarray] = []  # per sample: addresses of resident pages (uint64, sorted)
+        self.swapped: list[np.ndarray] = []
+        self.regions: dict[tuple, int] = {}
+        self.region_bounds: list[tuple[int, int]] = []
+        self.page_sizes: set[int] = set()
+        self.note: str | None = None
+
+    # Ctrl-C / SIGTERM become a flag checked between samples, so no sample
+    # is cut in half and every file can still be written.
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            self.signal = signum
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, on_signal)
+        return old
+
+    def execute(self) -> Path:
+        old = self._install_signals()
+        status, error, raised = "complete", None, None
+        try:
+            try:
+                self._loop()
+                if self.signal is not None:
+                    status = "interrupted"
+            except _Interrupted:
+                status = "interrupted"
+            except KeyboardInterrupt:  # raised outside our handler (e.g. not the main thread)
+                status = "interrupted"
+            except LocalityError as e:
+                status, error, raised = "failed", str(e), e
+            except Exception as e:
+                status, error, raised = "failed", f"{type(e).__name__}: {e}", e
+            self._write(status, error)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        if raised is not None:
+            raise raised
+        if status == "interrupted":
+            raise KeyboardInterrupt
+        return self.out
+
+    def _wait_until(self, deadline: float) -> None:
+        while True:
+            if self.signal is not None:
+                raise _Interrupted
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
+
+    def _loop(self) -> None:
+        n_samples = int(math.floor(self.duration / self.interval + 1e-9)) + 1
+        t0 = time.monotonic()
+        for k in range(n_samples):
+            self._wait_until(t0 + k * self.interval)
+            started = time.monotonic()
+            try:
+                summary = self._sample(k, started - t0)
+            except NoSuchProcess:
+                summary = None
+            if summary is None:
+                self.note = (f"target PID {self.pid} exited at t={time.monotonic() - t0:.2f}s; "
+                             f"{len(self.times)} samples kept")
+                return
+            if self.on_sample is not None:
+                self.on_sample(summary)
+
+    def _region(self, e: Any) -> int:
+        key = (e.start, e.end, e.perms, e.offset, e.inode, e.path)
+        index = self.regions.get(key)
+        if index is None:
+            index = self.regions[key] = len(self.regions)
+            self.region_bounds.append((e.start, e.end))
+        return index
+
+    def _sample(self, k: int, t: float) -> ProbeSample | None:
+        started = time.perf_counter()
+        entries = smaps(self.pid)
+        if self.track_refs:
+            # Right after reading Referenced, so the next sample's value covers one interval.
+            clear_refs(self.pid)
+        if not entries:  # a zombie: its memory is gone
+            return None
+        minflt, majflt = faults(self.pid)
+        rows, resident, swapped = [], [], []
+        totals = dict(rss=0, pss=0, swap=0, referenced=0, resident=0, swapped=0, read=0)
+        counts = self._read_pages(entries, resident, swapped)
+        for i, e in enumerate(entries):
+            if not _clip(e.start, e.end, self.ranges):
+                continue
+            n_resident, n_swapped = counts.get(i, (0, 0))
+            if i in counts:
+                totals["read"] += 1
+            if e.rss:
+                self.page_sizes.add(e.kernel_page_size)
+            if e.anon_huge:
+                self.page_sizes.add(2 << 20)
+            referenced = e.referenced if self.track_refs and k > 0 else None
+            rows.append({
+                "vma": self._region(e), "start": e.start, "end": e.end, "perms": e.perms, "path": e.path,
+                "rss_bytes": e.rss, "pss_bytes": e.pss, "swap_bytes": e.swap, "referenced_bytes": referenced,
+                "anonymous_bytes": e.anonymous, "anon_huge_bytes": e.anon_huge,
+                "resident_pages": n_resident, "swapped_pages": n_swapped,
+            })
+            totals["rss"] += e.rss
+            totals["pss"] += e.pss
+            totals["swap"] += e.swap
+            totals["referenced"] += e.referenced
+            totals["resident"] += n_resident
+            totals["swapped"] += n_swapped
+        sample_ms = (time.perf_counter() - started) * 1e3
+        for row in rows:
+            row.update(t=round(t, 6), sample=k, minor_faults=minflt, major_faults=majflt, sample_ms=round(sample_ms, 3))
+        self.rows.extend(rows)
+        self.times.append(t)
+        self.resident.append(self._same_as_last(self.resident, resident))
+        self.swapped.append(self._same_as_last(self.swapped, swapped))
+        return ProbeSample(
+            sample=k, t=t, vmas=len(rows), vmas_read=totals["read"], rss_bytes=totals["rss"],
+            pss_bytes=totals["pss"], swap_bytes=totals["swap"],
+            referenced_bytes=totals["referenced"] if self.track_refs and k > 0 else None,
+            resident_pages=totals["resident"], swapped_pages=totals["swapped"],
+            minor_faults=minflt, major_faults=majflt, sample_ms=sample_ms,
+        )
+
+    def _read_pages(self, entries: list, resident: list[np.ndarray], swapped: list[np.ndarray]) -> dict[int, tuple[int, int]]:
+        """pagemap of every VMA with resident or swapped pages (smaps says which):
+        entry index -> (resident pages, swapped pages); page addresses appended.
+
+        Neighbouring VMAs (a library's text, data and bss; heap arenas) are
+        read in one pagemap call when the gap between them is small: one call
+        per VMA costs more in decoding than the few extra entries."""
+        parts = [(lo, hi, i) for i, e in enumerate(entries) if e.rss or e.swap
+                 for lo, hi in _clip(e.start, e.end, self.ranges) if lo < _USER_END]
+        groups: list[list[tuple[int, int, int]]] = []
+        for part in parts:
+            if groups and part[0] - groups[-1][-1][1] <= _MERGE_GAP and part[0] >= groups[-1][-1][1]:
+                groups[-1].append(part)
+            else:
+                groups.append([part])
+        counts: dict[int, tuple[int, int]] = {}
+        for group in groups:
+            g_lo, g_hi = group[0][0], group[-1][1]
+            pm = pagemap(self.pid, g_lo, g_hi)
+            wanted = np.zeros(len(pm.present), dtype=bool)
+            for lo, hi, i in group:
+                a, b = (lo - g_lo) // PAGE_SIZE, (hi - g_lo) // PAGE_SIZE
+                wanted[a:b] = True
+                r, s = counts.get(i, (0, 0))
+                counts[i] = (r + int(np.count_nonzero(pm.present[a:b])), s + int(np.count_nonzero(pm.swapped[a:b])))
+            addrs = pm.addresses
+            resident.append(addrs[pm.present & wanted])
+            swapped.append(addrs[pm.swapped & wanted])
+        return counts
+
+    @staticmethod
+    def _same_as_last(history: list[np.ndarray], parts: list[np.ndarray]) -> np.ndarray:
+        # Parts come in address order and do not overlap, so their concatenation
+        # is sorted. An idle process's page set rarely changes: share the
+        # previous array instead of holding one copy per sample.
+        pages = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
+        if history and np.array_equal(history[-1], pages):
+            return history[-1]
+        return pages.astype(np.uint64, copy=False)
+
+    # -- files
+    def _pages(self) -> dict[str, np.ndarray]:
+        seen = [a for a in self.resident + self.swapped if len(a)]
+        page_addr = np.unique(np.concatenate(seen)) if seen else np.empty(0, dtype=np.uint64)
+        region = np.full(len(page_addr), -1, dtype=np.int32)
+        for index, (start, end) in enumerate(self.region_bounds):  # first region seen holding the page
+            lo, hi = np.searchsorted(page_addr, [start, end])
+            block = region[lo:hi]
+            block[block < 0] = index
+        names = [f"{start:#x}-{end:#x} {perms} {path}".rstrip()
+                 for (start, end, perms, _offset, _inode, path) in self.regions]
+
+        def matrix(per_sample: list[np.ndarray]) -> np.ndarray:
+            rows = np.zeros((len(per_sample), len(page_addr)), dtype=bool)
+            for i, addrs in enumerate(per_sample):
+                rows[i, np.searchsorted(page_addr, addrs)] = True
+            return store.pack_bits(rows)
+
+        return {
+            "t": np.asarray(self.times, dtype=np.float64),
+            "page_addr": page_addr.astype(np.uint64),
+            "region": region,
+            "regions": np.asarray(names, dtype=str),
+            "resident": matrix(self.resident),
+            "swapped": matrix(self.swapped),
+            "n_pages": np.int64(len(page_addr)),
+        }
+
+    def _write(self, status: str, error: str | None) -> None:
+        import pandas as pd
+
+        frame = pd.DataFrame(self.rows, columns=TIMELINE_COLUMNS)
+        store.atomic_write_csv(self.out / "timeline.csv", frame)
+        store.atomic_write_npz(self.out / "pages.npz", **self._pages())
+        self.manifest.update(
+            status=status, error=error, finished=store.utcnow(), samples=len(self.times), note=self.note,
+            page_sizes_seen=sorted(self.page_sizes),
+        )
+        store.write_manifest(self.out, self.manifest)
+
+
+def summary_line(s: ProbeSample) -> str:
+    """One line per sample for a terminal."""
+    mib = 1 << 20
+    ref = "" if s.referenced_bytes is None else f"  referenced {s.referenced_bytes / mib:8.2f} MiB"
+    return (f"t={s.t:7.2f}s  VMAs {s.vmas:5d} ({s.vmas_read} read)  rss {s.rss_bytes / mib:8.2f} MiB  "
+            f"pss {s.pss_bytes / mib:8.2f} MiB  swap {s.swap_bytes / mib:7.2f} MiB  "
+            f"resident {s.resident_pages} pages  swapped {s.swapped_pages}{ref}  "
+            f"faults {s.minor_faults}/{s.major_faults}  ({s.sample_ms:.1f} ms)")
+
+
+def sample_dict(s: ProbeSample) -> dict[str, Any]:
+    return asdict(s)
