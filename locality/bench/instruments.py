@@ -5,6 +5,8 @@ touched) in this process, one after the other in the same run, so their
 times can be compared side by side even on a noisy machine. Each is timed
 ``--repeat`` times; best and median are printed with pages/s, and the two
 DESIGN.md targets (scaled linearly from 4 GiB to ``--size``) as ratios.
+Instruments are timed in turns (one call of each per round), so load that
+drifts during the run affects all of them alike.
 """
 
 from __future__ import annotations
@@ -30,20 +32,26 @@ GIB4 = 4 << 30
 TARGETS_MS_AT_4GIB = {"pagemap read+decode": 40.0, "PAGEMAP_SCAN query (1% written)": 3.0}
 
 
-def _time(fn: Callable[[], object], repeat: int, before: Callable[[], object] | None = None) -> list[float]:
-    """Seconds per call of ``fn``; ``before`` runs untimed ahead of each call."""
-    times = []
+def _round_robin(cases: list[tuple[str, Callable[[], object], Callable[[], object] | None]], repeat: int, tick: Callable[[], None]) -> dict[str, list[float]]:
+    """Seconds per call of each case, measured in turns (one call of each per round).
+
+    Load on a shared machine drifts over seconds; taking turns lets every
+    instrument see the same drift, so their ratios stay meaningful. Each
+    case's ``before`` runs untimed just ahead of its call to set up its state.
+    """
+    times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
     for _ in range(repeat):
-        if before is not None:
-            before()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        for name, fn, before in cases:
+            if before is not None:
+                before()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        tick()
     return times
 
 
 def run_benchmark(size: int, repeat: int, progress: bool = True) -> dict:
-    from locality.kernel import mincore as _mincore_mod  # noqa: F401  (import cost outside timings)
     from locality.kernel._platform import PAGE_SIZE
     from locality.kernel.mincore import mincore
     from locality.kernel.pagemap import decode, read_entries
@@ -66,13 +74,7 @@ def run_benchmark(size: int, repeat: int, progress: bool = True) -> dict:
         )
     n_pages = size // PAGE_SIZE
     pid = os.getpid()
-    steps = ["touch", "mincore", "pagemap", "smaps", "clear_refs", "first write-protect", "query", "query+reset"]
-    bar = tqdm(steps, desc="bench instruments", file=sys.stderr, disable=not progress, leave=False)
-
-    def step(name: str) -> None:
-        bar.set_postfix_str(name)
-        bar.update(1)
-
+    bar = tqdm(total=repeat + 1, desc="bench instruments", file=sys.stderr, disable=not progress, leave=False)
     rows: list[dict] = []
     notes: list[str] = []
 
@@ -91,77 +93,74 @@ def run_benchmark(size: int, repeat: int, progress: bool = True) -> dict:
             row["ratio"] = row["best_ms"] / row["target_ms"]
         rows.append(row)
 
+    load_before = os.getloadavg()[0]
     m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     anchor = ctypes.c_char.from_buffer(m)
     addr = ctypes.addressof(anchor)
     view = np.frombuffer(m, dtype=np.uint8)
+    tracker = None
     try:
         m.madvise(mmap.MADV_NOHUGEPAGE)
         view[::PAGE_SIZE] = 1
-        step("touch")
+        bar.update(1)
 
+        # Each instrument must see the ground truth before its time means anything.
         resident = mincore(addr, size)
         if not resident.all():
             raise RuntimeError(f"only {int(resident.sum())} of {n_pages} touched pages are resident")
-        record("mincore", _time(lambda: mincore(addr, size), repeat))
-        step("mincore")
-
         entries = read_entries(None, addr, addr + size)
         if not decode(addr, entries).present.all():
             raise RuntimeError("pagemap does not report every touched page present")
-        full = _time(lambda: decode(addr, read_entries(None, addr, addr + size)), repeat)
-        read = _time(lambda: read_entries(None, addr, addr + size), repeat)
-        dec = _time(lambda: decode(addr, entries), repeat)
-        record("pagemap read+decode", full)
-        record("pagemap kernel read only", read)
-        record("pagemap decode only", dec)
-        step("pagemap")
 
-        if procfs is not None:
-            record("smaps parse (whole process)", _time(lambda: procfs.smaps(pid), repeat))
-            record("smaps_rollup", _time(lambda: procfs.rollup(pid), repeat))
-            step("smaps")
-            record("clear_refs (whole process)", _time(lambda: procfs.clear_refs(pid, 1), repeat))
-            step("clear_refs")
-        else:
-            notes.append("smaps and clear_refs skipped: locality.kernel.procfs is not installed yet")
-            step("smaps")
-            step("clear_refs")
+        register_write_tracking(addr, size)
+        tracker = WriteTracker(addr, size)  # reuses the registration and resets it
+        rng = np.random.default_rng(0)
+        k = max(1, n_pages // 100)
+        chosen = np.sort(rng.choice(n_pages, size=k, replace=False))
 
-        # First write-protect: every page of a freshly registered range is written.
-        def fresh_registration() -> None:
+        def write_one_percent() -> None:
+            tracker.reset()
+            view[rng.choice(n_pages, size=k, replace=False) * PAGE_SIZE] += 1
+
+        def write_chosen() -> None:
+            tracker.reset()
+            view[chosen * PAGE_SIZE] += 1
+
+        write_chosen()
+        found = np.flatnonzero(tracker.written())
+        if not np.array_equal(found, chosen):
+            raise RuntimeError(f"PAGEMAP_SCAN found {len(found)} written pages, {k} were written")
+
+        def fresh_registration() -> None:  # every page of a newly registered range counts as written
             unregister_write_tracking(addr, size)
             register_write_tracking(addr, size)
 
-        register_write_tracking(addr, size)
-        tracker = WriteTracker(addr, size, max_regions=1 << 16)  # reuses the registration, resets it
-        try:
-            record("PAGEMAP_SCAN first write-protect", _time(tracker.reset, repeat, before=fresh_registration))
-            step("first write-protect")
-
-            rng = np.random.default_rng(0)
-            k = max(1, n_pages // 100)
-            tracker.reset()
-            chosen = np.sort(rng.choice(n_pages, size=k, replace=False))
-            view[chosen * PAGE_SIZE] += 1
-            found = np.flatnonzero(tracker.written())
-            if not np.array_equal(found, chosen):
-                raise RuntimeError(f"PAGEMAP_SCAN found {len(found)} written pages, {k} were written")
-            record("PAGEMAP_SCAN query (1% written)", _time(tracker.written, repeat))
-            step("query")
-
-            def write_one_percent() -> None:
-                idx = rng.choice(n_pages, size=k, replace=False)
-                view[idx * PAGE_SIZE] += 1
-
-            tracker.reset()
-            record("PAGEMAP_SCAN query+reset (1% written)", _time(tracker.written_and_reset, repeat, before=write_one_percent))
-            step("query+reset")
-        finally:
-            tracker.close()
-            unregister_write_tracking(addr, size)
+        cases: list = [
+            ("mincore", lambda: mincore(addr, size), None),
+            ("pagemap read+decode", lambda: decode(addr, read_entries(None, addr, addr + size)), None),
+            ("pagemap kernel read only", lambda: read_entries(None, addr, addr + size), None),
+            ("pagemap decode only", lambda: decode(addr, entries), None),
+        ]
+        if procfs is not None:
+            cases += [
+                ("smaps parse (whole process)", lambda: procfs.smaps(pid), None),
+                ("smaps_rollup", lambda: procfs.rollup(pid), None),
+                ("clear_refs (whole process)", lambda: procfs.clear_refs(pid, 1), None),
+            ]
+        else:
+            notes.append("smaps and clear_refs skipped: locality.kernel.procfs is not installed yet")
+        cases += [
+            ("PAGEMAP_SCAN first write-protect", tracker.reset, fresh_registration),
+            ("PAGEMAP_SCAN query (1% written)", tracker.written, write_chosen),
+            ("PAGEMAP_SCAN query+reset (1% written)", tracker.written_and_reset, write_one_percent),
+        ]
+        for name, times in _round_robin(cases, repeat, lambda: bar.update(1)).items():
+            record(name, times)
     finally:
         bar.close()
+        if tracker is not None:
+            tracker.close()
+            unregister_write_tracking(addr, size)
         del view, anchor
         m.close()
 
@@ -178,6 +177,8 @@ def run_benchmark(size: int, repeat: int, progress: bool = True) -> dict:
         "results": rows,
         "pagemap_decode_overhead_pct": overhead,
         "notes": notes,
+        "loadavg_1min": [load_before, os.getloadavg()[0]],
+        "cpus": os.cpu_count(),
     }
 
 
@@ -186,6 +187,8 @@ def _print_table(report: dict) -> None:
         f"{human(report['size_bytes'])} anonymous mapping, {report['pages']:,} pages of {report['page_size']} B, "
         f"all touched, MADV_NOHUGEPAGE; best and median of {report['repeat']}"
     )
+    before, after = report["loadavg_1min"]
+    click.echo(f"load average (1 min) {before:.2f} -> {after:.2f} on {report['cpus']} CPUs: above ~1, times include other work")
     header = f"{'instrument':<40} {'best ms':>9} {'median ms':>10} {'Mpages/s':>9} {'target ms':>10} {'best/target':>12}"
     click.echo(header)
     click.echo("-" * len(header))
