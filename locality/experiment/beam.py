@@ -33,7 +33,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from locality import kernel
+from locality.kernel.pagemap import pagemap
+from locality.kernel.procfs import clear_refs, faults, smaps
+from locality.kernel.reclaim import process_pageout
 from locality.errors import InvalidArgument, LocalityError, Unsupported
 from locality.experiment import store
 
@@ -285,10 +287,10 @@ def classify(entry: Any, grown: set[tuple[int, int]], binary_addrs: list[int]) -
         return "JIT code (memfd, dual-mapped)"
     if path.startswith("/"):
         if "x" in entry.perms:
-            return "code (executable mappings: beam.smp, libraries, JIT)"
+            return "code (beam.smp, shared libraries)"
         return "file-backed data"
     if "x" in entry.perms:
-        return "code (executable mappings: beam.smp, libraries, JIT)"
+        return "code (beam.smp, shared libraries)"
     if (entry.start, entry.end) in grown:
         return "process heaps and structs (grew at spawn: eheap_alloc, fix_alloc)"
     return "other anonymous (allocator carriers, thread stacks, process table)"
@@ -358,7 +360,7 @@ class Tracked:
         present, swapped = [], []
         for s, e in self.ranges:
             try:
-                pm = kernel.pagemap(pid, s, e)
+                pm = pagemap(pid, s, e)
                 present.append(np.asarray(pm.present, bool))
                 swapped.append(np.asarray(pm.swapped, bool))
             except (LocalityError, OSError):
@@ -384,11 +386,9 @@ def _alive(pid: int) -> bool:
 
 
 def swap_is_on() -> bool:
-    try:
-        return bool(kernel.swap_active())
-    except (AttributeError, ImportError, ModuleNotFoundError):
-        with open("/proc/swaps") as f:
-            return len(f.read().strip().splitlines()) > 1
+    from locality.kernel.swap import swap_active
+
+    return bool(swap_active())
 
 
 # --------------------------------------------------------------- the run
@@ -447,12 +447,12 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
     pid = vm.pid
     n = cfg.processes
     # The empty VM, then the population: the difference is what the processes cost.
-    smaps_before = kernel.smaps(pid)
+    smaps_before = smaps(pid)
     alloc_before = vm.request("allocators", "allocators")
     say(f"spawning {n:,} processes in the Erlang VM (OS pid {pid})")
     ready = vm.request("spawn", "ready", timeout=_spawn_timeout(n))
     time.sleep(0.2)  # let the schedulers settle into idle
-    smaps_after = kernel.smaps(pid)
+    smaps_after = smaps(pid)
     mem = vm.request("memory", "memory", timeout=_spawn_timeout(n))
     alloc_after = vm.request("allocators", "allocators")
     binaries = vm.request("binaries", "binaries")["addresses"]
@@ -514,11 +514,11 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
     def start_cycle() -> None:
         state["done"] = set()
         if cfg.track_refs:
-            kernel.clear_refs(pid, 1)
+            clear_refs(pid, 1)
         if cfg.pageout_watch:
             t0 = time.monotonic()
             ranges = [(s, e - s) for s, e in tracked.ranges]
-            advised = kernel.process_pageout(pid, ranges)
+            advised = process_pageout(pid, ranges)
             dt = time.monotonic() - t0
             _, swp = tracked.read(pid)
             state["paged"] = swp.copy()
@@ -534,14 +534,14 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
 
     t_start = time.monotonic()
     start_cycle()
-    minflt0, majflt0 = kernel.faults(pid)
+    minflt0, majflt0 = faults(pid)
 
     def sample(step_event: dict[str, Any] | None) -> None:
         nonlocal sampling_s
         s0 = time.monotonic()
         t = s0 - t_start
-        entries = kernel.smaps(pid)
-        minflt, majflt = kernel.faults(pid)
+        entries = smaps(pid)
+        minflt, majflt = faults(pid)
         present, swapped = tracked.read(pid)
         tot = _totals(entries)
         refaulted = 0
