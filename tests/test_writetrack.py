@@ -204,3 +204,44 @@ def test_a_range_mapped_again_at_the_same_address_is_tracked():
         unregister_write_tracking(addr, len(m))
         del buf
         m.close()
+
+
+def test_missing_kernel_features_are_unsupported_with_the_reason(monkeypatch):
+    import errno
+
+    from locality.errors import Unsupported
+
+    def no_syscall(name, *args):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(writetrack, "syscall", no_syscall)
+    with pytest.raises(Unsupported, match="CONFIG_USERFAULTFD") as e:
+        writetrack._open_uffd()
+    assert e.value.feature == "userfaultfd"
+
+    def old_api(fd, request, arg):  # a kernel < 6.7 rejects the WP_ASYNC feature bits
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(writetrack, "_ioctl", old_api)
+    with pytest.raises(Unsupported, match="asynchronous write-protect"):
+        writetrack._open_uffd()
+
+
+def test_missing_pagemap_scan_is_unsupported(child, monkeypatch):
+    import errno
+
+    from locality.errors import Unsupported
+
+    child.register_write_tracking()
+    with WriteTracker(child.addr, child.length, pid=child.pid) as tracker:
+        real = writetrack._ioctl
+
+        def no_scan(fd, request, arg):
+            if request == writetrack.PAGEMAP_SCAN:
+                raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
+            return real(fd, request, arg)
+
+        monkeypatch.setattr(writetrack, "_ioctl", no_scan)
+        with pytest.raises(Unsupported, match="older than 6.7"):
+            tracker.written()
