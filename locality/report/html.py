@@ -94,6 +94,7 @@ def metrics_rows(runs: list[RunData]) -> tuple[list[str], list[dict[str, Any]]]:
         rows.append({
             "run": run,
             "baseline": run is base,
+            "css": " ".join(dict.fromkeys(c for c, on in (("baseline", run is base), (run.status, True)) if on)),
             "workers": fmt_number(run.metrics.get("workers") or find_key(run.config, "workers")),
             "scheduler": run.metrics.get("scheduler") or find_key(run.config, "scheduler") or "—",
             "pattern": _name(run.metrics.get("pattern") or find_key(run.config, "pattern")),

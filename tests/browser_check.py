@@ -1,0 +1,96 @@
+"""Open a report in headless Chromium from file:// and check what a reader would see.
+
+Used by test_browser.py and test_compare.py. Checks: no console errors, no
+request but the file itself, every drawn figure has a non-empty rendered size,
+the metrics table is there; saves a full-page screenshot to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+         "--disable-dev-shm-usage", "--window-size=1400,1000"]
+
+
+def require_chromium() -> tuple[str, str]:
+    chromium = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    driver = CHROMEDRIVER if Path(CHROMEDRIVER).exists() else shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
+    return chromium, driver
+
+
+def open_report(report: Path, profile_dir: Path, screenshot_name: str) -> dict:
+    """Load ``report`` and return what the browser saw (raises AssertionError on any failed check)."""
+    chromium, driver_path = require_chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile_dir}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    try:
+        url = report.resolve().as_uri()
+        driver.get(url)
+        driver.execute_script("return document.readyState")
+        console = driver.get_log("browser")
+        requests = []
+        for entry in driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                params = message["params"]
+                requests.append((params["request"]["url"], params.get("documentURL")))
+        resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        navigation = driver.execute_script("return performance.getEntriesByType('navigation').map(e => e.name)")
+
+        figures = {}
+        for fig in driver.find_elements(By.CSS_SELECTOR, "figure"):
+            svgs = fig.find_elements(By.CSS_SELECTOR, ":scope > svg")
+            size = svgs[0].size if svgs else None
+            # Rendered content, not just the box: the bounding box of what the SVG draws.
+            bbox = driver.execute_script("const s = arguments[0].querySelector(':scope > svg'); if (!s) return null;"
+                                         "const b = s.getBBox(); return [b.width, b.height];", fig)
+            figures[fig.get_attribute("id")] = {"class": fig.get_attribute("class"), "size": size, "bbox": bbox}
+        table_rows = driver.find_elements(By.CSS_SELECTOR, "#metrics-table tbody tr")
+        rows = {r.get_attribute("data-run"): r.get_attribute("class") for r in table_rows}
+
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1400, min(int(height) + 100, 16000))
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / screenshot_name
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+
+    errors = [e for e in console if e.get("level") == "SEVERE"]
+    assert not errors, f"console errors: {errors}"
+    # The browser's own pages (new tab, chrome://resources) log requests too: judge the
+    # requests our document made, and forbid any network scheme whoever asked.
+    page = [u for u, doc in requests if doc == url and not u.startswith("data:")]
+    assert page == [url], f"requests of the report besides the file itself: {page}"
+    network = [u for u, _ in requests if u.split(":", 1)[0] in ("http", "https", "ws", "wss", "ftp")]
+    assert not network, f"network requests: {network}"
+    assert navigation == [url]
+    assert [r for r in resources if not r.startswith("data:")] == [], resources
+    drawn = {k: v for k, v in figures.items() if "drawn" in (v["class"] or "")}
+    for name, fig in drawn.items():
+        assert fig["size"]["width"] > 100 and fig["size"]["height"] > 50, (name, fig)
+        assert fig["bbox"][0] > 50 and fig["bbox"][1] > 30, (name, fig)
+    assert table_rows, "no metrics table"
+    assert shot.stat().st_size > 10_000
+    return {"figures": figures, "rows": rows, "requests": [u for u, _ in requests], "console": console, "screenshot": shot}
