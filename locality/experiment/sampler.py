@@ -82,6 +82,7 @@ class Region:
     out_prev: np.ndarray = field(default=None)  # type: ignore[assignment]
     alive: bool = True
     error: str | None = None
+    early_refaults: int = 0  # brought back between a sample and the re-read after pageout
     written_rows: list = field(default_factory=list)
     resident_rows: list = field(default_factory=list)
     swapped_rows: list = field(default_factory=list)
@@ -188,6 +189,8 @@ class Sampler:
             # Out of memory: swapped, or a file page we paged out that is gone.
             out_now = swp | (r.paged_out & ~present)
             refault = r.out_prev & present
+            refaulted += r.early_refaults
+            r.early_refaults = 0
             r.paged_out &= ~present
             r.out_prev = out_now
             pop = present | swp | r.paged_out
@@ -248,6 +251,8 @@ class Sampler:
                 continue
             present = np.asarray(pm.present, dtype=bool)
             swp = np.asarray(pm.swapped, dtype=bool) & (pm.swap_type != SWP_PTE_MARKER)
+            # Out at the sample, back already: a refault that happened while we paged out.
+            r.early_refaults += int(np.count_nonzero(r.out_prev & present))
             r.paged_out &= ~present
             r.out_prev = swp | r.paged_out
 
