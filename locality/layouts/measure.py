@@ -162,25 +162,28 @@ def measure(
     *,
     window: int = 10,
     step_fn=None,
+    n_steps: int | None = None,
     progress=None,
 ) -> Measurement:
     """Run ``steps`` (id arrays) through ``layout``, measuring every step.
 
     ``step_fn(step) -> ids`` replaces the direct driver when a population
     drives the layout (it must run the activations of one step and return
-    their ids); otherwise ``activate`` is used.
+    their ids; ``steps`` is then only used for its length unless ``n_steps``
+    is given); otherwise ``activate`` is used.
     """
     meter = PageMeter(layout)
     m = Measurement(layout.name, layout.n, window_steps=window, tracked_pages=meter.tracked_pages)
     win_pages: list[np.ndarray] | None = None
-    win_hot: set[int] = set()
     win_cold_ids: list[np.ndarray] = []
     win_ids: list[np.ndarray] = []
     try:
         meter.reset()
         it: Iterator = iter(steps)
+        if step_fn is not None and n_steps is None:
+            n_steps = len(steps)  # type: ignore[arg-type]
         step = 0
-        while True:
+        while n_steps is None or step < n_steps:
             if step_fn is None:
                 try:
                     ids = np.asarray(next(it), dtype=np.int64)
@@ -217,5 +220,4 @@ def measure(
             step += 1
     finally:
         meter.close()
-    del win_hot
     return m

@@ -1,0 +1,410 @@
+"""`locality bench layouts`: every allocation strategy on one seeded workload, side by side.
+
+For each layout, in one process and one run: build it for N workers, drive
+the same seeded activation pattern through it for --steps steps while the
+kernel's write tracker counts the pages each step writes (see
+locality.layouts.measure for exactly what is counted), then replay the same
+steps untracked to time the activations.  Printed per layout: state bytes
+per worker (mapped, and PSS growth of this process), page utilization, pages
+written per step (WSS per step) against the minimum the useful bytes need,
+activations/s, relocation cost, and each figure's ratio to `objects`.
+The issue's targets are checked against these measured numbers.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import click
+import numpy as np
+
+from locality.errors import InvalidArgument
+
+# isolated runs before the objects baseline is built (their memory never
+# overlaps); objects then stays alive so every later layout's throughput is
+# timed in rounds interleaved with it
+ORDER = ["isolated", "objects", "slab", "hot-cold", "clustered", "clustered-learned", "compacting", "grouped"]
+SHOW = ["objects", "slab", "hot-cold", "clustered", "clustered-learned", "compacting", "isolated", "grouped"]
+
+
+class Count(click.ParamType):
+    """An integer with an optional k/M suffix: 250k, 1M, 1000000."""
+
+    name = "count"
+
+    def convert(self, value: Any, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().replace("_", "")
+        mult = 1
+        if text.endswith("k"):
+            mult, text = 1_000, text[:-1]
+        elif text.endswith("m"):
+            mult, text = 1_000_000, text[:-1]
+        try:
+            n = int(float(text) * mult)
+        except ValueError:
+            self.fail(f"{value!r} is not a count (examples: 250k, 1M, 100000)", param, ctx)
+        if n <= 0:
+            self.fail(f"{value!r} must be > 0", param, ctx)
+        return n
+
+
+def _pss() -> int:
+    from locality.kernel import rollup
+
+    return int(rollup(os.getpid())["pss"])
+
+
+def _population_driver(n: int, pattern, layout):
+    """A step function driving ``layout`` through the population's lean scheduler, or None."""
+    try:
+        from locality.population import Population  # type: ignore[attr-defined]
+    except ImportError:
+        return None, None
+    real_maintain = layout.maintain
+    # the measurement calls maintain itself, between reading activation pages and relocation pages
+    layout.maintain = lambda step, ids=None: 0.0  # type: ignore[method-assign]
+    pop = Population(n, scheduler="lean", pattern=pattern, layout=layout)
+    pop.spawn()
+
+    def step_fn(_: int) -> np.ndarray:
+        result = pop.step()
+        if result is None:
+            raise StopIteration
+        return np.asarray(result.ids)
+
+    def restore() -> None:
+        layout.maintain = real_maintain  # type: ignore[method-assign]
+        pop.close()
+
+    return step_fn, restore
+
+
+REPEATS = 3
+
+
+def _resident_bytes(layout) -> int:
+    """Resident bytes of the layout's state: mincore of its arenas; for objects,
+    the heap pages holding its objects (all resident: there is no swap by default)."""
+    from locality.kernel import mincore
+
+    from locality.layouts import PAGE_SIZE
+
+    if not layout.arenas:
+        return int(layout.heap_pages().size) * PAGE_SIZE
+    return sum(int(mincore(a.address, a.length).sum()) * PAGE_SIZE for a in layout.arenas.values())
+
+
+def _reuse(steps: list[np.ndarray], n: int, window: int) -> float:
+    """Share of a step's activations whose worker was active within the previous ``window`` steps."""
+    last = np.full(n, -(10**9), dtype=np.int64)
+    hit = total = 0
+    for s, ids in enumerate(steps):
+        if s >= window:
+            hit += int(np.count_nonzero(last[ids] >= s - window))
+            total += ids.size
+        last[ids] = s
+    return hit / total if total else float("nan")
+
+
+class _Rounds:
+    """Untracked replays of the measured steps, timed; step numbers keep increasing."""
+
+    def __init__(self, layout, steps: list[np.ndarray]) -> None:
+        self.layout = layout
+        self.steps = steps
+        self.next_step = 10 * len(steps)  # after the measured steps, whatever the driver did
+        self.best = math.inf
+        self.activations = int(sum(ids.size for ids in steps))
+
+    def round(self, progress=None) -> float:
+        from locality.layouts.measure import activate
+
+        t_upd = 0.0
+        layout = self.layout
+        for ids in self.steps:
+            t = time.perf_counter()
+            activate(layout, ids, self.next_step)
+            t_upd += time.perf_counter() - t
+            layout.maintain(self.next_step, ids)
+            self.next_step += 1
+            if progress is not None:
+                progress(1)
+        self.best = min(self.best, t_upd)
+        return t_upd
+
+    @property
+    def rate(self) -> float:
+        return self.activations / self.best if self.best else float("nan")
+
+
+def run_layout(name: str, n: int, steps: list[np.ndarray], *, window: int, layout_kw: dict, driver: str,
+               pattern_factory, progress, baseline: "_Rounds | None" = None, keep: bool = False):
+    from locality.layouts import make_layout
+    from locality.layouts.measure import activate, measure
+
+    gc.collect()
+    pss0 = _pss()
+    t0 = time.perf_counter()
+    kw = dict(layout_kw)
+    if name == "objects":
+        kw = {"seed": kw.get("seed", 0)}
+    layout = make_layout(name, n, **kw)
+    build_s = time.perf_counter() - t0
+    try:
+        step_fn, restore = (None, None)
+        used = "direct"
+        if driver in ("auto", "population"):
+            step_fn, restore = _population_driver(n, pattern_factory(), layout)
+            if step_fn is None and driver == "population":
+                raise InvalidArgument("locality.population.Population is not available yet", "use --driver direct")
+            if step_fn is not None:
+                used = "population"
+        try:
+            m = measure(layout, steps, window=window, step_fn=step_fn, progress=progress)
+        finally:
+            if restore is not None:
+                restore()
+        pss1 = _pss()
+        resident = _resident_bytes(layout)
+        # throughput: replay the same steps untracked (no write-protect faults),
+        # best of REPEATS rounds, each round followed by one of the objects
+        # baseline (when it is alive) so the ratio is measured side by side
+        rounds = _Rounds(layout, steps)
+        base_best = math.inf
+        for _ in range(REPEATS):
+            rounds.round(progress)
+            if baseline is not None:
+                base_best = min(base_best, baseline.round())
+        t_upd_tracked = m.total("update_seconds")
+        t_rel = m.total("relocation_seconds")
+        page_sizes = layout.page_sizes()
+        row = {
+            "layout": name,
+            "driver": used,
+            "build_s": build_s,
+            "bytes_per_worker_mapped": layout.arena_bytes() / n,
+            "bytes_per_worker_resident": resident / n,
+            "bytes_per_worker_pss": (pss1 - pss0) / n,
+            "page_utilization": m.page_utilization,
+            "wss_pages_per_step": m.wss_pages_per_step,
+            "wss_min_pages_per_step": m.wss_min_pages_per_step,
+            "wss_window_pages": float(np.mean([w for w, _ in m.windows])) if m.windows else float("nan"),
+            "wss_window_min_pages": float(np.mean([x for _, x in m.windows])) if m.windows else float("nan"),
+            "wss_window_ratio_to_min": m.wss_window_ratio,
+            "activations_per_s": rounds.rate,
+            # this layout's best round / the objects rounds interleaved with it
+            "throughput_vs_objects_side_by_side": (rounds.rate * base_best / baseline.activations)
+            if baseline is not None else None,
+            "activations_per_s_tracked": m.activations_per_s,
+            "relocation_ms_per_step": 1e3 * t_rel / len(steps),
+            "relocation_pct": 100.0 * t_rel / (t_upd_tracked + t_rel) if (t_upd_tracked + t_rel) else 0.0,
+            "relocation_pages_per_step": m.total("relocation_pages") / len(steps),
+            "cold_touches_per_step": m.total("cold_touches") / len(steps),
+            "activations_per_step": m.total("activations") / len(steps),
+            "tracked_pages": m.tracked_pages,
+            "huge_page_bytes": int(sum(v.get("anon_huge_bytes", 0) for v in page_sizes.values())),
+        }
+    except BaseException:
+        layout.close()
+        raise
+    if keep:
+        return row, rounds
+    layout.close()
+    del layout, rounds
+    gc.collect()
+    return row, None
+
+
+def _ratios(rows: list[dict]) -> None:
+    base = next((r for r in rows if r["layout"] == "objects"), None)
+    for r in rows:
+        if base is None:
+            break
+        r["utilization_x_objects"] = r["page_utilization"] / base["page_utilization"]
+        r["wss_vs_objects"] = r["wss_pages_per_step"] / base["wss_pages_per_step"]
+        side = r.get("throughput_vs_objects_side_by_side")
+        r["throughput_vs_objects"] = side if side is not None else r["activations_per_s"] / base["activations_per_s"]
+
+
+def _targets(rows: list[dict]) -> list[dict]:
+    by = {r["layout"]: r for r in rows}
+    out = []
+
+    def add(what: str, measured: float, target: str, met: bool) -> None:
+        out.append({"target": what, "measured": measured, "goal": target, "met": bool(met)})
+
+    if "clustered" in by and "objects" in by:
+        x = by["clustered"]["utilization_x_objects"]
+        add("page utilization clustered / objects", x, ">= 20x", x >= 20)
+    if "hot-cold" in by and "slab" in by:
+        x = by["hot-cold"]["page_utilization"] / by["slab"]["page_utilization"]
+        add("page utilization hot-cold / slab", x, ">= 2x", x >= 2)
+    if "compacting" in by:
+        u = by["compacting"]["page_utilization"]
+        add("page utilization compacting", u, ">= 50%", u >= 0.5)
+        w = by["compacting"]["wss_pages_per_step"] / by["compacting"]["wss_min_pages_per_step"]
+        add("WSS per step compacting / minimum", w, "<= 1.5x", w <= 1.5)
+    if "objects" in by and len(by) > 1:
+        best = min((r for r in rows if r["layout"] != "objects"), key=lambda r: r["wss_pages_per_step"])
+        ws = best["wss_vs_objects"]
+        cost = 1.0 - best["throughput_vs_objects"]
+        add(f"best WSS ({best['layout']}) / objects", ws, "<= 0.1", ws <= 0.1)
+        add(f"throughput cost of {best['layout']} vs objects", cost, "< 5%", cost < 0.05)
+    return out
+
+
+def _fmt(x: float, kind: str) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if kind == "pct":
+        return f"{100 * x:.2f}%"
+    if kind == "x":
+        return f"{x:.2f}x"
+    if kind == "int":
+        return f"{x:,.0f}"
+    return f"{x:,.1f}"
+
+
+@click.command(name="layouts")
+@click.option("--workers", "-n", type=Count(), default="1M", show_default=True, help="Workers (250k, 1M, ...).")
+@click.option("--steps", type=click.IntRange(1), default=50, show_default=True, help="Measured steps per layout.")
+@click.option("--layouts", "names", default=",".join(SHOW), show_default=True,
+              help="Comma-separated layouts to compare (objects is the baseline of the ratios).")
+@click.option("--pattern", default="sheet", show_default=True, help="Activation pattern (see docs/internals.md).")
+@click.option("--p", "p", type=click.FloatRange(0, 1, min_open=True), default=0.01, show_default=True,
+              help="Share of workers activated per step.")
+@click.option("--radius", type=click.FloatRange(0, min_open=True), default=None,
+              help="sheet: burst disc radius (pattern default 3).")
+@click.option("--waves", type=click.IntRange(0), default=None, help="sheet: travelling wave fronts (pattern default 2).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--window", type=click.IntRange(1), default=10, show_default=True, help="Steps per WSS window.")
+@click.option("--arena", type=click.Choice(["anon", "file"]), default="anon", show_default=True,
+              help="Anonymous memory or a file on disk (file: write tracking needs anon or shmem; see docs).")
+@click.option("--arena-dir", type=click.Path(file_okay=False), default=None, help="Directory for file arenas.")
+@click.option("--hugepages/--no-hugepages", default=False, show_default=True,
+              help="Let arenas use transparent huge pages (an experiment axis; off: MADV_NOHUGEPAGE).")
+@click.option("--driver", type=click.Choice(["auto", "population", "direct"]), default="auto", show_default=True,
+              help="Drive layouts through the population's lean scheduler (auto: when available) or call update directly.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
+def command(workers: int, steps: int, names: str, pattern: str, p: float, radius: float | None, waves: int | None,
+            seed: int, window: int, arena: str, arena_dir: str | None, hugepages: bool, driver: str,
+            as_json: bool) -> None:
+    """Page utilization, working set and cost of every allocation strategy, side by side.
+
+    All layouts run the same seeded workload in this one process; ratios are
+    to `objects` (plain Python objects). Pages written are measured by the
+    kernel (userfaultfd write-protect + PAGEMAP_SCAN), activations/s by an
+    untracked replay of the same steps.
+    """
+    from locality.layouts import LAYOUTS
+    from locality.population.patterns import make_pattern
+
+    wanted = [s.strip() for s in names.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in LAYOUTS]
+    if unknown or not wanted:
+        raise InvalidArgument(f"unknown layout {unknown[0]!r}" if unknown else "no layout given",
+                              f"choose from: {', '.join(LAYOUTS)}")
+    if arena == "file" and arena_dir is not None and not os.path.isdir(arena_dir):
+        raise InvalidArgument(f"--arena-dir {arena_dir!r} does not exist", "create it first")
+    params: dict[str, Any] = {"p": p}
+    if radius is not None:
+        params["radius"] = radius
+    if waves is not None:
+        params["waves"] = waves
+
+    def pattern_factory():
+        return make_pattern(pattern, workers, seed, **params)
+
+    ids_steps = [np.asarray(a, dtype=np.int64) for a in itertools.islice(pattern_factory().steps(), steps)]
+    if len(ids_steps) < steps:
+        raise InvalidArgument(f"pattern {pattern!r} yields only {len(ids_steps)} steps", f"use --steps {len(ids_steps)}")
+    layout_kw = {"arena": arena, "hugepages": hugepages, "seed": seed}
+    if arena_dir is not None:
+        layout_kw["directory"] = arena_dir
+
+    order = [n for n in ORDER if n in wanted]
+    bar = None
+    if not as_json:
+        from tqdm import tqdm
+
+        bar = tqdm(total=(1 + REPEATS) * steps * len(order), desc="layouts", unit="step", file=sys.stderr, leave=False)
+    rows = []
+    baseline: _Rounds | None = None
+    try:
+        for name in order:
+            if bar is not None:
+                bar.set_postfix_str(name)
+            row, kept = run_layout(name, workers, ids_steps, window=window, layout_kw=layout_kw, driver=driver,
+                                   pattern_factory=pattern_factory, progress=bar.update if bar else None,
+                                   baseline=baseline, keep=name == "objects")
+            rows.append(row)
+            if kept is not None:
+                baseline = kept
+    finally:
+        if bar is not None:
+            bar.close()
+        if baseline is not None:
+            for r in rows:
+                if r["layout"] == "objects":
+                    r["activations_per_s"] = baseline.rate  # best of all its rounds
+            baseline.layout.close()
+            baseline = None
+    rows.sort(key=lambda r: wanted.index(r["layout"]) if r["layout"] in wanted else 99)
+    rows.sort(key=lambda r: r["layout"] != "objects")
+    _ratios(rows)
+    targets = _targets(rows)
+    doc = {
+        "workers": workers, "steps": steps, "pattern": pattern, "pattern_params": params, "seed": seed,
+        "window": window, "arena": arena, "hugepages": hugepages,
+        "temporal_reuse": _reuse(ids_steps, workers, window),
+        "rows": rows, "targets": targets,
+    }
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=float))
+        return
+    _print_table(doc)
+
+
+def _print_table(doc: dict) -> None:
+    rows = doc["rows"]
+    has_base = any(r["layout"] == "objects" for r in rows)
+    drivers = sorted({r["driver"] for r in rows})
+    click.echo(f"{doc['workers']:,} workers, pattern {doc['pattern']} {doc['pattern_params']}, seed {doc['seed']}, "
+               f"{doc['steps']} measured steps, arena {doc['arena']}, driver {'/'.join(drivers)}")
+    cols = [
+        ("layout", lambda r: r["layout"]),
+        ("B/worker map", lambda r: _fmt(r["bytes_per_worker_mapped"], "f")),
+        ("B/worker res", lambda r: _fmt(r["bytes_per_worker_resident"], "f")),
+        ("page util", lambda r: _fmt(r["page_utilization"], "pct")),
+        ("x objects", lambda r: _fmt(r.get("utilization_x_objects"), "x") if has_base else "-"),
+        ("WSS pages/step", lambda r: _fmt(r["wss_pages_per_step"], "int")),
+        ("/objects", lambda r: _fmt(r.get("wss_vs_objects"), "x") if has_base else "-"),
+        ("min", lambda r: _fmt(r["wss_min_pages_per_step"], "f")),
+        (f"WSS/{doc['window']} steps", lambda r: _fmt(r["wss_window_pages"], "int")),
+        ("act/s", lambda r: _fmt(r["activations_per_s"], "int")),
+        ("/objects", lambda r: _fmt(r.get("throughput_vs_objects"), "x") if has_base else "-"),
+        ("reloc ms/step", lambda r: _fmt(r["relocation_ms_per_step"], "f") if r["relocation_ms_per_step"] else "0"),
+        ("reloc %", lambda r: f"{r['relocation_pct']:.1f}%"),
+        ("reloc pages/step", lambda r: _fmt(r["relocation_pages_per_step"], "int")),
+    ]
+    table = [[h for h, _ in cols]] + [[f(r) for _, f in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for k, row in enumerate(table):
+        click.echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if k == 0:
+            click.echo("  ".join("-" * w for w in widths))
+    click.echo(f"temporal reuse of the pattern: {100 * doc['temporal_reuse']:.1f}% of a step's activations were "
+               f"active in the previous {doc['window']} steps")
+    for t in doc["targets"]:
+        m = t["measured"]
+        shown = f"{100 * m:.1f}%" if t["goal"].endswith("%") else f"{m:.3g}x" if t["goal"].endswith("x") else f"{m:.3g}"
+        click.echo(f"target {t['target']}: {shown} (goal {t['goal']}) {'met' if t['met'] else 'NOT met'}")
