@@ -89,34 +89,20 @@ _RESULT = "point-result.json"
 _PR_SET_PDEATHSIG = 1
 
 
-def required_capabilities(config: Any) -> list[str]:
-    """Kernel capabilities (names of ``kernel.capabilities()``) a run of ``config`` needs."""
-    needs = []
-    if config.sampling.interval > 0:
-        needs.append("pagemap_scan")  # written-set sampling
-    if config.reclaim.policy == "pageout-idle" and config.arena == "anon":
-        needs.append("swap")  # anonymous pages can only be paged out to swap
-    if config.reclaim.policy == "cgroup":
-        needs.append("cgroup_memory")
-    return needs
+def capability_problem(config: Any) -> str | None:
+    """Why this node cannot run ``config`` (the runner's preflight: the doctor's reason), or None."""
+    from locality.experiment.runner import preflight
 
-
-def capability_problem(config: Any, caps: dict[str, dict]) -> str | None:
-    """The doctor's reason why this node cannot run ``config``, or None."""
-    for name in required_capabilities(config):
-        cap = caps.get(name)
-        if cap is None or cap.get("available"):
-            continue
-        hint = f" ({cap['hint']})" if cap.get("hint") else ""
-        return f"{name} is not available on {socket.gethostname()}: {cap.get('reason', 'unknown reason')}{hint}"
+    try:
+        preflight(config)
+    except LocalityError as e:
+        return f"{socket.gethostname()}: {e}"
     return None
 
 
 def _node_capabilities() -> dict[str, dict]:
-    try:  # TEMP until kernel.capabilities lands
-        from locality.kernel import capabilities
-    except ModuleNotFoundError:
-        return {}
+    from locality.kernel import capabilities
+
     return capabilities()
 
 
@@ -126,32 +112,40 @@ def _run_point_task(point: Any, out: str, token: str, shared_out: bool | None, r
 
     worker = get_worker()
     start = time.time()
-    machine = store.machine()
-    caps = _node_capabilities()
-    node = {
-        "hostname": machine["hostname"],
-        "kernel": machine["kernel"],
-        "worker": worker.address,
-        "runs_per_node": worker.state.total_resources.get(RESOURCE),
-        "start_time": start,
-    }
-    worker.log_event(_topic(token), {"point": point.point_id, "machine": machine, "capabilities": caps, **node})
-
     shared = _sees_marker(out, token) if shared_out is None else shared_out
+    machine = store.machine()
     if shared and not _sees_marker(out, token):
         raise ClusterSetupError(f"out directory {out} is not shared with {machine['hostname']}", "drop shared_out=True")
-    parent = Path(out) / _STAGING.format(token=token, point=point.point_id) if shared else Path(tempfile.mkdtemp(prefix="locality-point-"))
+    # The run itself always goes to a local directory: a point process
+    # orphaned by a lost worker must not write into ``out`` afterwards.
+    parent = Path(tempfile.mkdtemp(prefix="locality-point-"))
+    run_dir = parent / point.point_id
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        run_dir = parent / point.point_id
-        problem = capability_problem(point.config, caps)
+        lost = _earlier_attempt(token, point.point_id)
+        if lost is not None:
+            # Dask re-runs the tasks of a lost worker elsewhere; a run that was
+            # under way there is reported as failed, not silently repeated.
+            machine, caps, node = lost["machine"], lost["capabilities"], {k: lost[k] for k in _NODE_KEYS}
+            problem = f"the Dask worker {node['worker']} on {node['hostname']} was lost while running this point"
+        else:
+            caps = _node_capabilities()
+            node = {
+                "hostname": machine["hostname"],
+                "kernel": machine["kernel"],
+                "worker": worker.address,
+                "runs_per_node": worker.state.total_resources.get(RESOURCE),
+                "start_time": start,
+            }
+            worker.log_event(_topic(token), {"point": point.point_id, "machine": machine, "capabilities": caps, **node})
+            # An injected run_fn (tests) does its own checks.
+            problem = capability_problem(point.config) if run_fn is None else None
         if problem is not None:
-            run_dir.mkdir(exist_ok=True)
+            run_dir.mkdir()
             _write_failed(run_dir, point, problem, machine, caps)
         else:
             _run_point_process(point, parent, token, run_fn, machine, caps)
         end = time.time()
-        node.update(end_time=end, started=_iso(start), finished=_iso(end))
+        node.update(end_time=end, started=_iso(node["start_time"]), finished=_iso(end))
         manifest = store.read_manifest(run_dir)
         fields: dict[str, Any] = {"node": node}
         if not manifest.get("capabilities"):
@@ -159,13 +153,28 @@ def _run_point_task(point: Any, out: str, token: str, shared_out: bool | None, r
         store.update_manifest(run_dir, **fields)
         result: dict[str, Any] = {"point_id": point.point_id, "node": node, "status": manifest.get("status")}
         if shared:
-            result["staged"] = str(parent)
+            staging = Path(out) / _STAGING.format(token=token, point=point.point_id)
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(run_dir, staging / point.point_id)
+            result["staged"] = str(staging)
         else:
             result["files"] = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
         return result
     finally:
-        if not shared:
-            shutil.rmtree(parent, ignore_errors=True)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+_NODE_KEYS = ("hostname", "kernel", "worker", "runs_per_node", "start_time")
+
+
+def _earlier_attempt(token: str, point_id: str) -> dict[str, Any] | None:
+    """The start event of an earlier attempt at this point in this sweep (its worker was lost), or None."""
+    from distributed import get_client
+
+    for _, msg in get_client().get_events(_topic(token)):
+        if msg.get("point") == point_id:
+            return msg
+    return None
 
 
 def _run_point_process(point: Any, parent: Path, token: str, run_fn: RunFunction | None, machine: dict, caps: dict) -> None:
@@ -232,6 +241,9 @@ def _point_process_main() -> None:
     except BaseException as e:  # noqa: BLE001 - the reason goes into the run's manifest
         store.atomic_write_text(Path(out) / _RESULT, f"{type(e).__name__}: {e}")
         sys.exit(1)
+    finally:
+        if str(os.getppid()) != os.environ.get("LOCALITY_POINT_PARENT"):
+            shutil.rmtree(out, ignore_errors=True)  # our worker is gone: nobody collects this run
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -366,24 +378,20 @@ def run_points(
 
 def make_cluster(kind: str, *, runs_per_node: int = 1, n_points: int = 1, **overrides: Any) -> Any:
     """Create (and scale) the cluster ``run_points`` uses when no scheduler is given."""
-    import dask
-
     if kind == "local":
         from distributed import LocalCluster
 
-        # A lost worker fails its point instead of re-running it elsewhere.
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-            return LocalCluster(
-                n_workers=runs_per_node,
-                threads_per_worker=1,
-                processes=True,
-                resources={RESOURCE: 1},
-                host="127.0.0.1",
-                dashboard_address=None,
-                memory_limit=0,  # the runner owns the memory budget, not the nanny
-                silence_logs=50,  # task errors are stored in the failed runs' manifests
-                **overrides,
-            )
+        return LocalCluster(
+            n_workers=runs_per_node,
+            threads_per_worker=1,
+            processes=True,
+            resources={RESOURCE: 1},
+            host="127.0.0.1",
+            dashboard_address=None,
+            memory_limit=0,  # the runner owns the memory budget, not the nanny
+            silence_logs=50,  # task errors are stored in the failed runs' manifests
+            **overrides,
+        )
     cluster = jobqueue_cluster(kind, runs_per_node=runs_per_node, **overrides)
     cluster.scale(jobs=math.ceil(n_points / runs_per_node))
     return cluster
@@ -408,8 +416,7 @@ def jobqueue_cluster(kind: str, *, runs_per_node: int = 1, **overrides: Any) -> 
         "job_extra_directives": list(conf.get("job-extra-directives") or []) + JOBQUEUE_EXCLUSIVE[kind],
     }
     kwargs.update(overrides)
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        return cls(**kwargs)
+    return cls(**kwargs)
 
 
 def _require_dask() -> None:
@@ -532,7 +539,7 @@ class _Sweep:
         caps = started["capabilities"] if started else None
         _write_failed(run_dir, self.points[pid], reason, machine, caps)
         if started is not None:
-            node = {k: started[k] for k in ("hostname", "kernel", "worker", "runs_per_node", "start_time")}
+            node = {k: started[k] for k in _NODE_KEYS}
             node.update(end_time=now, started=_iso(node["start_time"]), finished=_iso(now))
             store.update_manifest(run_dir, node=node)
         self._install(pid, staging)
