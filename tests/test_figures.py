@@ -71,6 +71,24 @@ def test_heatmap_image_is_the_written_matrix(tmp_path):
     assert fig.axes[0].get_images()[0].get_extent()[3] == pytest.approx(16 * PAGE / 2**20)
 
 
+def test_residency_map_rows_are_the_last_sample(runs):
+    # Fixture: regions arena (48 pages) then heap (16); pages 0..31 resident.
+    with figs.style():
+        fig = figs.render("residency_map", runs[:1]).figure
+    ax = fig.axes[0]
+    rows = np.asarray(ax.get_images()[0].get_array())
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["arena (0.188 MiB)", "heap (0.0625 MiB)"]
+    page_of_bin = np.arange(200) * 48 // 200
+    assert np.array_equal(rows[0], np.where(page_of_bin < 32, 100.0, 0.0))
+    assert not rows[1].any()
+
+
+def test_region_labels_of_probe_vmas():
+    assert figs.region_label("0x7f0000-0x7f1000 r-xp /usr/lib/x86_64-linux-gnu/libc.so.6") == "libc.so.6 r-xp"
+    assert figs.region_label("0x7f0000-0x7f1000 rw-p") == "anon 0x7f0000 rw-p"
+    assert figs.region_label("arena") == "arena"
+
+
 def test_binning_averages_contiguous_pages():
     m = np.array([[1, 1, 0, 0, 1, 0]], dtype=bool)
     assert figs._bin_columns(m, 3).tolist() == [[1.0, 0.0, 0.5]]

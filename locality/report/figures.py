@@ -254,30 +254,51 @@ def draw_heatmap(runs: list[RunData], left_out: list[str]) -> Figure:
     return fig
 
 
+MAP_REGIONS = 12  # rows of the residency map; smaller regions are named in the caption
+
+
+def region_label(name: str) -> str:
+    """'0x7f..-0x7f.. rw-p /usr/lib/libc.so.6' -> 'libc.so.6 rw-p'; arena names stay as they are."""
+    parts = name.split(None, 2)
+    if len(parts) >= 2 and re.fullmatch(r"0x[0-9a-f]+-0x[0-9a-f]+", parts[0]):
+        path = parts[2].rsplit("/", 1)[-1] if len(parts) == 3 else f"anon {parts[0].split('-')[0]}"
+        return f"{path} {parts[1]}"[-28:]
+    return name[-28:]
+
+
 def draw_residency_map(runs: list[RunData], left_out: list[str]) -> Figure:
     kept = _split(runs, lambda r: r.pages is not None and r.pages.resident is not None and r.pages.n_pages > 0, "resident matrix in pages.npz", left_out)
-    fig = _figure(rows=len(kept), row_height=None)
+    heights = []
+    for _, run in kept:
+        heights.append(min(MAP_REGIONS, len(np.unique(run.pages.region))))
+    fig = _figure(rows=len(kept), row_height=0.35 + 0.16 * max(heights))
     axes = fig.subplots(len(kept), 1, squeeze=False)[:, 0]
     image = None
     for ax, (_, run) in zip(axes, kept):
         pages = run.pages
         last = pages.resident[-1]
-        # One row per region, pages in address order within it, resident share per bin.
-        region_ids = [int(r) for r in dict.fromkeys(pages.region.tolist())]
-        sizes = [int(np.count_nonzero(pages.region == r)) for r in region_ids]
-        longest = max(sizes)
-        bins = min(400, longest)
-        rows = np.full((len(region_ids), bins), np.nan)
+        # One row per region (the largest ones, in address order); x is the position
+        # within the region, so a small region is as legible as a large one.
+        ids, counts = np.unique(pages.region, return_counts=True)
+        largest = ids[np.argsort(-counts, kind="stable")[:MAP_REGIONS]]
+        region_ids = [int(r) for r in dict.fromkeys(pages.region.tolist()) if r in set(largest.tolist())]
+        if len(ids) > len(region_ids):
+            left_out.append(f"{run.label}: {len(ids) - len(region_ids)} smaller regions not shown")
+        bins = 200
+        rows = np.zeros((len(region_ids), bins))
+        labels = []
         for k, r in enumerate(region_ids):
             sel = last[pages.region == r]
-            n_bins = max(1, int(round(bins * len(sel) / longest)))
-            rows[k, :n_bins] = _bin_columns(sel[None, :], n_bins)[0] * 100.0
-        image = ax.imshow(np.ma.masked_invalid(rows), origin="upper", aspect="auto", vmin=0, vmax=100, cmap="cividis",
-                          extent=(0, longest * run.page_size / MIB, len(region_ids) - 0.5, -0.5), interpolation="nearest")
-        names = [pages.regions[r] if 0 <= r < len(pages.regions) else str(r) for r in region_ids]
-        ax.set_yticks(range(len(region_ids)), [n[-24:] for n in names])
+            binned = _bin_columns(sel[None, :], bins)[0] * 100.0
+            # Fewer pages than bins: each page spans bins in proportion to its share of the region.
+            rows[k] = binned[(np.arange(bins) * binned.size) // bins]
+            name = pages.regions[r] if 0 <= r < len(pages.regions) else str(r)
+            labels.append(f"{region_label(name)} ({sel.size * run.page_size / MIB:.3g} MiB)")
+        image = ax.imshow(rows, origin="upper", aspect="auto", vmin=0, vmax=100, cmap="cividis",
+                          extent=(0, 100, len(region_ids) - 0.5, -0.5), interpolation="nearest")
+        ax.set_yticks(range(len(region_ids)), labels)
         ax.set_title(f"{run.label} (t = {pages.t[-1]:.3g} s)", loc="left")
-        ax.set_xlabel("offset in region (MiB)")
+        ax.set_xlabel("position in region (%)")
         ax.set_ylabel("region")
         ax.grid(False)
     cbar = fig.colorbar(image, ax=list(axes), shrink=0.9)
