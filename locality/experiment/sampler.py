@@ -15,7 +15,7 @@ ever tracked; samples taken before a region existed read as zeros.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -27,6 +27,7 @@ from locality.errors import LocalityError
 # SWP_PTE_MARKER: always the last 5-bit type, 31 (include/linux/swap.h). It is
 # not in swap; only real swap entries (types < MAX_SWAPFILES) count.
 SWP_PTE_MARKER = 31
+SPAN_GAP = 256  # pages: regions closer than this share one pagemap read
 
 # Mappings that are the process's working memory, not code, files or kernel pages.
 _ANON_PATHS = ("", "[heap]")
@@ -66,38 +67,25 @@ def subtract(span: tuple[int, int], holes: Sequence[tuple[int, int]]) -> list[tu
 
 @dataclass
 class Region:
-    """One tracked address range of the child and its per-page state."""
+    """One tracked address range of the child: columns [col, col + n_pages) of the page state."""
 
     index: int
     name: str
     start: int
     length: int
-    first_sample: int  # index of the first sample that includes this region
+    col: int
     tracker: Any
-    page_size: int
-    added_at: float
-    n_pages: int = 0
-    last_written: np.ndarray = field(default=None)  # type: ignore[assignment]
-    paged_out: np.ndarray = field(default=None)  # type: ignore[assignment]
-    out_prev: np.ndarray = field(default=None)  # type: ignore[assignment]
+    n_pages: int
     alive: bool = True
     error: str | None = None
-    early_refaults: int = 0  # brought back between a sample and the re-read after pageout
-    written_rows: list = field(default_factory=list)
-    resident_rows: list = field(default_factory=list)
-    swapped_rows: list = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.n_pages = self.length // self.page_size
-        # Never-written pages count as written when tracking began: a page is
-        # not "cold for T seconds" before we have watched it for T seconds.
-        self.last_written = np.full(self.n_pages, self.added_at, dtype=np.float64)
-        self.paged_out = np.zeros(self.n_pages, dtype=bool)
-        self.out_prev = np.zeros(self.n_pages, dtype=bool)
 
     @property
     def end(self) -> int:
         return self.start + self.length
+
+    @property
+    def cols(self) -> slice:
+        return slice(self.col, self.col + self.n_pages)
 
 
 @dataclass
@@ -117,8 +105,11 @@ class Sample:
 class Sampler:
     """Samples the tracked regions of process ``pid``.
 
-    ``cold_thresholds`` are the T values (s) for the cold-fraction counts;
-    ``keep_pages`` stores the per-sample page bit vectors for pages.npz.
+    Per-page state lives in flat arrays, one column per tracked page (regions
+    appended as they are added), so a sample is a few vector operations
+    whatever the number of VMAs. ``cold_thresholds`` are the T values (s) for
+    the cold-fraction counts; ``keep_pages`` stores the per-sample bit rows
+    for pages.npz.
     """
 
     def __init__(self, pid: int, cold_thresholds: Iterable[float], *, keep_pages: bool = True) -> None:
@@ -131,6 +122,15 @@ class Sampler:
         self.regions: list[Region] = []
         self.times: list[float] = []
         self.pending: list[tuple[int, int]] = []  # ranges asked to be registered, not answered yet
+        self.n_cols = 0
+        # Never-written pages count as written when tracking began: a page is
+        # not "cold for T seconds" before we have watched it for T seconds.
+        self.last_written = np.empty(0, dtype=np.float64)
+        self.paged_out = np.empty(0, dtype=bool)  # we paged it out and it has not come back
+        self.out_prev = np.empty(0, dtype=bool)  # out of memory at the previous look
+        self.present = np.empty(0, dtype=bool)  # at the last sample (for the reclaim policy)
+        self.early_refaults = 0  # brought back between a sample and the re-read after pageout
+        self.rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # (n_cols, written, resident, swapped) packed
 
     # -- regions ----------------------------------------------------------------
     def add_region(self, name: str, start: int, length: int, now: float) -> Region | None:
@@ -141,8 +141,14 @@ class Sampler:
             return None
         tracker = WriteTracker(start, length, pid=self.pid)
         tracker.reset()
-        region = Region(len(self.regions), name, start, length, len(self.times), tracker, self.page_size, now)
+        n = length // self.page_size
+        region = Region(len(self.regions), name, start, length, self.n_cols, tracker, n)
         self.regions.append(region)
+        self.n_cols += n
+        self.last_written = np.concatenate([self.last_written, np.full(n, now)])
+        self.paged_out = np.concatenate([self.paged_out, np.zeros(n, bool)])
+        self.out_prev = np.concatenate([self.out_prev, np.zeros(n, bool)])
+        self.present = np.concatenate([self.present, np.zeros(n, bool)])
         return region
 
     def covers(self, start: int, length: int) -> bool:
@@ -157,66 +163,87 @@ class Sampler:
     def tracked_pages(self) -> int:
         return sum(r.n_pages for r in self.regions if r.alive)
 
+    def _drop(self, r: Region, error: Exception) -> None:
+        # The child unmapped (part of) the range: stop tracking it.
+        r.alive = False
+        r.error = str(error)
+        r.tracker.close()
+        self.paged_out[r.cols] = False
+        self.out_prev[r.cols] = False
+
     # -- sampling ---------------------------------------------------------------
+    def _spans(self) -> list[tuple[int, int, list[Region]]]:
+        """Alive regions grouped into address spans read with one pagemap pread each.
+
+        Regions closer than SPAN_GAP pages share a read (the gap's entries are
+        cheap zeros): a heap of many small VMAs costs a few syscalls, not one each.
+        """
+        alive = sorted((r for r in self.regions if r.alive), key=lambda r: r.start)
+        spans: list[tuple[int, int, list[Region]]] = []
+        for r in alive:
+            if spans and r.start - spans[-1][1] <= SPAN_GAP * self.page_size:
+                s, e, regs = spans[-1]
+                spans[-1] = (s, max(e, r.end), regs + [r])
+            else:
+                spans.append((r.start, r.end, [r]))
+        return spans
+
+    def _residency(self) -> tuple[np.ndarray, np.ndarray]:
+        """(present, swapped) per column from /proc/PID/pagemap, read span by span."""
+        from locality.kernel.pagemap import read_entries
+
+        present = np.zeros(self.n_cols, dtype=bool)
+        swapped = np.zeros(self.n_cols, dtype=bool)
+        for start, end, regs in self._spans():
+            try:
+                p, w = _decode(read_entries(self.pid, start, end))
+            except LocalityError:
+                # Region by region, so one vanished range does not hide the rest.
+                for r in regs:
+                    try:
+                        present[r.cols], swapped[r.cols] = _decode(read_entries(self.pid, r.start, r.end))
+                    except LocalityError as e:
+                        self._drop(r, e)
+                continue
+            for r in regs:
+                a = (r.start - start) // self.page_size
+                present[r.cols] = p[a : a + r.n_pages]
+                swapped[r.cols] = w[a : a + r.n_pages]
+        return present, swapped
+
     def sample(self, now: float) -> Sample:
         """One sample at monotonic time ``now``: written (and re-protect), present, swapped."""
-        from locality.kernel.pagemap import pagemap
-
         t0 = time.perf_counter()
-        written = resident = swapped = populated = refaulted = paged_out = 0
-        cold = dict.fromkeys(self.thresholds, 0)
+        w = np.zeros(self.n_cols, dtype=bool)
         for r in self.regions:
-            n = r.n_pages
             if r.alive:
                 try:
-                    w = r.tracker.written_and_reset()
-                    pm = pagemap(self.pid, r.start, r.end)
+                    w[r.cols] = r.tracker.written_and_reset()
                 except LocalityError as e:
-                    # The child unmapped (part of) the range: stop tracking it.
-                    r.alive = False
-                    r.error = str(e)
-                    r.tracker.close()
-            if not r.alive:
-                if self.keep_pages:
-                    z = np.zeros((n + 7) // 8, dtype=np.uint8)
-                    r.written_rows.append(z)
-                    r.resident_rows.append(z)
-                    r.swapped_rows.append(z)
-                continue
-            present = np.asarray(pm.present, dtype=bool)
-            swp = np.asarray(pm.swapped, dtype=bool) & (pm.swap_type != SWP_PTE_MARKER)
-            r.last_written[w] = now
-            # Out of memory: swapped, or a file page we paged out that is gone.
-            out_now = swp | (r.paged_out & ~present)
-            refault = r.out_prev & present
-            refaulted += r.early_refaults
-            r.early_refaults = 0
-            r.paged_out &= ~present
-            r.out_prev = out_now
-            pop = present | swp | r.paged_out
-            age = now - r.last_written
-            for t in self.thresholds:
-                cold[t] += int(np.count_nonzero(pop & (age >= t)))
-            written += int(np.count_nonzero(w))
-            resident += int(np.count_nonzero(present))
-            swapped += int(np.count_nonzero(swp))
-            populated += int(np.count_nonzero(pop))
-            refaulted += int(np.count_nonzero(refault))
-            paged_out += int(np.count_nonzero(r.paged_out))
-            if self.keep_pages:
-                r.written_rows.append(np.packbits(w))
-                r.resident_rows.append(np.packbits(present))
-                r.swapped_rows.append(np.packbits(swp))
-            r._present = present  # for the reclaim policy of this sample
+                    self._drop(r, e)
+        present, swp = self._residency()
+        self.last_written[w] = now
+        # Out of memory: swapped, or a page we paged out that is gone (file pages).
+        out_now = swp | (self.paged_out & ~present)
+        refaulted = int(np.count_nonzero(self.out_prev & present)) + self.early_refaults
+        self.early_refaults = 0
+        self.paged_out &= ~present
+        self.out_prev = out_now
+        self.present = present
+        pop = present | swp | self.paged_out
+        age = now - self.last_written
+        cold = {t: int(np.count_nonzero(pop & (age >= t))) for t in self.thresholds}
+        if self.keep_pages:
+            self.rows.append((self.n_cols, np.packbits(w), np.packbits(present), np.packbits(swp)))
         self.times.append(now)
         return Sample(
             t=now,
-            written_pages=written,
-            resident_pages=resident,
-            swapped_pages=swapped,
-            populated_pages=populated,
+            written_pages=int(np.count_nonzero(w)),
+            resident_pages=int(np.count_nonzero(present)),
+            swapped_pages=int(np.count_nonzero(swp)),
+            populated_pages=int(np.count_nonzero(pop)),
             refaulted_pages=refaulted,
-            paged_out_pages=paged_out,
+            paged_out_pages=int(np.count_nonzero(self.paged_out)),
             tracked_pages=self.tracked_pages,
             cold_pages=cold,
             sample_s=time.perf_counter() - t0,
@@ -224,37 +251,25 @@ class Sampler:
 
     def idle_ranges(self, now: float, idle_seconds: float) -> list[tuple[int, int]]:
         """Present pages not written for ``idle_seconds``, as (addr, length) runs; marks them paged out."""
+        idle = self.present & (now - self.last_written >= idle_seconds)
+        if not idle.any():
+            return []
+        self.paged_out |= idle
         out = []
         ps = self.page_size
         for r in self.regions:
-            if not r.alive or not hasattr(r, "_present"):
-                continue
-            idle = r._present & (now - r.last_written >= idle_seconds)
-            if not idle.any():
-                continue
-            r.paged_out |= idle
-            for first, last in runs(idle):
-                out.append((r.start + first * ps, (last - first) * ps))
+            if r.alive and idle[r.cols].any():
+                out += [(r.start + first * ps, (last - first) * ps) for first, last in runs(idle[r.cols])]
         return out
 
     def after_pageout(self) -> None:
-        """Re-read residency of regions just paged out, so the next sample's
-        refault count starts from what really left memory."""
-        from locality.kernel.pagemap import pagemap
-
-        for r in self.regions:
-            if not r.alive or not r.paged_out.any():
-                continue
-            try:
-                pm = pagemap(self.pid, r.start, r.end)
-            except LocalityError:
-                continue
-            present = np.asarray(pm.present, dtype=bool)
-            swp = np.asarray(pm.swapped, dtype=bool) & (pm.swap_type != SWP_PTE_MARKER)
-            # Out at the sample, back already: a refault that happened while we paged out.
-            r.early_refaults += int(np.count_nonzero(r.out_prev & present))
-            r.paged_out &= ~present
-            r.out_prev = swp | r.paged_out
+        """Re-read residency after a pageout, so the next sample's refault
+        count starts from what really left memory."""
+        present, swp = self._residency()
+        # Out at the sample, back already: refaults that happened while we paged out.
+        self.early_refaults += int(np.count_nonzero(self.out_prev & present))
+        self.paged_out &= ~present
+        self.out_prev = swp | self.paged_out
 
     def close(self) -> None:
         for r in self.regions:
@@ -263,31 +278,43 @@ class Sampler:
 
     # -- results ----------------------------------------------------------------
     def page_matrices(self) -> dict[str, np.ndarray]:
-        """pages.npz arrays (docs/internals.md): t, page_addr, region, regions, written/resident/swapped packed."""
-        n_samples = len(self.times)
-        n_pages = sum(r.n_pages for r in self.regions)
-        mats = {k: np.zeros((n_samples, n_pages), dtype=bool) for k in ("written", "resident", "swapped")}
-        addr = np.zeros(n_pages, dtype=np.uint64)
-        region = np.zeros(n_pages, dtype=np.int32)
-        col = 0
+        """pages.npz arrays (docs/internals.md): t, page_addr, region, regions, written/resident/swapped packed.
+
+        Columns of regions added after a sample read as zeros in that sample.
+        """
+        n = self.n_cols
+        width = (n + 7) // 8
+        mats = {k: np.zeros((len(self.rows), width), dtype=np.uint8) for k in ("written", "resident", "swapped")}
+        for i, (_, w, p, sw) in enumerate(self.rows):
+            # Columns only ever grow at the end, so an older row is a prefix of the matrix row.
+            mats["written"][i, : len(w)] = w
+            mats["resident"][i, : len(p)] = p
+            mats["swapped"][i, : len(sw)] = sw
+        addr = np.zeros(n, dtype=np.uint64)
+        region = np.zeros(n, dtype=np.int32)
         for r in self.regions:
-            n = r.n_pages
-            addr[col : col + n] = r.start + np.arange(n, dtype=np.uint64) * self.page_size
-            region[col : col + n] = r.index
-            for key, rows in (("written", r.written_rows), ("resident", r.resident_rows), ("swapped", r.swapped_rows)):
-                if rows:
-                    block = np.unpackbits(np.stack(rows), axis=1, count=n).astype(bool)
-                    mats[key][r.first_sample : r.first_sample + len(rows), col : col + n] = block
-            col += n
+            addr[r.cols] = r.start + np.arange(r.n_pages, dtype=np.uint64) * self.page_size
+            region[r.cols] = r.index
         t0 = self.times[0] if self.times else 0.0
         return {
             "t": np.asarray(self.times, dtype=np.float64) - t0,
             "page_addr": addr,
             "region": region,
             "regions": np.asarray([r.name for r in self.regions], dtype=str),
-            "n_pages": np.asarray(n_pages),
-            **{k: np.packbits(m, axis=1) for k, m in mats.items()},
+            "n_pages": np.asarray(n),
+            **mats,
         }
+
+
+def _decode(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(present, really swapped) from raw pagemap entries (bit layout: kernel/pagemap.py)."""
+    from locality.kernel._platform import PM_PRESENT_BIT, PM_SWAP_TYPE_BITS, PM_SWAPPED_BIT
+
+    top = entries.view(np.uint8)[7::8]
+    present = (top & np.uint8(1 << (PM_PRESENT_BIT - 56))) != 0
+    swapped = (top & np.uint8(1 << (PM_SWAPPED_BIT - 56))) != 0
+    swapped &= (entries & np.uint64((1 << PM_SWAP_TYPE_BITS) - 1)) != SWP_PTE_MARKER
+    return present, swapped
 
 
 def runs(mask: np.ndarray) -> list[tuple[int, int]]:
