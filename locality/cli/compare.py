@@ -42,9 +42,15 @@ def compare(workers: int, layouts: str, pattern: str, steps: int, interval: floa
     from locality.report.compare import compare as run_compare
     from locality.report.compare import parse_layouts
 
+    from locality.report.compare import CompareInterrupted
+
     chosen = parse_layouts(layouts)
-    result = run_compare(chosen, workers=workers, pattern=pattern, steps=steps, interval=interval, runs=runs_dir,
-                         out=out, progress=not as_json)
+    try:
+        result = run_compare(chosen, workers=workers, pattern=pattern, steps=steps, interval=interval, runs=runs_dir,
+                             out=out, progress=not as_json)
+    except CompareInterrupted as e:
+        click.echo(f"locality: interrupted: {e}", err=True)
+        sys.exit(130)
     if as_json:
         click.echo(json.dumps({
             "report": str(result.report),
