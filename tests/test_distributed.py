@@ -337,6 +337,46 @@ def test_jobqueue_job_runs_one_worker_per_exclusive_node(kind, exclusive):
     assert "--nworkers" not in script and "--nprocs" not in script
 
 
+
+def test_ctrl_c_cancels_outstanding_points_closes_the_cluster_and_keeps_stored_runs(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'workers = 3000\nlayout = "slab"\nstep_interval = 0.01\n'
+        '[pattern]\nname = "uniform"\np = 0.02\n[sampling]\ninterval = 0.05\n'
+    )
+    out = tmp_path / "runs"
+    # One worker (runs-per-node 1): the short point runs first, then the long one.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "locality", "sweep", str(config), "--grid", "steps=5,1000000", "--out", str(out),
+         "--executor", "dask", "--cluster", "local"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 40
+        tree: list = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = [d for d in out.glob("*") if (d / "manifest.json").exists() and _manifest(d)["status"] == "complete"] if out.exists() else []
+            tree = psutil.Process(proc.pid).children(recursive=True)
+            population = [p for p in tree if "locality.experiment.child" in " ".join(p.cmdline())]
+            if done and population:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the sweep did not reach its second point: {proc.stderr.read() if proc.poll() is not None else ''}")
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    stderr = proc.stderr.read()
+    assert rc == 130, stderr
+    gone, alive = psutil.wait_procs(tree, timeout=20)
+    assert not alive, [p.pid for p in alive]  # workers, point process, population child
+    assert [d.name for d in out.iterdir()] == [done[0].name]  # no staging dir, marker or half run
+    assert _manifest(done[0])["config"]["steps"] == 5
+
+
 # --- TEMP stand-in until kernel.capabilities and population land ------------
 def _fake_run(config, out, *, run_id=None, progress=True):
     import numpy as np

@@ -14,19 +14,26 @@ host, as on a LocalCluster) is recorded: every stored manifest gets a
 ``shared_node_with`` list of the points that ran on the same host in
 overlapping time.
 
-Storage: the finished run directory is shipped back as bytes and written by
-the client with the store's atomic writers, so a distributed run is stored
+Storage: the point process writes the run into a temporary directory on the
+worker. The finished files are shipped back as bytes and written by the
+client with the store's atomic writers, so a distributed run is stored
 exactly like a local one. When ``out`` is a file system the worker sees at
 the same path (detected with a marker file, or forced with
-``shared_out=True``), the point process writes there directly instead.
-Either way a run appears under ``out/<point_id>`` only once it is whole.
+``shared_out=True``), the worker copies the run there instead. Either way a
+run appears under ``out/<point_id>`` only once it is whole.
+
+Lost workers: Dask re-runs the tasks of a lost worker on another one. Every
+task logs a start event to the scheduler; a task that finds an earlier start
+of its own point stores the point as failed (the worker was lost mid-run)
+instead of repeating the measurement on another node. A point whose retries
+run out (``distributed.scheduler.allowed-failures``) is stored as failed by
+the client.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -37,7 +44,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 from locality.errors import LocalityError
