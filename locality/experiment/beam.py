@@ -516,6 +516,8 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
         if cfg.track_refs:
             clear_refs(pid, 1)
         if cfg.pageout_watch:
+            if pageout_log:  # close the cycle that ends here: its working set in pages
+                pageout_log[-1]["accessed_pages"] = int(state["accessed"].sum())
             t0 = time.monotonic()
             ranges = [(s, e - s) for s, e in tracked.ranges]
             advised = process_pageout(pid, ranges)
@@ -637,8 +639,10 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
     timeline = pd.DataFrame(rows)
     refault_rate = None
     if cfg.pageout_watch and rows:
+        pageout_log[-1]["accessed_pages"] = int(state["accessed"].sum())
         minutes = max(wall / 60, 1e-9)
-        wss = max(1, int(state["accessed"].sum()))
+        # WSS: pages touched per pageout cycle (mean over cycles), as DESIGN's refault rate asks.
+        wss = max(1.0, float(np.mean([c["accessed_pages"] for c in pageout_log])))
         refault_rate = 100 * (timeline["refaulted_pages"].sum() / minutes) / wss
 
     def mean(xs: list[float]) -> float | None:
