@@ -1,0 +1,130 @@
+"""The issue's page-utilization targets, measured at a scale that runs in seconds (250k workers).
+
+Same workload as `locality bench layouts`: the seeded `sheet` pattern, 1% of
+workers per step, pages written counted by the kernel's write tracker.  The
+ratios that hold at this scale are asserted; the ones that do not are strict
+xfails carrying the measured reason, so the day a change reaches them the
+suite says so.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from locality.layouts import PAGE_SIZE, make_layout
+from locality.layouts.base import COLD_BYTES, HOT_BYTES
+from locality.layouts.measure import activate, measure
+from locality.population.patterns import make_pattern
+
+N = 250_000
+SMALL = 100_000  # for the checks that are not the issue's targets
+STEPS = 10
+
+
+def _sheet_steps(n: int = N, steps: int = STEPS, seed: int = 0, **params) -> list[np.ndarray]:
+    pattern = make_pattern("sheet", n, seed, p=0.01, **params)
+    return [np.asarray(a, dtype=np.int64) for a in itertools.islice(pattern.steps(), steps)]
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    steps = _sheet_steps()
+    out = {}
+    for name in ("objects", "slab", "hot-cold", "clustered", "compacting"):
+        layout = make_layout(name, N)
+        try:
+            out[name] = measure(layout, steps, window=5)
+        finally:
+            layout.close()
+    return out
+
+
+def test_measurement_is_consistent(results):
+    for name, m in results.items():
+        assert len(m.steps) == STEPS
+        for s in m.steps:
+            # at least the pages the useful bytes need, at most one per activation touch
+            assert s.pages_written >= -(-s.useful_bytes // PAGE_SIZE), name
+            assert s.useful_bytes == s.activations * HOT_BYTES + s.cold_touches * COLD_BYTES
+        assert 0 < m.page_utilization <= 1
+
+
+def test_arena_layouts_write_exactly_their_predicted_pages_per_step():
+    steps = _sheet_steps(SMALL, steps=3)
+    for name in ("slab", "hot-cold", "clustered"):
+        layout = make_layout(name, SMALL)
+        try:
+            predicted = []
+            for step, ids in enumerate(steps):
+                exp = layout.expected_written(ids)
+                predicted.append(sum(int(v.sum()) for v in exp.values()))
+                activate(layout, ids, step)
+        finally:
+            layout.close()
+        layout = make_layout(name, SMALL)
+        try:
+            m = measure(layout, steps)
+        finally:
+            layout.close()
+        assert [s.pages_written for s in m.steps] == predicted, name
+
+
+def test_utilization_ranks_as_designed(results):
+    u = {k: m.page_utilization for k, m in results.items()}
+    assert u["objects"] < u["slab"] < u["hot-cold"] < u["clustered"]
+
+
+def test_clustered_beats_objects_by_more_than_ten_times(results):
+    ratio = results["clustered"].page_utilization / results["objects"].page_utilization
+    assert ratio >= 10  # measured 14.5x at 250k, seed 0
+
+
+def test_best_working_set_is_under_a_tenth_of_objects(results):
+    best = min(m.wss_pages_per_step for k, m in results.items() if k != "objects")
+    assert best <= results["objects"].wss_pages_per_step / 10
+
+
+@pytest.mark.xfail(strict=True, reason="sheet radius 3: a burst's 29 workers x 16 B = 464 B, under one page "
+                   "even when perfectly packed; 2D tiles cut 1-row waves; measured ~14.5x")
+def test_target_clustered_20x_objects(results):
+    assert results["clustered"].page_utilization >= 20 * results["objects"].page_utilization
+
+
+@pytest.mark.xfail(strict=True, reason="sheet bursts and vertical waves touch one page per grid row in id "
+                   "order whatever the record size; measured ~1.5x")
+def test_target_hot_cold_2x_slab(results):
+    assert results["hot-cold"].page_utilization >= 2 * results["slab"].page_utilization
+
+
+@pytest.mark.xfail(strict=True, reason="sheet bursts land at new random centres each step: ~16% of a step's "
+                   "workers were active in the previous 10 steps, so recency compaction cannot predict them")
+def test_target_compacting_50_percent(results):
+    assert results["compacting"].page_utilization >= 0.5
+
+
+def test_clustering_wins_more_with_larger_bursts():
+    steps = _sheet_steps(SMALL, radius=16, waves=0, steps=5)
+    util = {}
+    for name in ("hot-cold", "clustered"):
+        layout = make_layout(name, SMALL)
+        try:
+            util[name] = measure(layout, steps).page_utilization
+        finally:
+            layout.close()
+    assert util["clustered"] >= 2 * util["hot-cold"]  # measured 2.6x (radius 3 with waves: ~3.8x on fewer pages)
+
+
+def test_compacting_wins_when_the_active_set_persists():
+    pattern = make_pattern("bursty", SMALL, 0, p_on=0.0001, p_off=0.01)
+    steps = [np.asarray(a, dtype=np.int64) for a in itertools.islice(pattern.steps(), 12)]
+    util = {}
+    for name in ("hot-cold", "compacting"):
+        layout = make_layout(name, SMALL)
+        try:
+            util[name] = measure(layout, steps).page_utilization
+        finally:
+            layout.close()
+    assert util["compacting"] >= 4 * util["hot-cold"]
