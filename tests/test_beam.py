@@ -60,12 +60,17 @@ def test_missing_erlang_exits_2_with_install_hint(tmp_path: Path) -> None:
     assert not out.exists() or not any(out.iterdir())  # nothing half-written
 
 
-def test_bad_arguments_exit_2(tmp_path: Path) -> None:
+def test_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from locality.cli import main
+
     for args in (["--p", "0"], ["--interval", "soon"], ["--steps", "3", "--duration", "5s"],
-                 ["--pattern", "spiral"], ["--windows", "1,x"]):
-        r = _locality("beam", "-n", "100", "--out", str(tmp_path), *args)
-        assert r.returncode == 2, (args, r.stderr)
-        assert "Traceback" not in r.stderr
+                 ["--pattern", "spiral"], ["--windows", "1,x"], ["--processes", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["beam", "--out", str(tmp_path), *args])
+        assert exit_info.value.code == 2, args
+        err = capsys.readouterr().err
+        assert err.strip() and "Traceback" not in err, (args, err)
+    assert not any(tmp_path.iterdir())  # refused before any run directory was made
 
 
 def test_config_rejects_bad_values() -> None:
