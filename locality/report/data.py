@@ -56,6 +56,7 @@ class RunData:
     pages: Pages | None = None
     latency_ns: np.ndarray | None = None
     label: str = ""
+    vma_timeline: pd.DataFrame | None = None  # one row per (sample, VMA): probe timeline.csv or beam vmas.csv
 
     @property
     def id(self) -> str:
@@ -171,11 +172,19 @@ def load_run_data(path: str | Path) -> RunData:
     latency_ns = None
     if latency is not None and "latency_ns" in latency and len(latency):
         latency_ns = latency["latency_ns"].to_numpy(dtype=np.float64)
+    timeline = _read_csv(path / "timeline.csv")
+    if timeline is not None and "vma" in timeline:
+        vma_timeline = timeline
+    else:
+        vma_timeline = _read_csv(path / "vmas.csv")
+        if vma_timeline is not None and "vma" not in vma_timeline:
+            vma_timeline = None
     return RunData(
         path=path,
         manifest=manifest,
         metrics=metrics,
-        timeline=_read_csv(path / "timeline.csv"),
+        vma_timeline=vma_timeline,
+        timeline=timeline,
         pages=_read_pages(path / "pages.npz"),
         latency_ns=latency_ns,
     )

@@ -74,9 +74,10 @@ def _linestyle(i: int) -> str:
 
 
 def _figure(rows: int = 1, row_height: float | None = None) -> Figure:
+    """A figure of the style's width; stacked rows (small multiples, bars) set its height."""
     width, height = matplotlib.rcParams["figure.figsize"]
-    if rows > 1:
-        height = (row_height or height * 0.55) * rows + 0.5
+    if row_height is not None or rows > 1:
+        height = (row_height or height * 0.55) * rows + 0.6
     return Figure(figsize=(width, height))
 
 
@@ -114,7 +115,7 @@ def _metric_bars(runs: list[RunData], left_out: list[str], key: str, what: str, 
     base = runs[baseline_index(runs)]
     base_value = _metric(base, key)
     colors = _colors(len(runs))
-    fig = _figure(rows=max(1, len(kept)), row_height=0.28)
+    fig = _figure(rows=len(kept), row_height=0.25)
     ax = fig.add_subplot()
     y = np.arange(len(kept))[::-1]
     values = [_metric(r, key) * scale for _, r in kept]
@@ -369,8 +370,9 @@ def draw_latency_cdf(runs: list[RunData], left_out: list[str]) -> Figure:
 def _vma_runs(runs: list[RunData], left_out: list[str], column: str) -> list[tuple[int, RunData]]:
     return _split(
         runs,
-        lambda r: r.timeline is not None and len(r.timeline) > 0 and {"vma", "t", column} <= set(r.timeline.columns),
-        f"per-VMA {column} in timeline.csv",
+        lambda r: r.vma_timeline is not None and len(r.vma_timeline) > 0 and {"vma", "t", column} <= set(r.vma_timeline.columns)
+        and r.vma_timeline[column].notna().any(),
+        f"per-VMA {column}",
         left_out,
     )
 
@@ -388,7 +390,7 @@ def _vma_name(row) -> str:
 
 def _vma_series(run: RunData, column: str, top: int = 6) -> tuple[np.ndarray, list[str], np.ndarray]:
     """t, names, values (series x t) for the ``top`` VMAs by peak value, plus "other"."""
-    tl = run.timeline
+    tl = run.vma_timeline
     table = tl.pivot_table(index="t", columns="vma", values=column, aggfunc="sum", fill_value=0).sort_index()
     peak = table.max(axis=0).sort_values(ascending=False, kind="stable")
     chosen = list(peak.index[:top])
@@ -490,5 +492,5 @@ def save(fig: Figure, path: Path, fmt: str, salt: str) -> Path:
 
 def default_names(runs: list[RunData]) -> list[str]:
     """The figures a report tries: all worker figures, and per-VMA ones if a run has them."""
-    per_vma = any(r.timeline is not None and "vma" in r.timeline for r in runs) or any(r.kind in ("probe", "beam") for r in runs)
+    per_vma = any(r.vma_timeline is not None for r in runs) or any(r.kind in ("probe", "beam") for r in runs)
     return [n for n, s in FIGURES.items() if per_vma or not s.probe_only]
