@@ -231,6 +231,21 @@ class Population:
             raise PatternExhausted(f"pattern {self.pattern.name!r} has no step {self._step}") from None
         if self._pending_fanout.size:
             ids = unique_in_order(np.concatenate([ids, self._pending_fanout]))
+        return self._wake(ids)
+
+    def activate(self, ids: np.ndarray | list[int]) -> StepResult:
+        """Wake exactly these workers (distinct ids, in this order) as the next step,
+        bypassing the pattern: for tests and interactive use."""
+        if self._scheduler is None:
+            raise InvalidArgument("the population has no workers yet", "call spawn() first")
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if ids.size and (ids.min() < 0 or ids.max() >= self.n):
+            raise InvalidArgument(f"worker ids must be in [0, {self.n})")
+        if np.unique(ids).size != ids.size:
+            raise InvalidArgument("a worker can be woken at most once per step")
+        return self._wake(ids)
+
+    def _wake(self, ids: np.ndarray) -> StepResult:
         step = self._step
         units = self._units_of(ids)
         t0 = time.perf_counter_ns()

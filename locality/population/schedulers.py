@@ -133,6 +133,26 @@ async def _acting_worker_await(action: Action, clock: Clock):
         action(await WAKE, clock.step)
 
 
+def _seal_pool(last: object, make: Callable[[], object], limit: int = 4096) -> list[object]:
+    """Fill the rest of the allocator pool holding ``last`` with never-started twins.
+
+    pymalloc hands out blocks of one size class from the partly used pool
+    first: without this, objects the harness allocates after spawn would share
+    pages with the last workers and their writes would be attributed to them.
+    Stops when a twin no longer follows the previous block (a new pool began).
+    """
+    pad: list[object] = []
+    prev = id(last)
+    stride = sys.getsizeof(last)
+    for _ in range(limit):
+        obj = make()
+        pad.append(obj)
+        if not 0 < id(obj) - prev <= stride + 16:
+            break
+        prev = id(obj)
+    return pad
+
+
 class LeanScheduler(Scheduler):
     name = "lean"
     _send = staticmethod(types.GeneratorType.send)
@@ -147,6 +167,7 @@ class LeanScheduler(Scheduler):
         for c in coros:
             send(c, None)  # run to the first suspension
         self._coros = coros
+        self._padding = _seal_pool(coros[-1], lambda: make(action)) if coros else []
         self.units = units
 
     def resume(self, units: list[int], step: int) -> np.ndarray:
@@ -185,7 +206,10 @@ class LeanScheduler(Scheduler):
     def close(self) -> None:
         for c in getattr(self, "_coros", ()):
             c.close()
+        for c in getattr(self, "_padding", ()):
+            c.close()  # never started: closing marks them done (no "never awaited" warning)
         self._coros = []
+        self._padding = []
 
 
 class LeanAwaitScheduler(LeanScheduler):
