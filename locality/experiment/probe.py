@@ -182,14 +182,12 @@ def probe(pid: int, out: str | os.PathLike, *, interval: float = 1.0, duration: 
     from locality.kernel import capabilities
 
     caps = capabilities()
-    out.mkdir(parents=True, exist_ok=True)
     config = {
         "pid": pid, "comm": _comm(pid), "cmdline": _cmdline(pid), "interval": interval, "duration": duration,
         "track_refs": track_refs, "ranges": [[a, b] for a, b in ranges] if ranges else None,
     }
     manifest = store.start_manifest("probe", out.name, config, caps)
     manifest.update(samples=0, note=None, page_sizes_seen=[])
-    store.write_manifest(out, manifest)
     return _Probe(pid, out, manifest, interval, duration, track_refs, ranges, on_sample).execute()
 
 
@@ -228,6 +226,9 @@ class _Probe:
         old = self._install_signals()
         status, error, raised = "complete", None, None
         try:
+            # From here on, Ctrl-C leaves a whole (interrupted) run, never a half one.
+            self.out.mkdir(parents=True, exist_ok=True)
+            store.write_manifest(self.out, self.manifest)
             try:
                 self._loop()
                 if self.signal is not None:
@@ -320,8 +321,9 @@ class _Probe:
             totals["resident"] += n_resident
             totals["swapped"] += n_swapped
         sample_ms = (time.perf_counter() - started) * 1e3
+        common = dict(t=round(t, 6), sample=k, minor_faults=minflt, major_faults=majflt, sample_ms=round(sample_ms, 3))
         for row in rows:
-            row.update(t=round(t, 6), sample=k, minor_faults=minflt, major_faults=majflt, sample_ms=round(sample_ms, 3))
+            row.update(common)
         self.rows.extend(rows)
         self.times.append(t)
         self.resident.append(self._same_as_last(self.resident, resident))
