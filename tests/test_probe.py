@@ -221,3 +221,18 @@ def test_ctrl_c_keeps_every_sample_and_marks_the_run_interrupted(tmp_path):
     pages, resident, _ = load_pages(out)
     assert resident.shape[0] == m["samples"]
     assert sorted(os.listdir(out)) == ["manifest.json", "pages.npz", "timeline.csv"]  # no temp files left
+
+
+@pytest.mark.parametrize("text, seconds", [("1s", 1.0), ("500ms", 0.5), ("2m", 120.0), ("1.5h", 5400.0),
+                                           ("30", 30.0), (" 0.25s ", 0.25), ("3min", 180.0)])
+def test_durations(text, seconds):
+    from locality.cli.probe import parse_duration
+
+    assert parse_duration(text, "--interval") == seconds
+
+
+def test_ranges_parse_like_proc_maps():
+    from locality.cli.probe import parse_range
+
+    assert parse_range("7f0000000000-7f0000100000") == (0x7F0000000000, 0x7F0000100000)
+    assert parse_range("0x1000-0X3000") == (0x1000, 0x3000)
