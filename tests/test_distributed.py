@@ -267,17 +267,48 @@ def test_lost_worker_fails_its_point_others_complete_and_resume_finishes(tmp_pat
     assert {n: (tmp_path / n / "manifest.json").stat().st_mtime_ns for n in ("p1", "p2")} == before
 
 
-def test_point_needing_swap_fails_with_the_doctors_reason(tmp_path, cluster):
-    from locality.kernel import capabilities
+def _swap_capability() -> dict:
+    from locality.kernel.capabilities import capabilities
 
-    swap = capabilities()["swap"]
-    if swap["available"]:
-        pytest.skip("swap is on here; the mismatch needs a node without it")
-    point = _point("needs-swap", **{"reclaim.policy": "pageout-idle", "reclaim.idle_seconds": 1.0, "arena": "anon"})
-    [d] = dist.run_points([point], tmp_path, scheduler=cluster.scheduler_address, progress=False)
+    return capabilities()["swap"]
+
+
+def _pretend_no_swap() -> None:
+    """On a worker: make this node look like one without swap (the rest of the doctor's answer is real)."""
+    import importlib
+
+    module = importlib.import_module("locality.kernel.capabilities")
+    real = module.__dict__.setdefault("_real_capabilities", module.capabilities)
+
+    def capabilities() -> dict:
+        caps = dict(real())
+        caps["swap"] = {"available": False, "reason": "no active swap device (simulated node without swap)", "hint": "locality swap on"}
+        return caps
+
+    module.capabilities = capabilities
+
+
+def _forget_pretence() -> None:
+    import importlib
+
+    module = importlib.import_module("locality.kernel.capabilities")
+    module.capabilities = module.__dict__.pop("_real_capabilities", module.capabilities)
+
+
+def test_point_needing_swap_fails_with_the_doctors_reason(tmp_path, cluster, client):
+    # Other tests turn swap on and off on this machine: simulate the node
+    # without it, so the test does not race them.
+    client.run(_pretend_no_swap)
+    try:
+        reasons = {c["reason"] for c in client.run(_swap_capability).values()}
+        point = _point("needs-swap", **{"reclaim.policy": "pageout-idle", "reclaim.idle_seconds": 1.0, "arena": "anon"})
+        [d] = dist.run_points([point], tmp_path, scheduler=cluster.scheduler_address, progress=False)
+    finally:
+        client.run(_forget_pretence)
     m = _manifest(d)
     assert m["status"] == "failed"
-    assert swap["reason"] in m["error"]
+    [reason] = reasons
+    assert reason in m["error"]
     assert _files(d) == {"manifest.json"}  # no numbers at all, rather than wrong ones
     assert m["node"]["hostname"] == m["machine"]["hostname"]
 

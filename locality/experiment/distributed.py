@@ -108,7 +108,7 @@ def capability_problem(config: Any) -> str | None:
 
 
 def _node_capabilities() -> dict[str, dict]:
-    from locality.kernel import capabilities
+    from locality.kernel.capabilities import capabilities
 
     return capabilities()
 
