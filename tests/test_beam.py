@@ -265,3 +265,42 @@ def test_pageout_watch_sees_refaults(tmp_path: Path) -> None:
     assert 0 < accessed.any(axis=0).sum() < n
     assert 0.5 < m["untouched_after_pageout"]["1"] < 1
     assert m["major_faults"] > 0  # refaults from zram are major faults
+
+
+_DRIVER = """
+import sys
+from locality.experiment.beam import BeamConfig, run_beam
+def say(message):
+    if message.startswith("spawning"):
+        print(message.rsplit("pid ", 1)[1].rstrip(")"), flush=True)
+    if message.startswith("running"):
+        print("running", flush=True)
+run_beam(BeamConfig(processes=2_000, steps=600, interval=0.1), sys.argv[1], progress=False, on_event=say)
+"""
+
+
+@pytest.mark.beam
+@needs_erlang
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_vm_does_not_outlive_locality(tmp_path: Path, sig: str) -> None:
+    import signal
+    import time
+
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        vm_pid = int(driver.stdout.readline())
+        assert driver.stdout.readline().strip() == "running"  # mid-run: 600 steps queued in the VM
+        assert _alive(vm_pid)
+        driver.send_signal(getattr(signal, sig))
+        driver.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while _alive(vm_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(vm_pid)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    (run_dir,) = tmp_path.iterdir()
+    status = json.loads((run_dir / "manifest.json").read_text())["status"]
+    # SIGTERM is handled like Ctrl-C; SIGKILL leaves the manifest as it was ("running").
+    assert status == ("interrupted" if sig == "SIGTERM" else "running")

@@ -16,7 +16,7 @@
 %%   memory       erlang:memory() and exact per-worker process memory
 %%   allocators   per-allocator carrier sizes (system_info, instrument:carriers)
 %%   binaries     addresses of a probe refc binary (binary_alloc placement)
-%%   quit         halt; end of stdin halts too, so the VM never outlives locality
+%%   quit         halt; end of stdin halts too (at once), so the VM never outlives locality
 -mode(compile).
 -export([worker/3]).
 
@@ -31,7 +31,18 @@ main(Args) ->
            process_limit => erlang:system_info(process_limit),
            schedulers => erlang:system_info(schedulers),
            config => Cfg}),
+    Self = self(),
+    spawn_link(fun() -> stdin_reader(Self) end),
     loop(Cfg, undefined).
+
+%% Reads commands in its own process, so end of stdin (locality gone, even
+%% killed) halts the VM at once, also in the middle of a long `steps`.
+stdin_reader(Main) ->
+    case io:get_line(standard_io, "") of
+        eof -> halt(0);
+        {error, _} -> halt(0);
+        Line -> Main ! {command, Line}, stdin_reader(Main)
+    end.
 
 %% ---------------------------------------------------------------- config
 
@@ -65,10 +76,8 @@ die(Msg) ->
 %% ---------------------------------------------------------------- commands
 
 loop(Cfg, Pids) ->
-    case io:get_line(standard_io, "") of
-        eof -> halt(0);
-        {error, _} -> halt(0);
-        Line ->
+    receive
+        {command, Line} ->
             case string:lexemes(string:trim(Line), " ") of
                 ["spawn"] when Pids =:= undefined -> loop(Cfg, spawn_all(Cfg));
                 ["steps", K] when Pids =/= undefined ->

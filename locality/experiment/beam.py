@@ -16,6 +16,7 @@ The VM is always killed at the end, on error and on Ctrl-C too.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -230,12 +231,14 @@ class BeamVM:
         return self.wait_for(name, timeout)
 
     def close(self) -> None:
-        """Stop the VM: ask, then kill its process group. Idempotent."""
+        """Stop the VM: close its stdin, then kill its process group. Idempotent."""
         if self.proc.poll() is None:
+            # End of stdin halts the VM at once, even in the middle of `steps`.
             try:
-                self.send("quit")
+                if self.proc.stdin:
+                    self.proc.stdin.close()
                 self.proc.wait(timeout=3)
-            except (BeamError, subprocess.TimeoutExpired, OSError, ValueError):
+            except (subprocess.TimeoutExpired, OSError, ValueError):
                 pass
         if self.proc.poll() is None:
             try:
@@ -401,6 +404,29 @@ def run_beam(config: BeamConfig, out: str | os.PathLike, *, run_id: str | None =
     if config.pageout_watch and not swap_is_on():
         raise Unsupported("--pageout-watch", "no swap is active, so anonymous pages cannot be paged out",
                           "turn zram swap on first: `locality swap on`")
+    with _sigterm_as_interrupt():
+        return _run(config, out, run_id, progress, on_event)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a run like Ctrl-C: marked interrupted, VM killed (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(config: BeamConfig, out: str | os.PathLike, run_id: str | None, progress: bool,
+         on_event: Callable[[str], None] | None) -> Path:
     run_dir = store.new_run_dir(out, "beam", run_id)
     manifest = store.start_manifest("beam", run_dir.name, asdict(config))
     store.write_manifest(run_dir, manifest)
