@@ -133,23 +133,28 @@ async def _acting_worker_await(action: Action, clock: Clock):
         action(await WAKE, clock.step)
 
 
-def _seal_pool(last: object, make: Callable[[], object], limit: int = 4096) -> list[object]:
-    """Fill the rest of the allocator pool holding ``last`` with never-started twins.
+# CPython's small-object allocator (3.10+, 64-bit): 16 KiB pools of one size
+# class each, the first block 48 bytes into the pool.
+POOL_SIZE = 16384
+POOL_FIRST_BLOCK = 48
 
-    pymalloc hands out blocks of one size class from the partly used pool
-    first: without this, objects the harness allocates after spawn would share
-    pages with the last workers and their writes would be attributed to them.
-    Stops when a twin no longer follows the previous block (a new pool began).
+
+def _fill_to_fresh_pool(make: Callable[[], object], limit: int = 1_000_000) -> list[object]:
+    """Allocate never-started twins of a worker until one opens a fresh pool.
+
+    pymalloc serves a size class from partly used pools first. Filling those
+    holes before spawn puts the workers in pools of their own, and filling the
+    last worker pool after spawn keeps later allocations of the harness off
+    the workers' pages; otherwise their writes would be attributed to workers.
+    The twins are kept (never freed), so the pools stay full.
     """
     pad: list[object] = []
-    prev = id(last)
-    stride = sys.getsizeof(last)
     for _ in range(limit):
         obj = make()
         pad.append(obj)
-        if not 0 < id(obj) - prev <= stride + 16:
+        block = id(obj) - (sys.getsizeof(obj) - obj.__sizeof__())
+        if block % POOL_SIZE == POOL_FIRST_BLOCK:
             break
-        prev = id(obj)
     return pad
 
 
@@ -162,12 +167,13 @@ class LeanScheduler(Scheduler):
 
     def spawn(self, units: int, action: Action | None) -> None:
         make = self._make
+        padding = _fill_to_fresh_pool(lambda: make(action))
         coros = [make(action) for _ in range(units)]
         send = self._send
         for c in coros:
             send(c, None)  # run to the first suspension
         self._coros = coros
-        self._padding = _seal_pool(coros[-1], lambda: make(action)) if coros else []
+        self._padding = padding + _fill_to_fresh_pool(lambda: make(action))
         self.units = units
 
     def resume(self, units: list[int], step: int) -> np.ndarray:
