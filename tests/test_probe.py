@@ -236,3 +236,23 @@ def test_ranges_parse_like_proc_maps():
 
     assert parse_range("7f0000000000-7f0000100000") == (0x7F0000000000, 0x7F0000100000)
     assert parse_range("0x1000-0X3000") == (0x1000, 0x3000)
+
+
+def test_page_history_rebuilds_every_sample_exactly():
+    # Random page sets that grow, shrink and repeat, as a foreign process's do.
+    rng = np.random.default_rng(0)
+    history, sets = probe_module._PageHistory(), []
+    for i in range(40):
+        resident = np.unique(rng.integers(0, 500, size=rng.integers(0, 200))).astype(np.uint64) * PAGE_SIZE
+        swapped = np.unique(rng.integers(300, 700, size=rng.integers(0, 50))).astype(np.uint64) * PAGE_SIZE
+        if i % 5 == 1:
+            resident, swapped = sets[-1]
+        sets.append((resident, swapped))
+        history.add(resident, swapped)
+    addr, packed_resident, packed_swapped = history.matrices()
+    np.testing.assert_array_equal(addr, np.unique(np.concatenate([np.concatenate(s) for s in sets])))
+    resident_bits = unpack_bits(packed_resident, len(addr))
+    swapped_bits = unpack_bits(packed_swapped, len(addr))
+    for i, (resident, swapped) in enumerate(sets):
+        np.testing.assert_array_equal(addr[resident_bits[i]], resident)
+        np.testing.assert_array_equal(addr[swapped_bits[i]], swapped)

@@ -199,10 +199,13 @@ class _Probe:
         self.interval, self.duration, self.track_refs, self.ranges = interval, duration, track_refs, ranges
         self.on_sample = on_sample
         self.signal: int | None = None
-        self.rows: list[dict[str, Any]] = []
+        # Timeline, columnar: per sample one int64 block (VMAs x _BLOCK_COLUMNS)
+        # and its scalars; VMA strings live once in ``regions``. A long probe of
+        # a process with thousands of VMAs stays tens of MB, not a dict per row.
+        self.blocks: list[np.ndarray] = []
+        self.sample_meta: list[tuple[float, int, int, int, float]] = []  # t, sample, minflt, majflt, ms
         self.times: list[float] = []
-        self.resident: list[np.ndarray] = []  # per sample: addresses of resident pages (uint64, sorted)
-        self.swapped: list[np.ndarray] = []
+        self.pages = _PageHistory()
         self.regions: dict[tuple, int] = {}
         self.region_bounds: list[tuple[int, int]] = []
         self.page_sizes: set[int] = set()
@@ -294,9 +297,10 @@ class _Probe:
         if not entries:  # a zombie: its memory is gone
             return None
         minflt, majflt = faults(self.pid)
-        rows, resident, swapped = [], [], []
+        block, resident, swapped = [], [], []
         totals = dict(rss=0, pss=0, swap=0, referenced=0, resident=0, swapped=0, read=0)
         counts = self._read_pages(entries, resident, swapped)
+        with_refs = self.track_refs and k > 0
         for i, e in enumerate(entries):
             if not _clip(e.start, e.end, self.ranges):
                 continue
@@ -307,31 +311,23 @@ class _Probe:
                 self.page_sizes.add(e.kernel_page_size)
             if e.anon_huge:
                 self.page_sizes.add(2 << 20)
-            referenced = e.referenced if self.track_refs and k > 0 else None
-            rows.append({
-                "vma": self._region(e), "start": e.start, "end": e.end, "perms": e.perms, "path": e.path,
-                "rss_bytes": e.rss, "pss_bytes": e.pss, "swap_bytes": e.swap, "referenced_bytes": referenced,
-                "anonymous_bytes": e.anonymous, "anon_huge_bytes": e.anon_huge,
-                "resident_pages": n_resident, "swapped_pages": n_swapped,
-            })
+            block.append((self._region(e), e.rss, e.pss, e.swap, e.referenced if with_refs else -1,
+                          e.anonymous, e.anon_huge, n_resident, n_swapped))
             totals["rss"] += e.rss
             totals["pss"] += e.pss
             totals["swap"] += e.swap
             totals["referenced"] += e.referenced
             totals["resident"] += n_resident
             totals["swapped"] += n_swapped
+        self.pages.add(_concat(resident), _concat(swapped))
         sample_ms = (time.perf_counter() - started) * 1e3
-        common = dict(t=round(t, 6), sample=k, minor_faults=minflt, major_faults=majflt, sample_ms=round(sample_ms, 3))
-        for row in rows:
-            row.update(common)
-        self.rows.extend(rows)
+        self.blocks.append(np.array(block, dtype=np.int64).reshape(len(block), len(_BLOCK_COLUMNS)))
+        self.sample_meta.append((round(t, 6), k, minflt, majflt, round(sample_ms, 3)))
         self.times.append(t)
-        self.resident.append(self._same_as_last(self.resident, resident))
-        self.swapped.append(self._same_as_last(self.swapped, swapped))
         return ProbeSample(
-            sample=k, t=t, vmas=len(rows), vmas_read=totals["read"], rss_bytes=totals["rss"],
+            sample=k, t=t, vmas=len(block), vmas_read=totals["read"], rss_bytes=totals["rss"],
             pss_bytes=totals["pss"], swap_bytes=totals["swap"],
-            referenced_bytes=totals["referenced"] if self.track_refs and k > 0 else None,
+            referenced_bytes=totals["referenced"] if with_refs else None,
             resident_pages=totals["resident"], swapped_pages=totals["swapped"],
             minor_faults=minflt, major_faults=majflt, sample_ms=sample_ms,
         )
@@ -366,20 +362,38 @@ class _Probe:
             swapped.append(addrs[pm.swapped & wanted])
         return counts
 
-    @staticmethod
-    def _same_as_last(history: list[np.ndarray], parts: list[np.ndarray]) -> np.ndarray:
-        # Parts come in address order and do not overlap, so their concatenation
-        # is sorted. An idle process's page set rarely changes: share the
-        # previous array instead of holding one copy per sample.
-        pages = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
-        if history and np.array_equal(history[-1], pages):
-            return history[-1]
-        return pages.astype(np.uint64, copy=False)
-
     # -- files
+    def _timeline(self) -> "Any":
+        import pandas as pd
+
+        if not self.blocks:
+            return pd.DataFrame(columns=TIMELINE_COLUMNS)
+        data = np.concatenate(self.blocks)
+        per_sample = [len(b) for b in self.blocks]
+        meta = list(zip(*self.sample_meta))
+        keys = list(self.regions)
+        vma = data[:, 0]
+        columns: dict[str, Any] = {
+            "t": np.repeat(np.asarray(meta[0], dtype=np.float64), per_sample),
+            "sample": np.repeat(np.asarray(meta[1], dtype=np.int64), per_sample),
+            "vma": vma,
+            "start": np.asarray([keys[v][0] for v in vma], dtype=np.uint64),
+            "end": np.asarray([keys[v][1] for v in vma], dtype=np.uint64),
+            "perms": [keys[v][2] for v in vma],
+            "path": [keys[v][5] for v in vma],
+        }
+        for j, name in enumerate(_BLOCK_COLUMNS[1:], start=1):
+            columns[name] = data[:, j]
+        referenced = data[:, _BLOCK_COLUMNS.index("referenced_bytes")].astype(np.float64)
+        referenced[referenced < 0] = np.nan  # not measured: no --track-refs, or the first sample
+        columns["referenced_bytes"] = referenced
+        columns["minor_faults"] = np.repeat(np.asarray(meta[2], dtype=np.int64), per_sample)
+        columns["major_faults"] = np.repeat(np.asarray(meta[3], dtype=np.int64), per_sample)
+        columns["sample_ms"] = np.repeat(np.asarray(meta[4], dtype=np.float64), per_sample)
+        return pd.DataFrame(columns, columns=TIMELINE_COLUMNS)
+
     def _pages(self) -> dict[str, np.ndarray]:
-        seen = [a for a in self.resident + self.swapped if len(a)]
-        page_addr = np.unique(np.concatenate(seen)) if seen else np.empty(0, dtype=np.uint64)
+        page_addr, resident, swapped = self.pages.matrices()
         region = np.full(len(page_addr), -1, dtype=np.int32)
         for index, (start, end) in enumerate(self.region_bounds):  # first region seen holding the page
             lo, hi = np.searchsorted(page_addr, [start, end])
@@ -387,34 +401,86 @@ class _Probe:
             block[block < 0] = index
         names = [f"{start:#x}-{end:#x} {perms} {path}".rstrip()
                  for (start, end, perms, _offset, _inode, path) in self.regions]
-
-        def matrix(per_sample: list[np.ndarray]) -> np.ndarray:
-            rows = np.zeros((len(per_sample), len(page_addr)), dtype=bool)
-            for i, addrs in enumerate(per_sample):
-                rows[i, np.searchsorted(page_addr, addrs)] = True
-            return store.pack_bits(rows)
-
         return {
             "t": np.asarray(self.times, dtype=np.float64),
-            "page_addr": page_addr.astype(np.uint64),
+            "page_addr": page_addr,
             "region": region,
             "regions": np.asarray(names, dtype=str),
-            "resident": matrix(self.resident),
-            "swapped": matrix(self.swapped),
+            "resident": resident,
+            "swapped": swapped,
             "n_pages": np.int64(len(page_addr)),
         }
 
     def _write(self, status: str, error: str | None) -> None:
-        import pandas as pd
-
-        frame = pd.DataFrame(self.rows, columns=TIMELINE_COLUMNS)
-        store.atomic_write_csv(self.out / "timeline.csv", frame)
+        store.atomic_write_csv(self.out / "timeline.csv", self._timeline())
         store.atomic_write_npz(self.out / "pages.npz", **self._pages())
         self.manifest.update(
             status=status, error=error, finished=store.utcnow(), samples=len(self.times), note=self.note,
             page_sizes_seen=sorted(self.page_sizes),
         )
         store.write_manifest(self.out, self.manifest)
+
+
+_BLOCK_COLUMNS = ["vma", "rss_bytes", "pss_bytes", "swap_bytes", "referenced_bytes", "anonymous_bytes",
+                  "anon_huge_bytes", "resident_pages", "swapped_pages"]
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    # Parts come in address order and do not overlap: the result is sorted.
+    return np.concatenate(parts).astype(np.uint64, copy=False) if parts else np.empty(0, dtype=np.uint64)
+
+
+class _PageHistory:
+    """Per-sample sets of resident and swapped pages, as bit rows over the
+    pages seen so far, numbered in order of first appearance: a new page gets
+    the next number, so earlier rows stay valid as the set grows and memory is
+    one bit per page and sample (identical consecutive rows are shared)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sorted = np.empty(0, dtype=np.uint64)  # every page seen, by address
+        self.slot = np.empty(0, dtype=np.int64)  # its number (order of first appearance)
+        self.rows: list[tuple[int, np.ndarray, np.ndarray]] = []
+
+    def _slots(self, pages: np.ndarray) -> np.ndarray:
+        idx = np.searchsorted(self.sorted, pages)
+        hit = idx < len(self.sorted)
+        hit[hit] = self.sorted[idx[hit]] == pages[hit]
+        if not hit.all():
+            new = pages[~hit]
+            merged = np.concatenate([self.sorted, new])
+            slots = np.concatenate([self.slot, np.arange(self.n, self.n + len(new), dtype=np.int64)])
+            order = np.argsort(merged, kind="stable")
+            self.sorted, self.slot = merged[order], slots[order]
+            self.n += len(new)
+            idx = np.searchsorted(self.sorted, pages)
+        return self.slot[idx]
+
+    def add(self, resident: np.ndarray, swapped: np.ndarray) -> None:
+        slots = [self._slots(resident), self._slots(swapped)]  # may number new pages
+        rows = []
+        for numbers in slots:
+            bits = np.zeros(self.n, dtype=bool)
+            bits[numbers] = True
+            rows.append(np.packbits(bits))
+        if self.rows and self.rows[-1][0] == self.n:
+            last = self.rows[-1]
+            rows = [old if np.array_equal(old, new) else new for old, new in zip(last[1:], rows)]
+        self.rows.append((self.n, rows[0], rows[1]))
+
+    def matrices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(page addresses sorted, resident, swapped): samples x pages, packed bits."""
+        n_pages = self.n
+        by_address = np.empty(n_pages, dtype=np.int64)
+        by_address[self.slot] = np.arange(n_pages)
+        out = [np.zeros((len(self.rows), (n_pages + 7) // 8), dtype=np.uint8) for _ in range(2)]
+        row = np.zeros(n_pages, dtype=bool)
+        for i, (n, *packed) in enumerate(self.rows):
+            for matrix, bits in zip(out, packed):
+                row[:] = False
+                row[by_address[:n][np.unpackbits(bits, count=n).astype(bool)]] = True
+                matrix[i] = np.packbits(row)
+        return self.sorted.copy(), out[0], out[1]
 
 
 def summary_line(s: ProbeSample) -> str:
