@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from locality.report.compare import DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEPS, DEFAULT_WORKERS
+from locality.report.compare import DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEP_INTERVAL, DEFAULT_STEPS, DEFAULT_WORKERS
 
 
 @click.command("compare")
@@ -20,6 +20,8 @@ from locality.report.compare import DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEPS, DEFA
               help="Activation pattern, with its default parameters (1% of workers per step).")
 @click.option("--steps", type=click.IntRange(min=1), default=DEFAULT_STEPS, show_default=True,
               help="Activation steps per layout.")
+@click.option("--step-interval", type=click.FloatRange(min=0), default=DEFAULT_STEP_INTERVAL, show_default=True,
+              help="Seconds the population idles between steps.")
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_SAMPLE_INTERVAL, show_default=True,
               help="Seconds between samples of the child's pages.")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/compare"),
@@ -27,8 +29,8 @@ from locality.report.compare import DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEPS, DEFA
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/compare.html"),
               show_default=True, help="HTML report to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report path, run dirs and statuses as JSON; no progress bars.")
-def compare(workers: int, layouts: str, pattern: str, steps: int, interval: float, runs_dir: Path, out: Path,
-            as_json: bool) -> None:
+def compare(workers: int, layouts: str, pattern: str, steps: int, step_interval: float, interval: float, runs_dir: Path,
+            out: Path, as_json: bool) -> None:
     """Run every layout on the same seeded workload and write one report.
 
     One run per layout, one after the other (each in its own child process,
@@ -46,8 +48,8 @@ def compare(workers: int, layouts: str, pattern: str, steps: int, interval: floa
 
     chosen = parse_layouts(layouts)
     try:
-        result = run_compare(chosen, workers=workers, pattern=pattern, steps=steps, interval=interval, runs=runs_dir,
-                             out=out, progress=not as_json)
+        result = run_compare(chosen, workers=workers, pattern=pattern, steps=steps, interval=interval,
+                             step_interval=step_interval, runs=runs_dir, out=out, progress=not as_json)
     except CompareInterrupted as e:
         click.echo(f"locality: interrupted: {e}", err=True)
         sys.exit(130)

@@ -25,7 +25,9 @@ from locality.report.data import RunData, label_runs, load_run_data
 # 10 minutes on a 2-core machine (measured: see `locality compare --help`).
 DEFAULT_WORKERS = 1_000_000
 DEFAULT_STEPS = 100
+DEFAULT_STEP_INTERVAL = 0.1  # 100 steps -> about 20 s of activity per layout at 1M workers
 DEFAULT_SAMPLE_INTERVAL = 1.0
+COLD_THRESHOLDS = [1.0, 5.0, 10.0]  # all shorter than the run, so each is measured
 SEED = 1
 
 
@@ -63,7 +65,7 @@ def parse_layouts(text: str) -> list[str]:
 
 
 def compare_config(layout: str, *, workers: int, pattern: str, steps: int, interval: float, seed: int = SEED,
-                   step_interval: float = 0.0) -> Any:
+                   step_interval: float = DEFAULT_STEP_INTERVAL) -> Any:
     """The run config of one layout; everything but the layout is the same for all."""
     from locality.experiment.config import validate
 
@@ -76,7 +78,7 @@ def compare_config(layout: str, *, workers: int, pattern: str, steps: int, inter
         "steps": steps,
         "step_interval": step_interval,
         "seed": seed,
-        "sampling": {"interval": interval, "pages": True},
+        "sampling": {"interval": interval, "pages": True, "cold_thresholds": COLD_THRESHOLDS},
         "reclaim": {"policy": "none"},
         "name": f"compare-{layout}",
     })
@@ -97,6 +99,7 @@ def compare(
     pattern: str = "sheet",
     steps: int = DEFAULT_STEPS,
     interval: float = DEFAULT_SAMPLE_INTERVAL,
+    step_interval: float = DEFAULT_STEP_INTERVAL,
     runs: str | Path = "runs/compare",
     out: str | Path = "reports/compare.html",
     progress: bool = True,
@@ -109,7 +112,8 @@ def compare(
     if steps <= 0:
         raise InvalidArgument(f"--steps must be > 0 (got {steps})")
     # Validate every layout's config before the first (long) run starts.
-    configs = {name: compare_config(name, workers=workers, pattern=pattern, steps=steps, interval=interval) for name in layouts}
+    configs = {name: compare_config(name, workers=workers, pattern=pattern, steps=steps, interval=interval,
+                                    step_interval=step_interval) for name in layouts}
     run_root = Path(runs) / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     n = 1
     while run_root.exists():
@@ -148,8 +152,8 @@ def compare(
             bar.close()
 
     not_run = list(layouts[len(done) + (1 if interrupted_at else 0):])
-    notes = [f"Same workload for every layout: {workers:,} workers, pattern {pattern}, {steps} steps, "
-             f"seed {SEED}, sampled every {interval:g} s, no reclaim."]
+    notes = [f"Same workload for every layout: {workers:,} workers, pattern {pattern}, {steps} steps "
+             f"{step_interval:g} s apart, seed {SEED}, sampled every {interval:g} s, no reclaim."]
     if interrupted_at:
         notes.append(f"Interrupted (Ctrl-C) during {interrupted_at}; this report shows only the runs that had finished."
                      + (f" Not run: {', '.join(not_run)}." if not_run else ""))

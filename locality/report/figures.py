@@ -278,11 +278,16 @@ def draw_residency_map(runs: list[RunData], left_out: list[str]) -> Figure:
     for ax, (_, run) in zip(axes, kept):
         pages = run.pages
         last = pages.resident[-1]
-        # One row per region (the largest ones, in address order); x is the position
-        # within the region, so a small region is as legible as a large one.
+        # One row per region: the layout's arenas first, then the largest others, each
+        # group in address order; x is the position within the region, so a small
+        # region is as legible as a large one.
         ids, counts = np.unique(pages.region, return_counts=True)
-        largest = ids[np.argsort(-counts, kind="stable")[:MAP_REGIONS]]
-        region_ids = [int(r) for r in dict.fromkeys(pages.region.tolist()) if r in set(largest.tolist())]
+        names = {int(r): (pages.regions[r] if 0 <= r < len(pages.regions) else str(r)) for r in ids}
+        arenas = [int(r) for r in ids if names[int(r)].startswith("arena")]
+        others = [int(r) for r in ids[np.argsort(-counts, kind="stable")] if int(r) not in arenas]
+        chosen = set((arenas + others)[:MAP_REGIONS])
+        in_order = [int(r) for r in dict.fromkeys(pages.region.tolist())]
+        region_ids = [r for r in in_order if r in chosen and r in arenas] + [r for r in in_order if r in chosen and r not in arenas]
         if len(ids) > len(region_ids):
             left_out.append(f"{run.label}: {len(ids) - len(region_ids)} smaller regions not shown")
         bins = 200

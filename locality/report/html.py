@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -71,7 +72,12 @@ def _cold_fraction(value: Any) -> str:
             return float(str(key).split()[0])
         except ValueError:
             return math.inf
-    return ", ".join(f"{k}: {fmt_number(100.0 * v, 3)}%" for k, v in sorted(value.items(), key=lambda kv: seconds(kv[0])))
+    def pct(v: Any) -> str:
+        # None: no window of that length fitted in the run.
+        return f"{fmt_number(100.0 * v, 3)}%" if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
+    def name(k: str) -> str:
+        return f"{k} s" if re.fullmatch(r"[0-9.]+", str(k)) else str(k)
+    return ", ".join(f"{name(k)}: {pct(v)}" for k, v in sorted(value.items(), key=lambda kv: seconds(kv[0])))
 
 
 def metrics_rows(runs: list[RunData]) -> tuple[list[str], list[dict[str, Any]]]:
