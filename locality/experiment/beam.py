@@ -428,7 +428,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def _run(config: BeamConfig, out: str | os.PathLike, run_id: str | None, progress: bool,
          on_event: Callable[[str], None] | None) -> Path:
     run_dir = store.new_run_dir(out, "beam", run_id)
-    manifest = store.start_manifest("beam", run_dir.name, asdict(config))
+    from locality.kernel.capabilities import capabilities
+
+    manifest = store.start_manifest("beam", run_dir.name, asdict(config), capabilities())
     store.write_manifest(run_dir, manifest)
     vm: BeamVM | None = None
     try:
@@ -523,6 +525,8 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
 
     rows: list[dict[str, Any]] = []
     vma_rows: list[dict[str, Any]] = []
+    # A VMA keeps its index while its identity holds, as in `locality probe`'s timeline.
+    vma_index: dict[tuple, int] = {}
     resident_bits, swapped_bits, accessed_bits, t_samples = [], [], [], []
     cold: dict[str, list[float]] = {f"{w:g}": [] for w in usable}
     cold_anon: dict[str, list[float]] = {f"{w:g}": [] for w in usable}
@@ -587,11 +591,14 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
                "accessed_pages": int(state["accessed"].sum()) if cfg.pageout_watch else None,
                "window_age_s": t - state["cycle_start"]}
         rows.append(row)
-        for i, e in enumerate(entries):
+        for e in entries:
+            i = vma_index.setdefault((e.start, e.end, e.perms, e.offset, e.inode, e.path), len(vma_index))
             vma_rows.append({"t": t, "vma": i, "start": e.start, "end": e.end, "perms": e.perms, "path": e.path,
                              "class": class_of(e),
                              "rss_bytes": e.rss, "pss_bytes": e.pss, "swap_bytes": e.swap,
+                             # Cumulative since the window began (clear_refs), window_age_s ago.
                              "referenced_bytes": e.referenced if cfg.track_refs else None,
+                             "window_age_s": t - state["cycle_start"],
                              "resident_pages": e.rss // tracked.page_size, "swapped_pages": e.swap // tracked.page_size})
         t_samples.append(t)
         resident_bits.append(np.packbits(present))
