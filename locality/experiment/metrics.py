@@ -62,8 +62,9 @@ def compute(
     out["pss_spawned_bytes"] = pss_spawned
     out["bytes_per_worker"] = (pss_spawned - pss_empty) / n if pss_empty is not None and pss_spawned is not None else None
 
-    sampled = interval > 0 and "written_pages" in timeline and len(timeline) > 1
-    windows = timeline.iloc[1:] if sampled else timeline.iloc[0:0]
+    resident_sampled = interval > 0 and "written_pages" in timeline and len(timeline) > 1
+    sampled = resident_sampled and bool(config.sampling.writes)  # written sets measured
+    windows = timeline.iloc[1:] if resident_sampled else timeline.iloc[0:0]
     written_total = int(windows["written_pages"].sum()) if sampled else 0
     useful = int(child.get("useful_bytes", 0))
     out["useful_bytes"] = useful
@@ -90,7 +91,7 @@ def compute(
 
     minutes = (timeline["t"].iloc[-1] - timeline["t"].iloc[0]) / 60 if len(timeline) > 1 else 0.0
     out["duration_s"] = float(minutes * 60)
-    if sampled and minutes > 0:
+    if resident_sampled and minutes > 0:
         refaulted = int(windows["refaulted_pages"].sum())
         out["refaulted_pages"] = refaulted
         per_min = refaulted / minutes
@@ -105,6 +106,11 @@ def compute(
         out["major_faults_per_min"] = float(timeline["major_faults"].iloc[-1] - timeline["major_faults"].iloc[0]) / minutes
     else:
         out["major_faults_per_min"] = None
+    if minutes > 0 and "minor_faults" in timeline:
+        # Write tracking shows up here: one write-protect fault per page written per window.
+        out["minor_faults_per_s"] = float(timeline["minor_faults"].iloc[-1] - timeline["minor_faults"].iloc[0]) / (minutes * 60)
+    else:
+        out["minor_faults_per_s"] = None
     out["swapped_pages_max"] = int(timeline["swapped_pages"].max()) if "swapped_pages" in timeline and len(timeline) else 0
     # Memory the policy moved out: swap of the child (smaps_rollup) per sample.
     out["memory_saved_bytes_mean"] = float(timeline["swap_bytes"].iloc[1:].mean()) if len(timeline) > 1 else 0.0
@@ -113,9 +119,12 @@ def compute(
     out["latency_p50_us"] = float(np.percentile(lat, 50) / 1e3) if lat.size else None
     out["latency_p99_us"] = float(np.percentile(lat, 99) / 1e3) if lat.size else None
     out["activations_per_s"] = acts / (step_ns / 1e9) if step_ns else None
+    cpu_ns = int(child.get("step_cpu_ns", 0))
+    # Per CPU second of the stepping thread (includes its kernel time, e.g. write-protect faults).
+    out["activations_per_cpu_s"] = acts / (cpu_ns / 1e9) if cpu_ns else None
     out["relocation_ms_per_step"] = int(child.get("relocation_ns", 0)) / 1e6 / steps if steps else None
 
-    if sampled and "sample_ms" in timeline and minutes > 0:
+    if resident_sampled and "sample_ms" in timeline and minutes > 0:
         out["sampler_overhead_pct"] = 100.0 * float(timeline["sample_ms"].iloc[1:].sum() / 1e3) / (minutes * 60)
     else:
         out["sampler_overhead_pct"] = None

@@ -242,7 +242,7 @@ class _Run:
 
     def _track(self, name: str, start: int, length: int, now: float) -> None:
         if self.sampler is not None:
-            self.sampler.add_region(name, int(start), int(length), now)
+            self.sampler.add_region(name, int(start), int(length), now, writes=self.config.sampling.writes)
 
     def _setup(self) -> None:
         from locality.kernel import rollup
@@ -300,13 +300,17 @@ class _Run:
     def _ask_for_new_vmas(self) -> None:
         from locality.kernel import vmas
 
-        if self.sampler is None or self.sampler.pending or self.proc is None:
+        if self.sampler is None or self.sampler.pending or self.proc is None or not self.config.sampling.heap:
             return
         try:
             new = self.sampler.untracked(vmas(self.proc.pid))
         except LocalityError:
             return
-        if new:
+        if new and not self.config.sampling.writes:
+            now = time.monotonic()  # residency only: nothing to register in the child
+            for name, s, ln in new:
+                self._track(name, s, ln, now)
+        elif new:
             self.sampler.pending = [(s, ln) for _, s, ln in new]
             self._send("register", ranges=[[s, ln] for _, s, ln in new], names=[n for n, _, _ in new])
 

@@ -133,14 +133,17 @@ class Sampler:
         self.rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # (n_cols, written, resident, swapped) packed
 
     # -- regions ----------------------------------------------------------------
-    def add_region(self, name: str, start: int, length: int, now: float) -> Region | None:
-        """Start tracking a range the child registered; resets its written set."""
+    def add_region(self, name: str, start: int, length: int, now: float, *, writes: bool = True) -> Region | None:
+        """Start watching a range of the child; with ``writes`` (the child registered
+        it for write tracking) its written set is reset, else residency only."""
         from locality.kernel import WriteTracker
 
         if self.covers(start, length):
             return None
-        tracker = WriteTracker(start, length, pid=self.pid)
-        tracker.reset()
+        tracker = None
+        if writes:
+            tracker = WriteTracker(start, length, pid=self.pid)
+            tracker.reset()
         n = length // self.page_size
         region = Region(len(self.regions), name, start, length, self.n_cols, tracker, n)
         self.regions.append(region)
@@ -167,7 +170,8 @@ class Sampler:
         # The child unmapped (part of) the range: stop tracking it.
         r.alive = False
         r.error = str(error)
-        r.tracker.close()
+        if r.tracker is not None:
+            r.tracker.close()
         self.paged_out[r.cols] = False
         self.out_prev[r.cols] = False
 
@@ -216,7 +220,7 @@ class Sampler:
         t0 = time.perf_counter()
         w = np.zeros(self.n_cols, dtype=bool)
         for r in self.regions:
-            if r.alive:
+            if r.alive and r.tracker is not None:
                 try:
                     w[r.cols] = r.tracker.written_and_reset()
                 except LocalityError as e:
@@ -273,7 +277,7 @@ class Sampler:
 
     def close(self) -> None:
         for r in self.regions:
-            if r.alive:
+            if r.alive and r.tracker is not None:
                 r.tracker.close()
 
     # -- results ----------------------------------------------------------------
