@@ -316,6 +316,14 @@ class Population:
             relocation_s=relocation_ns / 1e9,
         )
 
+    def set_latency_every(self, k: int) -> None:
+        """Time every k-th activation from now on (0: none, 1: all)."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise InvalidArgument(f"latency_every={k!r}", "give an integer >= 0 (0: no latency timing)")
+        self.latency_every = k
+        if self._scheduler is not None:
+            self._scheduler.latency_every = k
+
     @property
     def steps_done(self) -> int:
         return self._step
