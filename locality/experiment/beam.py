@@ -471,37 +471,45 @@ def _spawn_timeout(n: int) -> float:
     return 60.0 + n / 5_000  # 1M processes: a few seconds here, generous for slow CI
 
 
-def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], None]) -> dict[str, Any]:
-    pid = vm.pid
-    n = cfg.processes
-    # The empty VM, then the population: the difference is what the processes cost.
-    smaps_before = smaps(pid)
+@dataclass
+class SpawnAccount:
+    """What spawning the population cost, by the VM's accounting and by the kernel's."""
+
+    bytes_per_process: dict[str, Any]
+    smaps_after: list[Any]
+    classes: "_AddressClasses"
+    growth_by_class: dict[str, int]
+    allocator_growth: dict[str, dict[str, int]]
+    totals_before: dict[str, int]
+    totals_after: dict[str, int]
+    reports: dict[str, Any]  # the VM's raw answers
+
+
+def account_spawn(vm: BeamVM, n: int, say: Callable[[str], None]) -> SpawnAccount:
+    """Measure the empty VM, spawn ``n`` processes, measure again: the difference
+    is what the processes cost, in the VM's words and in resident pages."""
+    smaps_before = smaps(vm.pid)
     alloc_before = vm.request("allocators", "allocators")
-    say(f"spawning {n:,} processes in the Erlang VM (OS pid {pid})")
+    say(f"spawning {n:,} processes in the Erlang VM (OS pid {vm.pid})")
     ready = vm.request("spawn", "ready", timeout=_spawn_timeout(n))
     time.sleep(0.2)  # let the schedulers settle into idle
-    smaps_after = smaps(pid)
+    smaps_after = smaps(vm.pid)
     mem = vm.request("memory", "memory", timeout=_spawn_timeout(n))
     alloc_after = vm.request("allocators", "allocators")
     binaries = vm.request("binaries", "binaries")["addresses"]
     before, after = _totals(smaps_before), _totals(smaps_after)
 
-    grown = grown_at_spawn(smaps_before, smaps_after)
-    class_of = _AddressClasses(smaps_after, grown, binaries)
-    spawn_growth_by_class: dict[str, int] = {}
+    classes = _AddressClasses(smaps_after, grown_at_spawn(smaps_before, smaps_after), binaries)
+    growth_by_class: dict[str, int] = {}
     for sign, entries in ((1, smaps_after), (-1, smaps_before)):
         for e in entries:
-            c = class_of(e)
-            spawn_growth_by_class[c] = spawn_growth_by_class.get(c, 0) + sign * e.rss
+            c = classes(e)
+            growth_by_class[c] = growth_by_class.get(c, 0) + sign * e.rss
 
+    # The coordinator's tuple of pids (8 bytes a process) is addressing, not the processes.
     processes_delta = mem["memory"]["processes"] - ready["memory_before"]["processes"]
     coordinator_delta = mem["coordinator_memory"] - ready["coordinator_memory_before"]
-    allocator_growth = {
-        a: {k: alloc_after["allocators"][a][k] - alloc_before["allocators"].get(a, {}).get(k, 0)
-            for k in ("carriers_bytes", "blocks_bytes")}
-        for a in alloc_after["allocators"]
-    }
-    bpp = {
+    bpp: dict[str, Any] = {
         "bytes_per_process_erlang": mem["workers_memory_sum"] / n,
         "bytes_per_process_vm": (processes_delta - coordinator_delta) / n,
         "bytes_per_process_memory_processes": mem["memory"]["processes"] / n,
@@ -509,242 +517,293 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
         "bytes_per_process_pss": (after["pss_bytes"] - before["pss_bytes"]) / n,
         "pid_table_bytes_per_process": coordinator_delta / n,
     }
-    bpp["rss_vs_vm_ratio"] = bpp["bytes_per_process_rss"] / bpp["bytes_per_process_vm"] if bpp["bytes_per_process_vm"] else None
-    bpp["rss_vs_vm_agree_15pct"] = bpp["rss_vs_vm_ratio"] is not None and abs(bpp["rss_vs_vm_ratio"] - 1) <= 0.15
+    ratio = bpp["bytes_per_process_rss"] / bpp["bytes_per_process_vm"] if bpp["bytes_per_process_vm"] else None
+    bpp["rss_vs_vm_ratio"] = ratio
+    bpp["rss_vs_vm_agree_15pct"] = ratio is not None and abs(ratio - 1) <= 0.15
+    return SpawnAccount(
+        bytes_per_process=bpp, smaps_after=smaps_after, classes=classes, growth_by_class=growth_by_class,
+        allocator_growth={
+            a: {k: alloc_after["allocators"][a][k] - alloc_before["allocators"].get(a, {}).get(k, 0)
+                for k in ("carriers_bytes", "blocks_bytes")}
+            for a in alloc_after["allocators"]
+        },
+        totals_before=before, totals_after=after,
+        reports={"hello": vm.hello, "ready": ready, "memory_after_spawn": mem, "allocators_before": alloc_before,
+                 "allocators_after": alloc_after, "binary_probe": binaries},
+    )
 
-    # Pages followed in pagemap: the VM's private writable anonymous memory, as resident after spawn.
-    tracked_entries = [e for e in smaps_after if e.is_anonymous and e.perms.startswith("rw") and e.rss > 0]
-    tracked = Tracked([(e.start, e.end) for e in tracked_entries],
-                      [f"{class_of(e)} {e.start:#x}" for e in tracked_entries])
 
-    windows = sorted(w for w in cfg.windows)
-    n_steps = cfg.n_steps
-    horizon = n_steps * cfg.interval
-    usable = [w for w in windows if w <= horizon + 1e-9] or [windows[0]]
-    cycle_len = max(usable)
+def _mean(xs: list[float]) -> float | None:
+    return float(np.mean(xs)) if xs else None
 
-    rows: list[dict[str, Any]] = []
-    vma_rows: list[dict[str, Any]] = []
-    # A VMA keeps its index while its identity holds, as in `locality probe`'s timeline.
-    vma_index: dict[tuple, int] = {}
-    resident_bits, swapped_bits, accessed_bits, t_samples = [], [], [], []
-    cold: dict[str, list[float]] = {f"{w:g}": [] for w in usable}
-    cold_anon: dict[str, list[float]] = {f"{w:g}": [] for w in usable}
-    window_age: dict[str, list[float]] = {f"{w:g}": [] for w in usable}
-    referenced_by_class: dict[str, dict[str, list[int]]] = {f"{w:g}": {} for w in usable}
-    pageout_untouched: dict[str, list[float]] = {f"{w:g}": [] for w in usable}
-    pageout_log: list[dict[str, Any]] = []
-    steps: list[dict[str, Any]] = []
-    latencies: list[np.ndarray] = []
-    sampling_s = 0.0
 
-    state = {"cycle_start": 0.0, "done": set(), "paged": np.zeros(tracked.addr.size, bool),
-             "accessed": np.zeros(tracked.addr.size, bool)}
+def _median(xs: list[float]) -> float | None:
+    return float(np.median(xs)) if xs else None
 
-    def start_cycle() -> None:
-        state["done"] = set()
-        if cfg.track_refs:
-            clear_refs(pid, 1)
-        if cfg.pageout_watch:
-            if pageout_log:  # close the cycle that ends here: its working set in pages
-                pageout_log[-1]["accessed_pages"] = int(state["accessed"].sum())
+
+class WindowSampler:
+    """Samples the VM on its own clock and reads untouched memory per window.
+
+    A cycle starts with clear_refs (``track_refs``) and/or a pageout of the
+    tracked pages (``pageout_watch``); each window T is read at the first
+    sample at least T after that (Referenced only accumulates, so one clear
+    serves every window), and the cycle restarts after the longest window.
+    """
+
+    def __init__(self, pid: int, cfg: BeamConfig, account: SpawnAccount) -> None:
+        self.pid, self.cfg, self.classes = pid, cfg, account.classes
+        # Pages followed in pagemap: the VM's private writable anonymous memory resident after spawn.
+        entries = [e for e in account.smaps_after if e.is_anonymous and e.perms.startswith("rw") and e.rss > 0]
+        self.tracked = Tracked([(e.start, e.end) for e in entries], [f"{self.classes(e)} {e.start:#x}" for e in entries])
+        horizon = cfg.n_steps * cfg.interval
+        self.windows = [w for w in sorted(cfg.windows) if w <= horizon + 1e-9] or [min(cfg.windows)]
+        keys = [f"{w:g}" for w in self.windows]
+        self.rows: list[dict[str, Any]] = []
+        self.vma_rows: list[dict[str, Any]] = []
+        # A VMA keeps its index while its identity holds, as in `locality probe`'s timeline.
+        self.vma_index: dict[tuple, int] = {}
+        self.t: list[float] = []
+        self.bits: dict[str, list[np.ndarray]] = {"resident": [], "swapped": [], "accessed": []}
+        self.cold: dict[str, list[float]] = {k: [] for k in keys}
+        self.cold_anon: dict[str, list[float]] = {k: [] for k in keys}
+        self.window_age: dict[str, list[float]] = {k: [] for k in keys}
+        self.referenced_by_class: dict[str, dict[str, list[int]]] = {k: {} for k in keys}
+        self.untouched_after_pageout: dict[str, list[float]] = {k: [] for k in keys}
+        self.pageouts: list[dict[str, Any]] = []
+        self.sampling_s = 0.0
+        n_pages = self.tracked.addr.size
+        self.paged = np.zeros(n_pages, bool)  # swapped right after this cycle's pageout
+        self.accessed = np.zeros(n_pages, bool)  # of those, present again since
+        self.after_pageout = False
+        self.read_windows: set[str] = set()
+        self.t0 = time.monotonic()
+        self.start_cycle()
+        self.minflt0, self.majflt0 = faults(pid)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def start_cycle(self) -> None:
+        self.read_windows = set()
+        if self.cfg.track_refs:
+            clear_refs(self.pid, 1)
+        if self.cfg.pageout_watch:
+            self._close_pageout_cycle()
             t0 = time.monotonic()
-            ranges = [(s, e - s) for s, e in tracked.ranges]
-            advised = process_pageout(pid, ranges)
-            dt = time.monotonic() - t0
-            _, swp = tracked.read(pid)
-            state["paged"] = swp.copy()
-            state["accessed"] = np.zeros(tracked.addr.size, bool)
-            state["after_pageout"] = True
-            pageout_log.append({"t": t0 - t_start, "advised_bytes": advised, "paged_out_pages": int(swp.sum()),
-                                "pageout_ms": dt * 1000})
+            advised = process_pageout(self.pid, [(s, e - s) for s, e in self.tracked.ranges])
+            took = time.monotonic() - t0
+            _, swapped = self.tracked.read(self.pid)
+            self.paged = swapped
+            self.accessed = np.zeros_like(swapped)
+            self.after_pageout = True
+            self.pageouts.append({"t": t0 - self.t0, "advised_bytes": advised,
+                                  "paged_out_pages": int(swapped.sum()), "pageout_ms": took * 1000})
         # Windows run from the moment the bits were cleared / the pages paged out;
         # the sampling clock is realigned so each window is read right when it ends.
-        now = time.monotonic() - t_start
-        state["cycle_start"] = now
-        state["next_sample"] = t_start + now + cfg.interval
+        self.cycle_start = self.now()
+        self.next_sample = self.t0 + self.cycle_start + self.cfg.interval
 
-    t_start = time.monotonic()
-    start_cycle()
-    minflt0, majflt0 = faults(pid)
+    def _close_pageout_cycle(self) -> None:
+        if self.pageouts:  # the cycle's working set, in pages
+            self.pageouts[-1]["accessed_pages"] = int(self.accessed.sum())
 
-    def sample(step_event: dict[str, Any] | None) -> None:
-        nonlocal sampling_s
+    def sample(self, step_event: dict[str, Any] | None) -> None:
         s0 = time.monotonic()
-        t = s0 - t_start
-        entries = smaps(pid)
-        minflt, majflt = faults(pid)
-        present, swapped = tracked.read(pid)
-        tot = _totals(entries)
-        refaulted = 0
-        accessed_now = np.zeros(tracked.addr.size, bool)
-        if cfg.pageout_watch:
-            came_back = state["paged"] & present & ~state["accessed"]
-            accessed_now = came_back
-            state["accessed"] |= came_back
-            refaulted = int(came_back.sum())
-        row = {"t": t, **tot, "step": step_event["step"] if step_event else -1,
-               "activations": step_event["activated"] if step_event else 0,
-               "resident_pages": int(present.sum()), "swapped_pages": int(swapped.sum()),
-               "major_faults": majflt - majflt0, "minor_faults": minflt - minflt0,
-               "refaulted_pages": refaulted,
-               "accessed_pages": int(state["accessed"].sum()) if cfg.pageout_watch else None,
-               "window_age_s": t - state["cycle_start"]}
-        rows.append(row)
+        t = s0 - self.t0
+        entries = smaps(self.pid)
+        minflt, majflt = faults(self.pid)
+        present, swapped = self.tracked.read(self.pid)
+        totals = _totals(entries)
+        came_back = self.paged & present & ~self.accessed  # all False without pageout
+        self.accessed |= came_back
+        age = t - self.cycle_start
+        self.rows.append({
+            "t": t, **totals, "step": step_event["step"] if step_event else -1,
+            "activations": step_event["activated"] if step_event else 0,
+            "resident_pages": int(present.sum()), "swapped_pages": int(swapped.sum()),
+            "major_faults": majflt - self.majflt0, "minor_faults": minflt - self.minflt0,
+            "refaulted_pages": int(came_back.sum()),
+            "accessed_pages": int(self.accessed.sum()) if self.cfg.pageout_watch else None,
+            "window_age_s": age,
+        })
+        page = self.tracked.page_size
         for e in entries:
-            i = vma_index.setdefault((e.start, e.end, e.perms, e.offset, e.inode, e.path), len(vma_index))
-            vma_rows.append({"t": t, "vma": i, "start": e.start, "end": e.end, "perms": e.perms, "path": e.path,
-                             "class": class_of(e),
-                             "rss_bytes": e.rss, "pss_bytes": e.pss, "swap_bytes": e.swap,
-                             # Cumulative since the window began (clear_refs), window_age_s ago.
-                             "referenced_bytes": e.referenced if cfg.track_refs else None,
-                             "window_age_s": t - state["cycle_start"],
-                             "resident_pages": e.rss // tracked.page_size, "swapped_pages": e.swap // tracked.page_size})
-        t_samples.append(t)
-        resident_bits.append(np.packbits(present))
-        swapped_bits.append(np.packbits(swapped))
-        accessed_bits.append(np.packbits(accessed_now))
-        age = t - state["cycle_start"]
-        for w in usable:
-            key = f"{w:g}"
-            # A window is read at the first sample at least its length after the cycle start.
-            if key in state["done"] or age < w - 0.05 * cfg.interval:
-                continue
-            state["done"].add(key)
-            window_age[key].append(age)
-            if cfg.track_refs and tot["rss_bytes"]:
-                cold[key].append(1 - tot["referenced_bytes"] / tot["rss_bytes"])
-                if tot["anon_rss_bytes"]:
-                    cold_anon[key].append(1 - tot["anon_referenced_bytes"] / tot["anon_rss_bytes"])
-                by = referenced_by_class[key]
-                for e in entries:
-                    c = class_of(e)
-                    r = by.setdefault(c, [0, 0])
-                    r[0] += e.referenced
-                    r[1] += e.rss
-            if cfg.pageout_watch and state["paged"].any():
-                pageout_untouched[key].append(1 - state["accessed"].sum() / state["paged"].sum())
-        sampling_s += time.monotonic() - s0
-        if age >= cycle_len - 0.05 * cfg.interval and len(state["done"]) == len(usable):
-            start_cycle()
+            i = self.vma_index.setdefault((e.start, e.end, e.perms, e.offset, e.inode, e.path), len(self.vma_index))
+            self.vma_rows.append({
+                "t": t, "vma": i, "start": e.start, "end": e.end, "perms": e.perms, "path": e.path,
+                "class": self.classes(e), "rss_bytes": e.rss, "pss_bytes": e.pss, "swap_bytes": e.swap,
+                # Cumulative since the window began (clear_refs), window_age_s ago.
+                "referenced_bytes": e.referenced if self.cfg.track_refs else None, "window_age_s": age,
+                "resident_pages": e.rss // page, "swapped_pages": e.swap // page,
+            })
+        self.t.append(t)
+        self.bits["resident"].append(np.packbits(present))
+        self.bits["swapped"].append(np.packbits(swapped))
+        self.bits["accessed"].append(np.packbits(came_back))
+        self._read_windows(age, entries, totals)
+        self.sampling_s += time.monotonic() - s0
+        slack = 0.05 * self.cfg.interval
+        if age >= max(self.windows) - slack and len(self.read_windows) == len(self.windows):
+            self.start_cycle()
+        elif self.next_sample <= time.monotonic():
+            self.next_sample += self.cfg.interval
 
-    say(f"running {n_steps} steps of {cfg.pattern} activation, p={cfg.p}, every {cfg.interval:g} s")
+    def _read_windows(self, age: float, entries: list[Any], totals: dict[str, int]) -> None:
+        for w in self.windows:
+            key = f"{w:g}"
+            if key in self.read_windows or age < w - 0.05 * self.cfg.interval:
+                continue
+            self.read_windows.add(key)
+            self.window_age[key].append(age)
+            if self.cfg.track_refs and totals["rss_bytes"]:
+                self.cold[key].append(1 - totals["referenced_bytes"] / totals["rss_bytes"])
+                if totals["anon_rss_bytes"]:
+                    self.cold_anon[key].append(1 - totals["anon_referenced_bytes"] / totals["anon_rss_bytes"])
+                by_class = self.referenced_by_class[key]
+                for e in entries:
+                    acc = by_class.setdefault(self.classes(e), [0, 0])
+                    acc[0] += e.referenced
+                    acc[1] += e.rss
+            if self.cfg.pageout_watch and self.paged.any():
+                self.untouched_after_pageout[key].append(1 - self.accessed.sum() / self.paged.sum())
+
+    def hot_regions(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per window: referenced and resident bytes per region class (mean over cycles)."""
+        out = {}
+        for key, by_class in self.referenced_by_class.items():
+            n = max(1, len(self.window_age[key]))
+            out[key] = {c: {"referenced_bytes": ref // n, "rss_bytes": rss // n,
+                            "referenced_fraction": ref / rss if rss else 0.0}
+                        for c, (ref, rss) in sorted(by_class.items(), key=lambda kv: -kv[1][0])}
+        return out
+
+    def refault_rate_pct_per_min(self) -> float | None:
+        """Pages brought back per minute as % of the working set (mean pages touched per cycle)."""
+        if not self.cfg.pageout_watch or not self.rows:
+            return None
+        self._close_pageout_cycle()
+        minutes = max(self.now() / 60, 1e-9)
+        wss = max(1.0, float(np.mean([c["accessed_pages"] for c in self.pageouts])))
+        return 100 * (sum(r["refaulted_pages"] for r in self.rows) / minutes) / wss
+
+    def pages(self) -> dict[str, np.ndarray]:
+        def stack(name: str) -> np.ndarray:
+            return np.stack(self.bits[name]) if self.bits[name] else np.zeros((0, 0), np.uint8)
+
+        tr = self.tracked
+        return {
+            "t": np.asarray(self.t, np.float64), "page_addr": tr.addr, "region": tr.region,
+            "regions": np.asarray(tr.names, dtype=str), "n_pages": np.int64(tr.addr.size),
+            "resident": stack("resident"), "swapped": stack("swapped"),
+            **({"accessed": stack("accessed")} if self.cfg.pageout_watch else {}),
+        }
+
+
+def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Have the VM run its steps while sampling it on our clock; the steps and a latency sample."""
+    cfg = sampler.cfg
+    n_steps = cfg.n_steps
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=n_steps, desc="beam steps", unit="step", leave=False)
+    steps: list[dict[str, Any]] = []
+    latencies: list[np.ndarray] = []
+    give_up = n_steps * cfg.interval + 120 + 10 * cfg.interval
     vm.send(f"steps {n_steps}")
     last_step: dict[str, Any] | None = None
-    done = False
-    while not done:
-        # Sample on our own clock, between the VM's step reports.
-        event = vm.poll(max(0.0, state["next_sample"] - time.monotonic()))
-        if event is None:
-            sample(last_step)
-            if state["next_sample"] <= time.monotonic():
-                state["next_sample"] += cfg.interval
-            if time.monotonic() - t_start > horizon + 120 + 10 * cfg.interval:
-                raise BeamError("the Erlang VM stopped reporting steps", "try fewer --processes or a longer --interval")
-            continue
-        if event.get("event") == "step":
-            last_step = event
-            steps.append({k: v for k, v in event.items() if k not in ("ids", "lat_sample_ns", "event")})
-            # The first step after a pageout pays the refaults of the pages it needs.
-            steps[-1]["after_pageout"] = bool(state.pop("after_pageout", False))
-            if cfg.report_ids:
-                steps[-1]["ids"] = event.get("ids", [])
-            latencies.append(np.asarray(event.get("lat_sample_ns", []), np.int64))
-            if bar is not None:
-                bar.update(1)
-        elif event.get("event") == "steps_done":
-            done = True
-    # One last sample so the final step's effect is seen, and windows up to the horizon are read.
-    sample(last_step)
-    if bar is not None:
-        bar.close()
+    try:
+        while True:
+            event = vm.poll(max(0.0, sampler.next_sample - time.monotonic()))
+            if event is None:
+                sampler.sample(last_step)
+                if sampler.now() > give_up:
+                    raise BeamError("the Erlang VM stopped reporting steps", "try fewer --processes or a longer --interval")
+            elif event.get("event") == "step":
+                last_step = event
+                step = {k: v for k, v in event.items() if k not in ("ids", "lat_sample_ns", "event")}
+                # The first step after a pageout pays the refaults of the pages it needs.
+                step["after_pageout"], sampler.after_pageout = sampler.after_pageout, False
+                if cfg.report_ids:
+                    step["ids"] = event.get("ids", [])
+                steps.append(step)
+                latencies.append(np.asarray(event.get("lat_sample_ns", []), np.int64))
+                if bar is not None:
+                    bar.update(1)
+            elif event.get("event") == "steps_done":
+                break
+        # One last sample, so the last step's effect and windows up to the end are read.
+        sampler.sample(last_step)
+    finally:
+        if bar is not None:
+            bar.close()
+    return steps, (np.concatenate(latencies) if latencies else np.zeros(0, np.int64))
+
+
+def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    n = cfg.processes
+    account = account_spawn(vm, n, say)
+    sampler = WindowSampler(vm.pid, cfg, account)
+    say(f"running {cfg.n_steps} steps of {cfg.pattern} activation, p={cfg.p}, every {cfg.interval:g} s")
+    steps, lat = drive_steps(vm, sampler, progress)
     mem_end = vm.request("memory", "memory", timeout=_spawn_timeout(n))
 
-    lat = np.concatenate(latencies) if latencies else np.zeros(0, np.int64)
+    mem, ready = account.reports["memory_after_spawn"], account.reports["ready"]
+    alloc_after = account.reports["allocators_after"]
     activations = sum(s["activated"] for s in steps)
     busy_s = sum(s["elapsed_us"] for s in steps) / 1e6
-    wall = time.monotonic() - t_start
-    timeline = pd.DataFrame(rows)
-    refault_rate = None
-    if cfg.pageout_watch and rows:
-        pageout_log[-1]["accessed_pages"] = int(state["accessed"].sum())
-        minutes = max(wall / 60, 1e-9)
-        # WSS: pages touched per pageout cycle (mean over cycles), as DESIGN's refault rate asks.
-        wss = max(1.0, float(np.mean([c["accessed_pages"] for c in pageout_log])))
-        refault_rate = 100 * (timeline["refaulted_pages"].sum() / minutes) / wss
-
-    def mean(xs: list[float]) -> float | None:
-        return float(np.mean(xs)) if xs else None
-
-    hot_regions = {
-        w: {c: {"referenced_bytes": v[0] // max(1, len(window_age[w])), "rss_bytes": v[1] // max(1, len(window_age[w])),
-                "referenced_fraction": (v[0] / v[1]) if v[1] else 0.0}
-            for c, v in sorted(by.items(), key=lambda kv: -kv[1][0])}
-        for w, by in referenced_by_class.items()
-    }
-    wss1 = hot_regions.get(f"{usable[0]:g}", {})
+    wall = sampler.now()
+    track, watch = cfg.track_refs, cfg.pageout_watch
+    hot = sampler.hot_regions()
+    shortest = hot.get(f"{sampler.windows[0]:g}", {})
+    wss_bytes = sum(v["referenced_bytes"] for v in shortest.values()) if track else None
+    rows = sampler.rows
     metrics = {
         "workers": n, "layout": "beam", "scheduler": "beam", "pattern": cfg.pattern, "p": cfg.p,
         "hibernate": cfg.hibernate, "min_heap_size": cfg.min_heap_size,
         "otp_release": vm.hello["otp_release"], "erts_version": vm.hello["erts_version"],
-        "bytes_per_worker": bpp["bytes_per_process_pss"],
-        **bpp,
+        "bytes_per_worker": account.bytes_per_process["bytes_per_process_pss"],
+        **account.bytes_per_process,
         "documented_fresh_process_bytes": DOCUMENTED_FRESH_PROCESS_BYTES,
         "workers_hibernated": mem["workers_hibernated"], "workers_heap_words_sum": mem["workers_heap_words_sum"],
         "spawn_s": ready["spawn_ms"] / 1000,
-        "rss_before_spawn_bytes": before["rss_bytes"], "rss_after_spawn_bytes": after["rss_bytes"],
-        "pss_before_spawn_bytes": before["pss_bytes"], "pss_after_spawn_bytes": after["pss_bytes"],
+        "rss_before_spawn_bytes": account.totals_before["rss_bytes"], "rss_after_spawn_bytes": account.totals_after["rss_bytes"],
+        "pss_before_spawn_bytes": account.totals_before["pss_bytes"], "pss_after_spawn_bytes": account.totals_after["pss_bytes"],
         "erlang_memory_before": ready["memory_before"], "erlang_memory_after_spawn": mem["memory"],
         "erlang_memory_end": mem_end["memory"],
-        "allocator_growth_at_spawn": allocator_growth,
+        "allocator_growth_at_spawn": account.allocator_growth,
         "allocators_after_spawn": alloc_after["allocators"], "carriers_after_spawn": alloc_after["carriers"],
         "mseg_after_spawn": alloc_after["mseg"],
-        "rss_growth_at_spawn_by_class": spawn_growth_by_class,
-        "cold_fraction": {k: mean(v) for k, v in cold.items()} if cfg.track_refs else {},
-        "cold_fraction_anon": {k: mean(v) for k, v in cold_anon.items()} if cfg.track_refs else {},
-        "cold_fraction_windows_measured": {k: len(v) for k, v in window_age.items()},
-        "cold_fraction_window_age_s": {k: mean(v) for k, v in window_age.items()},
-        "referenced_by_class": hot_regions if cfg.track_refs else {},
-        "untouched_after_pageout": {k: mean(v) for k, v in pageout_untouched.items()} if cfg.pageout_watch else {},
-        "pageouts": pageout_log,
-        "wss_bytes_mean": sum(v["referenced_bytes"] for v in wss1.values()) if cfg.track_refs else None,
-        "refault_rate_pct_per_min": refault_rate,
+        "rss_growth_at_spawn_by_class": account.growth_by_class,
+        "cold_fraction": {k: _mean(v) for k, v in sampler.cold.items()} if track else {},
+        "cold_fraction_anon": {k: _mean(v) for k, v in sampler.cold_anon.items()} if track else {},
+        "cold_fraction_windows_measured": {k: len(v) for k, v in sampler.window_age.items()},
+        "cold_fraction_window_age_s": {k: _mean(v) for k, v in sampler.window_age.items()},
+        "referenced_by_class": hot if track else {},
+        "untouched_after_pageout": {k: _mean(v) for k, v in sampler.untouched_after_pageout.items()} if watch else {},
+        "refault_rate_pct_per_min": sampler.refault_rate_pct_per_min(),
+        "pageouts": sampler.pageouts,
+        "wss_bytes_mean": wss_bytes,
+        "wss_pages_mean": wss_bytes // sampler.tracked.page_size if wss_bytes is not None else None,
         "step_elapsed_us_after_pageout": _median([s["elapsed_us"] for s in steps if s["after_pageout"]]),
         "step_elapsed_us_other": _median([s["elapsed_us"] for s in steps if not s["after_pageout"]]),
-        "major_faults": int(timeline["major_faults"].iloc[-1]) if rows else 0,
-        "swapped_pages_max": int(timeline["swapped_pages"].max()) if rows else 0,
+        "major_faults": rows[-1]["major_faults"] if rows else 0,
+        "swapped_pages_max": max((r["swapped_pages"] for r in rows), default=0),
         "steps": len(steps), "activations": activations,
         "activations_per_s": activations / busy_s if busy_s > 0 else None,
         "latency_p50_us": float(np.percentile(lat, 50)) / 1000 if lat.size else None,
         "latency_p99_us": float(np.percentile(lat, 99)) / 1000 if lat.size else None,
-        "sampler_overhead_pct": 100 * sampling_s / wall if wall > 0 else None,
-        "tracked_pages": int(tracked.addr.size),
+        "sampler_overhead_pct": 100 * sampler.sampling_s / wall if wall > 0 else None,
+        "tracked_pages": int(sampler.tracked.addr.size),
     }
-    metrics["wss_pages_mean"] = metrics["wss_bytes_mean"] // tracked.page_size if metrics["wss_bytes_mean"] is not None else None
-    sizes = sorted({e.kernel_page_size for e in smaps_after if e.kernel_page_size} |
-                   ({2 << 20} if any(e.anon_huge for e in smaps_after) else set()))
+    sizes = sorted({e.kernel_page_size for e in account.smaps_after if e.kernel_page_size} |
+                   ({2 << 20} if any(e.anon_huge for e in account.smaps_after) else set()))
     return {
-        "metrics": metrics, "timeline": timeline, "vmas": pd.DataFrame(vma_rows), "steps": steps,
-        "latency_ns": lat, "page_sizes_seen": sizes or [tracked.page_size],
-        "pages": {
-            "t": np.asarray(t_samples, np.float64), "page_addr": tracked.addr, "region": tracked.region,
-            "regions": np.asarray(tracked.names, dtype=str), "n_pages": np.int64(tracked.addr.size),
-            "resident": np.stack(resident_bits) if resident_bits else np.zeros((0, 0), np.uint8),
-            "swapped": np.stack(swapped_bits) if swapped_bits else np.zeros((0, 0), np.uint8),
-            **({"accessed": np.stack(accessed_bits)} if cfg.pageout_watch and accessed_bits else {}),
-        },
-        "vm": {"hello": vm.hello, "ready": ready, "memory_after_spawn": mem, "memory_end": mem_end,
-               "allocators_before": alloc_before, "allocators_after": alloc_after, "binary_probe": binaries},
+        "metrics": metrics, "timeline": pd.DataFrame(rows), "vmas": pd.DataFrame(sampler.vma_rows),
+        "steps": steps, "latency_ns": lat, "page_sizes_seen": sizes or [sampler.tracked.page_size],
+        "pages": sampler.pages(), "vm": {**account.reports, "memory_end": mem_end},
     }
-
-
-def _median(xs: list[float]) -> float | None:
-    return float(np.median(xs)) if xs else None
 
 
 def _write_run(run_dir: Path, result: dict[str, Any]) -> None:
