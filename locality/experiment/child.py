@@ -196,7 +196,6 @@ def main() -> None:
     ) else 0.0
     file_arenas = [a for _, a in _arenas(layout) if getattr(a, "kind", "") == "file"]
     last_sync = time.monotonic()
-    reloc_start = float(getattr(layout, "relocation_seconds", 0.0))
 
     k = 0
     total_acts = 0
@@ -244,9 +243,7 @@ def main() -> None:
         if lat is not None:
             reservoir.add(np.atleast_1d(lat))
         useful = int(useful_fn(ids, result.step)) if useful_fn is not None else 0
-        reloc_now = float(getattr(layout, "relocation_seconds", 0.0))
-        reloc = int((reloc_now - reloc_start) * 1e9)
-        reloc_start = reloc_now
+        reloc = int(getattr(result, "relocation_ns", 0) or 0)
         k += 1
         total_acts += len(ids)
         total_step_ns += step_ns
