@@ -210,10 +210,12 @@ def test_clustered_learned_reorders_by_first_activation():
     layout = make_layout("clustered-learned", 1000, warmup=2)
     try:
         activate(layout, np.array([900, 5]), 0)
-        activate(layout, np.array([300, 5]), 1)
+        assert layout.maintain(0, np.array([900, 5])) == 0.0  # still observing
+        activate(layout, np.array([300, 5, 2]), 1)
         before = layout.state(np.arange(1000)).copy()
-        assert layout.maintain(1, np.array([300, 5])) > 0
-        assert layout.order[:3].tolist() == [900, 5, 300]  # first step 0 (last 0 before last 1), then step 1
+        assert layout.maintain(1, np.array([300, 5, 2])) > 0
+        # first-activation rank: step 0 in activation order, then step 1's newcomers in order
+        assert layout.order[:5].tolist() == [900, 5, 300, 2, 0]
         np.testing.assert_array_equal(layout.state(np.arange(1000)), before)
         assert layout.maintain(2) == 0.0  # learned once
     finally:

@@ -68,7 +68,7 @@ def _population_driver(n: int, pattern, layout):
     try:
         from locality.population import Population  # type: ignore[attr-defined]
     except ImportError:
-        return None, None
+        return None, None, None
     real_maintain = layout.maintain
     # the measurement calls maintain itself, between reading activation pages and relocation pages
     layout.maintain = lambda step, ids=None: 0.0  # type: ignore[method-assign]
@@ -82,13 +82,22 @@ def _population_driver(n: int, pattern, layout):
         return np.asarray(result.ids)
 
     def restore() -> None:
-        layout.maintain = real_maintain  # type: ignore[method-assign]
+        del layout.maintain  # back to the class's method
         pop.close()
 
-    return step_fn, restore
+    return step_fn, restore, real_maintain
 
 
 REPEATS = 3
+
+
+def _number(text: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _resident_bytes(layout) -> int:
@@ -118,10 +127,10 @@ def _reuse(steps: list[np.ndarray], n: int, window: int) -> float:
 class _Rounds:
     """Untracked replays of the measured steps, timed; step numbers keep increasing."""
 
-    def __init__(self, layout, steps: list[np.ndarray]) -> None:
+    def __init__(self, layout, steps: list[np.ndarray], start: int) -> None:
         self.layout = layout
         self.steps = steps
-        self.next_step = 10 * len(steps)  # after the measured steps, whatever the driver did
+        self.next_step = start  # after the steps the measurement drove
         self.best = math.inf
         self.activations = int(sum(ids.size for ids in steps))
 
@@ -146,7 +155,7 @@ class _Rounds:
         return self.activations / self.best if self.best else float("nan")
 
 
-def run_layout(name: str, n: int, steps: list[np.ndarray], *, window: int, layout_kw: dict, driver: str,
+def run_layout(name: str, n: int, steps: list[np.ndarray], *, warmup: int, window: int, layout_kw: dict, driver: str,
                pattern_factory, progress, baseline: "_Rounds | None" = None, keep: bool = False):
     from locality.layouts import make_layout
     from locality.layouts.measure import activate, measure
@@ -160,16 +169,17 @@ def run_layout(name: str, n: int, steps: list[np.ndarray], *, window: int, layou
     layout = make_layout(name, n, **kw)
     build_s = time.perf_counter() - t0
     try:
-        step_fn, restore = (None, None)
+        step_fn = restore = real_maintain = None
         used = "direct"
         if driver in ("auto", "population"):
-            step_fn, restore = _population_driver(n, pattern_factory(), layout)
+            step_fn, restore, real_maintain = _population_driver(n, pattern_factory(), layout)
             if step_fn is None and driver == "population":
                 raise InvalidArgument("locality.population.Population is not available yet", "use --driver direct")
             if step_fn is not None:
                 used = "population"
         try:
-            m = measure(layout, steps, window=window, step_fn=step_fn, progress=progress)
+            m = measure(layout, steps, window=window, step_fn=step_fn, maintain=real_maintain, warmup=warmup,
+                        progress=progress)
         finally:
             if restore is not None:
                 restore()
@@ -178,7 +188,8 @@ def run_layout(name: str, n: int, steps: list[np.ndarray], *, window: int, layou
         # throughput: replay the same steps untracked (no write-protect faults),
         # best of REPEATS rounds, each round followed by one of the objects
         # baseline (when it is alive) so the ratio is measured side by side
-        rounds = _Rounds(layout, steps)
+        measured = steps[warmup:]
+        rounds = _Rounds(layout, measured, start=len(steps))
         base_best = math.inf
         for _ in range(REPEATS):
             rounds.round(progress)
@@ -205,11 +216,11 @@ def run_layout(name: str, n: int, steps: list[np.ndarray], *, window: int, layou
             "throughput_vs_objects_side_by_side": (rounds.rate * base_best / baseline.activations)
             if baseline is not None else None,
             "activations_per_s_tracked": m.activations_per_s,
-            "relocation_ms_per_step": 1e3 * t_rel / len(steps),
+            "relocation_ms_per_step": 1e3 * t_rel / len(measured),
             "relocation_pct": 100.0 * t_rel / (t_upd_tracked + t_rel) if (t_upd_tracked + t_rel) else 0.0,
-            "relocation_pages_per_step": m.total("relocation_pages") / len(steps),
-            "cold_touches_per_step": m.total("cold_touches") / len(steps),
-            "activations_per_step": m.total("activations") / len(steps),
+            "relocation_pages_per_step": m.total("relocation_pages") / len(measured),
+            "cold_touches_per_step": m.total("cold_touches") / len(measured),
+            "activations_per_step": m.total("activations") / len(measured),
             "tracked_pages": m.tracked_pages,
             "huge_page_bytes": int(sum(v.get("anon_huge_bytes", 0) for v in page_sizes.values())),
         }
@@ -282,9 +293,10 @@ def _fmt(x: float, kind: str) -> str:
 @click.option("--pattern", default="sheet", show_default=True, help="Activation pattern (see docs/internals.md).")
 @click.option("--p", "p", type=click.FloatRange(0, 1, min_open=True), default=0.01, show_default=True,
               help="Share of workers activated per step.")
-@click.option("--radius", type=click.FloatRange(0, min_open=True), default=None,
-              help="sheet: burst disc radius (pattern default 3).")
-@click.option("--waves", type=click.IntRange(0), default=None, help="sheet: travelling wave fronts (pattern default 2).")
+@click.option("--param", "pattern_params", multiple=True, metavar="KEY=VALUE",
+              help="Another pattern parameter, e.g. radius=16, waves=0 (sheet), s=1.2 (zipf), p_off=0.01 (bursty).")
+@click.option("--warmup", type=click.IntRange(0), default=10, show_default=True,
+              help="Steps run before the measured ones (moving and learning layouts reach steady state).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--window", type=click.IntRange(1), default=10, show_default=True, help="Steps per WSS window.")
 @click.option("--arena", type=click.Choice(["anon", "file"]), default="anon", show_default=True,
@@ -295,8 +307,8 @@ def _fmt(x: float, kind: str) -> str:
 @click.option("--driver", type=click.Choice(["auto", "population", "direct"]), default="auto", show_default=True,
               help="Drive layouts through the population's lean scheduler (auto: when available) or call update directly.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
-def command(workers: int, steps: int, names: str, pattern: str, p: float, radius: float | None, waves: int | None,
-            seed: int, window: int, arena: str, arena_dir: str | None, hugepages: bool, driver: str,
+def command(workers: int, steps: int, names: str, pattern: str, p: float, pattern_params: tuple[str, ...],
+            warmup: int, seed: int, window: int, arena: str, arena_dir: str | None, hugepages: bool, driver: str,
             as_json: bool) -> None:
     """Page utilization, working set and cost of every allocation strategy, side by side.
 
@@ -306,7 +318,7 @@ def command(workers: int, steps: int, names: str, pattern: str, p: float, radius
     untracked replay of the same steps.
     """
     from locality.layouts import LAYOUTS
-    from locality.population.patterns import make_pattern
+    from locality.population.patterns import PATTERNS, make_pattern
 
     wanted = [s.strip() for s in names.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in LAYOUTS]
@@ -315,18 +327,25 @@ def command(workers: int, steps: int, names: str, pattern: str, p: float, radius
                               f"choose from: {', '.join(LAYOUTS)}")
     if arena == "file" and arena_dir is not None and not os.path.isdir(arena_dir):
         raise InvalidArgument(f"--arena-dir {arena_dir!r} does not exist", "create it first")
-    params: dict[str, Any] = {"p": p}
-    if radius is not None:
-        params["radius"] = radius
-    if waves is not None:
-        params["waves"] = waves
+    if pattern not in PATTERNS:
+        raise InvalidArgument(f"unknown pattern {pattern!r}", f"choose from: {', '.join(PATTERNS)}")
+    known = dict(getattr(PATTERNS[pattern], "PARAMS", {}) or {})
+    params: dict[str, Any] = {"p": p} if "p" in known else {}
+    for item in pattern_params:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise InvalidArgument(f"bad --param {item!r} for pattern {pattern}",
+                                  f"use KEY=VALUE with KEY one of: {', '.join(known) or 'none'}")
+        params[key] = _number(value)
 
     def pattern_factory():
         return make_pattern(pattern, workers, seed, **params)
 
-    ids_steps = [np.asarray(a, dtype=np.int64) for a in itertools.islice(pattern_factory().steps(), steps)]
-    if len(ids_steps) < steps:
-        raise InvalidArgument(f"pattern {pattern!r} yields only {len(ids_steps)} steps", f"use --steps {len(ids_steps)}")
+    total = warmup + steps
+    ids_steps = [np.asarray(a, dtype=np.int64) for a in itertools.islice(pattern_factory().steps(), total)]
+    if len(ids_steps) < total:
+        raise InvalidArgument(f"pattern {pattern!r} yields only {len(ids_steps)} steps",
+                              f"use --warmup and --steps adding up to at most {len(ids_steps)}")
     layout_kw = {"arena": arena, "hugepages": hugepages, "seed": seed}
     if arena_dir is not None:
         layout_kw["directory"] = arena_dir
@@ -336,14 +355,15 @@ def command(workers: int, steps: int, names: str, pattern: str, p: float, radius
     if not as_json:
         from tqdm import tqdm
 
-        bar = tqdm(total=(1 + REPEATS) * steps * len(order), desc="layouts", unit="step", file=sys.stderr, leave=False)
+        bar = tqdm(total=(total + REPEATS * steps) * len(order), desc="layouts", unit="step", file=sys.stderr, leave=False)
     rows = []
     baseline: _Rounds | None = None
     try:
         for name in order:
             if bar is not None:
                 bar.set_postfix_str(name)
-            row, kept = run_layout(name, workers, ids_steps, window=window, layout_kw=layout_kw, driver=driver,
+            row, kept = run_layout(name, workers, ids_steps, warmup=warmup, window=window, layout_kw=layout_kw,
+                                   driver=driver,
                                    pattern_factory=pattern_factory, progress=bar.update if bar else None,
                                    baseline=baseline, keep=name == "objects")
             rows.append(row)
@@ -363,9 +383,9 @@ def command(workers: int, steps: int, names: str, pattern: str, p: float, radius
     _ratios(rows)
     targets = _targets(rows)
     doc = {
-        "workers": workers, "steps": steps, "pattern": pattern, "pattern_params": params, "seed": seed,
+        "workers": workers, "steps": steps, "warmup": warmup, "pattern": pattern, "pattern_params": params, "seed": seed,
         "window": window, "arena": arena, "hugepages": hugepages,
-        "temporal_reuse": _reuse(ids_steps, workers, window),
+        "temporal_reuse": _reuse(ids_steps[warmup:] if warmup >= window else ids_steps, workers, window),
         "rows": rows, "targets": targets,
     }
     if as_json:
@@ -379,7 +399,7 @@ def _print_table(doc: dict) -> None:
     has_base = any(r["layout"] == "objects" for r in rows)
     drivers = sorted({r["driver"] for r in rows})
     click.echo(f"{doc['workers']:,} workers, pattern {doc['pattern']} {doc['pattern_params']}, seed {doc['seed']}, "
-               f"{doc['steps']} measured steps, arena {doc['arena']}, driver {'/'.join(drivers)}")
+               f"{doc['steps']} measured steps after {doc['warmup']} warm-up steps, arena {doc['arena']}, driver {'/'.join(drivers)}")
     cols = [
         ("layout", lambda r: r["layout"]),
         ("B/worker map", lambda r: _fmt(r["bytes_per_worker_mapped"], "f")),

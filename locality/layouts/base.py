@@ -423,22 +423,26 @@ class Layout:
         return out
 
     def _ranges(self, kinds: tuple[str, ...], part: str) -> np.ndarray:
+        """(address, length) of the occupied slots' bytes, contiguous slots coalesced."""
         rows = []
         for r in self.regions():
             if r.kind not in kinds:
                 continue
-            a = self.arenas[r.arena]
-            base = a.address + r.base
+            base = self.arenas[r.arena].address + r.base
+            occupied = np.ones(r.slots, dtype=bool) if r.worker is None else np.asarray(r.worker) >= 0
             if r.kind == "record":
-                start = base + np.arange(r.slots, dtype=np.int64) * r.stride
+                start = base + np.flatnonzero(occupied).astype(np.int64) * r.stride
                 if part == "hot":
                     rows.append(np.stack([start, np.full_like(start, HOT_BYTES)], 1))
                 else:
                     rows.append(np.stack([start + HOT_BYTES, np.full_like(start, COLD_BYTES)], 1))
             elif r.stride == r.used:
-                rows.append(np.array([[base, r.slots * r.stride]], dtype=np.int64))
+                edges = np.diff(np.concatenate([[0], occupied.astype(np.int8), [0]]))
+                first = np.flatnonzero(edges == 1).astype(np.int64)
+                end = np.flatnonzero(edges == -1).astype(np.int64)
+                rows.append(np.stack([base + first * r.stride, (end - first) * r.stride], 1))
             else:
-                start = base + np.arange(r.slots, dtype=np.int64) * r.stride
+                start = base + np.flatnonzero(occupied).astype(np.int64) * r.stride
                 rows.append(np.stack([start, np.full_like(start, r.used)], 1))
         return np.concatenate(rows) if rows else np.zeros((0, 2), dtype=np.int64)
 

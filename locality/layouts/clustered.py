@@ -9,13 +9,16 @@ the sheet in Hilbert order, instead of 42 whole records (a 6 x 7 tile).
   width = ceil(sqrt(n)), worker i at (i % width, i // width)).  Uses the
   geometry, nothing observed.
 - ``clustered-learned``: no geometry.  Starts in id order; for the first
-  ``warmup`` steps it only observes (the record's ``flags`` field holds the
-  first activation step + 1, ``last_step`` the latest); at the first
-  ``maintain`` call with ``step >= warmup - 1`` it sorts workers by
-  (first activation step, latest activation step, id) -- a one-dimensional
-  co-activation embedding: workers first woken by the same wave front sit
-  together -- and moves every record once (copy time measured, reported by
-  ``relocation_seconds``).  Workers never seen keep id order after them.
+  ``warmup`` steps it only observes, through ``maintain(step, ids)``, the
+  order in which workers are first activated (step, then position in the
+  step's activation sequence: a burst's workers are woken one after the
+  other); at the maintain call of step ``warmup - 1`` it sorts workers by
+  that first-activation rank -- a one-dimensional co-activation embedding:
+  workers first woken by the same burst or wave front sit together -- and
+  moves every record once (copy time measured, in ``relocation_seconds``).
+  Workers never seen keep id order after them.  Without ids, the record's
+  own fields are used instead (``flags`` = first step + 1, then
+  ``last_step``).
 """
 
 from __future__ import annotations
@@ -145,9 +148,17 @@ class ClusteredLearnedLayout(_PermutedHotCold):
             raise InvalidArgument(f"clustered-learned: warmup must be >= 1 step, got {warmup}")
         self.warmup = int(warmup)
         self.learned = False
+        self.first_seen = np.full(int(n), np.iinfo(np.int64).max, dtype=np.int64)  # rank of first activation
+        self._seen = 0
         super().__init__(n, np.arange(int(n)), **kw)
 
     def learned_order(self) -> np.ndarray:
+        """Worker ids sorted by first-activation rank (observed), then id."""
+        if self._seen:
+            return np.lexsort((np.arange(self.n), self.first_seen))
+        return self.order_from_records()
+
+    def order_from_records(self) -> np.ndarray:
         """Worker ids sorted by (first activation step, latest activation step, id)."""
         hot = self.arenas["hot"].u32[: self.n * HOT_WORDS].reshape(self.n, HOT_WORDS)[self.pos]
         first = hot[:, W_FLAGS].astype(np.int64)  # first step + 1; 0 = never
@@ -158,7 +169,16 @@ class ClusteredLearnedLayout(_PermutedHotCold):
         return np.lexsort((np.arange(self.n), last, first))
 
     def maintain(self, step: int, ids: np.ndarray | None = None) -> float:
-        if self.learned or step < self.warmup - 1:
+        if self.learned:
+            return 0.0
+        if ids is not None and len(ids):
+            ids = np.asarray(ids, dtype=np.int64)
+            _, first = np.unique(ids, return_index=True)
+            ids = ids[np.sort(first)]
+            new = ids[self.first_seen[ids] == np.iinfo(np.int64).max]
+            self.first_seen[new] = self._seen + np.arange(new.size)
+            self._seen += int(new.size)
+        if step < self.warmup - 1:
             return 0.0
         self.learned = True
         return self._permute(self.learned_order())

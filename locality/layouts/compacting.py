@@ -3,14 +3,22 @@
 A moving, generational idea.  The hot arena has a home region (slot i =
 worker i, 16 B each) and a dense region after it; an indirection table
 ``slot[i]`` says where worker i's hot part is now (``update`` reads it, never
-writes it).  Cold parts stay in a cold arena in id order: they are touched
-by 1 activation in 64 and moving them would cost more than it saves.
+writes it).
+
+Cold parts live in a cold arena in id order, plus a small "due" region: a
+cold part is touched by the activation that brings ``count`` to a multiple
+of 64, so the layout knows which dense members' NEXT activation touches
+their cold part (count % 64 == 63) and stages exactly those cold parts in
+the due region, in dense order; after the touch they go home again.  Each
+cold part moves twice per 64 activations, and a step's cold touches land
+on a few dense pages instead of one page each.  (``stage_cold=False`` turns
+this off: cold parts then never move.)
 
 Every ``every`` steps, ``maintain(step, ids)`` rebuilds the dense region:
 members activated within the last ``window`` steps stay (in their order),
 newly activated workers are appended in the order they were activated, the
 rest are copied back home; the region holds at most ``capacity`` workers
-(the oldest go first).  The copy time is measured (``relocation_seconds``,
+(the oldest go first).  Then it restages the due cold parts.  The copy time is measured (``relocation_seconds``,
 returned per call) and so is what it writes: the benchmark counts pages
 written by relocation separately from pages written by activations.
 """
@@ -34,7 +42,8 @@ class CompactingLayout(ArenaLayout):
     cold_arena = "cold"
     moves = True
 
-    def __init__(self, n: int, *, window: int = 4, every: int = 1, capacity: int | None = None, **kw) -> None:
+    def __init__(self, n: int, *, window: int = 4, every: int = 1, capacity: int | None = None,
+                 stage_cold: bool = True, **kw) -> None:
         if window < 1 or every < 1:
             raise InvalidArgument(f"compacting: window and every must be >= 1, got window={window}, every={every}")
         super().__init__(n, **kw)
@@ -45,28 +54,35 @@ class CompactingLayout(ArenaLayout):
             raise InvalidArgument(f"compacting: capacity must be in 1..{self.n}, got {capacity}")
         # dense region starts on its own page so home and dense never share one
         self.dense_base = round_up(self.n * HOT_BYTES) // HOT_BYTES
+        self.stage_cold = bool(stage_cold)
+        # the due region starts on a page of its own
+        self.due_base = -(-round_up(self.n * COLD_BYTES) // COLD_BYTES)
         self.slot = np.arange(self.n, dtype=np.int32)
+        self.cold_slot = np.arange(self.n, dtype=np.int32)
         self.members = np.zeros(0, dtype=np.int64)  # dense slot k -> worker
+        self.due = np.zeros(0, dtype=np.int64)  # due slot k -> worker
         try:
             self._arena("hot", (self.dense_base + self.capacity) * HOT_BYTES)
-            self._arena("cold", self.n * COLD_BYTES)
+            self._arena("cold", (self.due_base + (self.capacity if self.stage_cold else 0)) * COLD_BYTES)
             self._init_records()
         except BaseException:
             self._close_on_error()
             raise
         self._slot = memoryview(self.slot).cast("B").cast("i")
+        self._cslot = memoryview(self.cold_slot).cast("B").cast("i")
+        cold_u32 = self.arenas["cold"].u32
+        self._cold_rows = cold_u32[: cold_u32.size // COLD_WORDS * COLD_WORDS].reshape(-1, COLD_WORDS)
         self._hu = self.arenas["hot"].words("I")
         self._hf = self.arenas["hot"].words("f")
         self._cu = self.arenas["cold"].words("I")
         self._cf = self.arenas["cold"].words("f")
         self._hot_rows = self.arenas["hot"].u32.reshape(-1, HOT_WORDS)
-        self.relocated_pages_hint = 0
 
     def hot_word(self, ids: np.ndarray) -> np.ndarray:
         return self.slot[np.asarray(ids, dtype=np.int64)].astype(np.int64) * HOT_WORDS
 
     def cold_word(self, ids: np.ndarray) -> np.ndarray:
-        return np.asarray(ids, dtype=np.int64) * COLD_WORDS
+        return self.cold_slot[np.asarray(ids, dtype=np.int64)].astype(np.int64) * COLD_WORDS
 
     def update(self, i: int, step: int) -> None:
         u = self._hu
@@ -79,7 +95,7 @@ class CompactingLayout(ArenaLayout):
         u[b + 2] = step
         u[b + 3] = u[b + 3] or step + 1
         if c % COLD_EVERY == 0:
-            touch_cold(self._cu, self._cf, i * COLD_WORDS, p)
+            touch_cold(self._cu, self._cf, self._cslot[i] * COLD_WORDS, p)
 
     def maintain(self, step: int, ids: np.ndarray | None = None) -> float:
         if (step + 1) % self.every:
@@ -104,6 +120,8 @@ class CompactingLayout(ArenaLayout):
         if order.size > self.capacity:
             order = order[-self.capacity:]
         self._move(order)
+        if self.stage_cold:
+            self._stage_cold()
         dt = time.perf_counter() - t0
         self.relocation_seconds += dt
         return dt
@@ -137,17 +155,48 @@ class CompactingLayout(ArenaLayout):
         self.members = order
         self.relocated_records += int(moved.sum() + evicted.size)
 
+    def _stage_cold(self) -> None:
+        """Due region := cold parts of dense members whose next activation touches them."""
+        from locality.layouts.base import COLD_EVERY, W_COUNT
+
+        rows = self._cold_rows
+        members = self.members
+        count = self._hot_rows[self.slot[members], W_COUNT].astype(np.int64)
+        due = members[(count + 1) % COLD_EVERY == 0]
+        cslot = self.cold_slot
+        records = rows[cslot[due]]
+        staged = np.zeros(self.n, dtype=bool)
+        staged[due] = True
+        leaving = self.due[~staged[self.due]]
+        if leaving.size:
+            rows[leaving] = rows[cslot[leaving]]
+            cslot[leaving] = leaving
+        new_slots = self.due_base + np.arange(due.size)
+        moved = cslot[due] != new_slots
+        rows[new_slots[moved]] = records[moved]
+        cslot[due] = new_slots
+        self.due = due
+        self.relocated_records += int(moved.sum() + leaving.size)
+
     def regions(self) -> list[Region]:
         home_owner = np.where(self.slot[: self.n] == np.arange(self.n), np.arange(self.n), -1)
         dense_owner = np.full(self.capacity, -1, dtype=np.int64)
         dense_owner[: self.members.size] = self.members
-        return [Region("hot", "hot", 0, HOT_BYTES, HOT_BYTES, self.n, home_owner),
-                Region("hot", "hot", self.dense_base * HOT_BYTES, HOT_BYTES, HOT_BYTES, self.capacity, dense_owner),
-                Region("cold", "cold", 0, COLD_BYTES, COLD_BYTES, self.n)]
+        cold_home = np.where(self.cold_slot == np.arange(self.n), np.arange(self.n), -1)
+        due_owner = np.full(self.capacity, -1, dtype=np.int64)
+        due_owner[: self.due.size] = self.due
+        regions = [Region("hot", "hot", 0, HOT_BYTES, HOT_BYTES, self.n, home_owner),
+                   Region("hot", "hot", self.dense_base * HOT_BYTES, HOT_BYTES, HOT_BYTES, self.capacity, dense_owner),
+                   Region("cold", "cold", 0, COLD_BYTES, COLD_BYTES, self.n, cold_home)]
+        if self.stage_cold:
+            regions.append(Region("cold", "cold", self.due_base * COLD_BYTES, COLD_BYTES, COLD_BYTES,
+                                  self.capacity, due_owner))
+        return regions
 
     def close(self) -> None:
-        try:
-            self._slot.release()
-        except (AttributeError, BufferError):
-            pass
+        for mv in ("_slot", "_cslot"):
+            try:
+                getattr(self, mv).release()
+            except (AttributeError, BufferError):
+                pass
         super().close()

@@ -163,6 +163,8 @@ def measure(
     window: int = 10,
     step_fn=None,
     n_steps: int | None = None,
+    maintain=None,
+    warmup: int = 0,
     progress=None,
 ) -> Measurement:
     """Run ``steps`` (id arrays) through ``layout``, measuring every step.
@@ -170,10 +172,16 @@ def measure(
     ``step_fn(step) -> ids`` replaces the direct driver when a population
     drives the layout (it must run the activations of one step and return
     their ids; ``steps`` is then only used for its length unless ``n_steps``
-    is given); otherwise ``activate`` is used.
+    is given); otherwise ``activate`` is used.  ``maintain`` replaces
+    ``layout.maintain`` (a driver that already calls it inside its step is
+    given a no-op there, and the real one here, so relocation pages are
+    counted apart from activation pages).  The first ``warmup`` steps run
+    the same way but are left out of the records (moving and learning
+    layouts need them to reach their steady state).
     """
     meter = PageMeter(layout)
     m = Measurement(layout.name, layout.n, window_steps=window, tracked_pages=meter.tracked_pages)
+    maintain = layout.maintain if maintain is None else maintain
     win_pages: list[np.ndarray] | None = None
     win_cold_ids: list[np.ndarray] = []
     win_ids: list[np.ndarray] = []
@@ -203,21 +211,23 @@ def measure(
             ids_u = np.unique(ids)
             cold = layout.cold_touched(ids_u, step)
             useful = int(ids_u.size * HOT_BYTES + int(cold.sum()) * COLD_BYTES)
-            t_rel = layout.maintain(step, ids)
+            t_rel = maintain(step, ids)
             reloc_pages = sum(int(w.sum()) for w in meter.written()) if layout.moves else 0
-            m.steps.append(StepRecord(step, int(ids_u.size), useful, sum(int(w.sum()) for w in written),
+            step += 1
+            if progress is not None:
+                progress(1)
+            if step <= warmup:
+                continue
+            m.steps.append(StepRecord(step - 1, int(ids_u.size), useful, sum(int(w.sum()) for w in written),
                                       reloc_pages, t_upd, t_rel, int(cold.sum())))
             win_pages = written if win_pages is None else [a | b for a, b in zip(win_pages, written)]
             win_ids.append(ids_u)
             win_cold_ids.append(ids_u[cold])
-            if (step + 1) % window == 0:
+            if len(m.steps) % window == 0:
                 distinct = np.unique(np.concatenate(win_ids)).size * HOT_BYTES
                 distinct += np.unique(np.concatenate(win_cold_ids)).size * COLD_BYTES
                 m.windows.append((sum(int(w.sum()) for w in win_pages), -(-distinct // PAGE_SIZE)))
                 win_pages, win_ids, win_cold_ids = None, [], []
-            if progress is not None:
-                progress(1)
-            step += 1
     finally:
         meter.close()
     return m
