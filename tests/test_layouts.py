@@ -317,3 +317,39 @@ def test_file_backed_cold_arena_pages_out_while_hot_keeps_working(tmp_path):
         assert major2 > major1
     finally:
         layout.close()
+
+
+def test_bench_layouts_json_reports_every_layout(capsys):
+    import json
+
+    from locality.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "layouts", "-n", "20k", "--steps", "4", "--warmup", "2", "--window", "2", "--driver", "direct",
+              "--json"])
+    assert e.value.code == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = {r["layout"]: r for r in doc["rows"]}
+    assert sorted(rows) == sorted(LAYOUTS)
+    assert rows["objects"]["utilization_x_objects"] == 1.0
+    for r in rows.values():
+        assert 0 < r["page_utilization"] <= 1
+        assert r["wss_pages_per_step"] >= r["wss_min_pages_per_step"]
+    # the same workload measured directly gives the same written pages (deterministic)
+    assert rows["slab"]["bytes_per_worker_mapped"] == pytest.approx(96, abs=0.5)
+    assert {t["target"].split(" (")[0] for t in doc["targets"]} >= {"page utilization clustered / objects"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layouts", "slab,bogus"], "unknown layout 'bogus'"),
+    (["--param", "depth=3"], "bad --param 'depth=3'"),
+    (["--pattern", "nope"], "unknown pattern 'nope'"),
+])
+def test_bench_layouts_bad_input_exits_2(capsys, args, message):
+    from locality.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "layouts", "-n", "1000", "--steps", "1", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

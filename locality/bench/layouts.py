@@ -422,8 +422,9 @@ def _print_table(doc: dict) -> None:
         click.echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
         if k == 0:
             click.echo("  ".join("-" * w for w in widths))
-    click.echo(f"temporal reuse of the pattern: {100 * doc['temporal_reuse']:.1f}% of a step's activations were "
-               f"active in the previous {doc['window']} steps")
+    if not math.isnan(doc["temporal_reuse"]):
+        click.echo(f"temporal reuse of the pattern: {100 * doc['temporal_reuse']:.1f}% of a step's activations were "
+                   f"active in the previous {doc['window']} steps")
     for t in doc["targets"]:
         m = t["measured"]
         shown = f"{100 * m:.1f}%" if t["goal"].endswith("%") else f"{m:.3g}x" if t["goal"].endswith("x") else f"{m:.3g}"
