@@ -232,3 +232,17 @@ def test_pageout_idle_without_swap_is_refused_before_anything_is_created(tmp_pat
         run(cfg, tmp_path / "runs", progress=False)
     assert "locality swap on" in str(e.value)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups")
+def test_cgroup_policy_runs_in_its_own_cgroup_and_removes_it(tmp_path):
+    from locality.experiment import cgroup
+
+    if cgroup.available() is None:
+        pytest.skip("no memory cgroup hierarchy")
+    d = run(validate(small(reclaim={"policy": "cgroup", "limit": "512M"})), tmp_path, run_id="cg", progress=False)
+    man = load_run(d).manifest
+    info = man["reclaim"]["cgroup"]
+    assert man["status"] == "complete" and info["limit_bytes"] == 512 << 20
+    assert info["version"] == cgroup.available()[0]
+    assert not Path(info["path"]).exists()

@@ -214,7 +214,7 @@ class _Run:
             return None
         if m is None:
             rc = self.proc.wait() if self.proc else None
-            raise RunFailed(f"the child exited with status {rc} before the run ended")
+            raise RunFailed(f"the child {_exit_text(rc)} before the run ended")
         self._handle(m)
         return m
 
@@ -443,6 +443,14 @@ def _page_sizes(pid: int) -> list[int]:
         if e.kernel_page_size:
             sizes.add(int(e.kernel_page_size))
     return sorted(sizes)
+
+
+def _exit_text(rc: int | None) -> str:
+    if rc is not None and rc < 0:
+        name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+        why = " (out of memory? a cgroup limit kills with SIGKILL)" if rc == -signal.SIGKILL else ""
+        return f"was killed by {name}{why}"
+    return f"exited with status {rc}"
 
 
 def _tail(f: Any) -> str:
