@@ -69,9 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("locality: interrupted", err=True)
         sys.exit(130)
+    except click.UsageError as e:
+        # One line, like every other bad input: the problem, then where help is.
+        command = e.ctx.command_path if e.ctx is not None else "locality"
+        fail(f"{e.format_message()} (see `{command} --help`)")
     except click.ClickException as e:
-        e.show()
-        sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
+        fail(e.format_message())
     except LocalityError as e:
         fail(str(e))
     except KeyboardInterrupt:
