@@ -218,7 +218,8 @@ def main() -> None:
         while cmd is not None:
             if cmd.get("cmd") == "register":
                 ok, bad = _register([tuple(r) for r in cmd["ranges"]])
-                chan.send("registered", ranges=ok, failed=bad, names=cmd.get("names"))
+                names = dict(zip((tuple(r) for r in cmd["ranges"]), cmd.get("names") or []))
+                chan.send("registered", ranges=ok, failed=bad, names=[names.get(tuple(r), "anon") for r in ok])
             elif cmd.get("cmd") in ("stop", "exit"):
                 stopping = True
             cmd = chan.poll()
