@@ -29,8 +29,9 @@ def run_main(tmp_path, monkeypatch, capsys):
 def assert_refused(rc: int, err: str, *needles: str) -> str:
     assert rc == 2, err
     assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if "error" in line.lower()]
+    lines = err.strip().splitlines()
     assert len(lines) == 1, err
+    assert lines[0].startswith("locality: error: "), err
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
