@@ -162,3 +162,18 @@ def test_pageout_idle_pages_out_exactly_the_idle_pages_and_counts_refaults(swap_
         # Cold share counts swapped pages too (a policy does not hide what it moved out).
         assert x.cold_pages == {1.0: 8}
         s.close()
+
+
+def test_untracked_lists_new_anonymous_vmas_until_they_are_tracked():
+    from locality.kernel import vmas
+
+    with Child(pages=64) as c:
+        c.register_write_tracking()
+        s = Sampler(c.pid, cold_thresholds=[1.0])
+        new = s.untracked(vmas(c.pid))
+        assert any(start <= c.addr and c.addr + c.length <= start + ln for _, start, ln in new)
+        s.add_region("arena", c.addr, c.length, now=0.0)
+        assert not any(start < c.addr + c.length and c.addr < start + ln for _, start, ln in s.untracked(vmas(c.pid)))
+        s.pending = [(start, ln) for _, start, ln in s.untracked(vmas(c.pid))]
+        assert s.untracked(vmas(c.pid)) == []  # asked for: not asked again
+        s.close()
