@@ -39,6 +39,9 @@ def _seconds(value: str) -> float:
 @click.option("--hibernate", is_flag=True, help="Idle processes wait hibernated (erlang:hibernate/3): heap compacted, stack dropped.")
 @click.option("--min-heap-size", type=click.IntRange(min=0), default=0, show_default=True,
               help="min_heap_size in words for spawned processes (0: the VM default, 233).")
+@click.option("--state-init", type=click.Choice(["heap", "bif"]), default="heap", show_default=True,
+              help="How each process builds its state: heap (arithmetic, on its heap) or bif (float/1, "
+                   "which leaves a ~4 KB heap fragment per idle process that process_info does not count).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the activation schedule (rand exsss).")
 @click.option("--radius", type=click.IntRange(min=0), default=4, show_default=True, help="Burst radius of the sheet pattern.")
 @click.option("--windows", default="1,10,60", show_default=True,
@@ -52,7 +55,7 @@ def _seconds(value: str) -> float:
               help="Directory the run directory is created in.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON (no progress bar).")
 def beam(processes: int, pattern: str, p: float, steps: int | None, duration: str | None, interval: str,
-         hibernate: bool, min_heap_size: int, seed: int, radius: int, windows: str, track_refs: bool,
+         hibernate: bool, min_heap_size: int, state_init: str, seed: int, radius: int, windows: str, track_refs: bool,
          pageout_watch: bool, out: Path, as_json: bool) -> None:
     """Start an Erlang VM with N processes, drive sparse activation, and measure it.
 
@@ -75,7 +78,7 @@ def beam(processes: int, pattern: str, p: float, steps: int | None, duration: st
     config = BeamConfig(
         processes=processes, pattern=pattern, p=p, steps=steps,
         duration=_seconds(duration) if duration is not None else None, interval=_seconds(interval),
-        hibernate=hibernate, min_heap_size=min_heap_size, seed=seed, radius=radius, windows=window_list,
+        hibernate=hibernate, min_heap_size=min_heap_size, state_init=state_init, seed=seed, radius=radius, windows=window_list,
         track_refs=track_refs, pageout_watch=pageout_watch,
     )
     say = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
@@ -104,6 +107,13 @@ def _print_summary(run_dir: Path, m: dict) -> None:
          f"   (RSS/VM = {_fmt(m['rss_vs_vm_ratio'], '.3f')}, "
          f"{'agree within 15%' if m['rss_vs_vm_agree_15pct'] else 'differ by more than 15%: see rss_growth_at_spawn_by_class'})")
     echo(f"  VM PSS growth / N (bytes_per_worker) {_fmt(m['bytes_per_process_pss']):>9}")
+    mib = 2**20
+    grew = sorted(m["rss_growth_at_spawn_by_class"].items(), key=lambda kv: -kv[1])[:2]
+    echo("  RSS grew in: " + "; ".join(f"{name} +{b / mib:,.1f} MiB" for name, b in grew if b > 0))
+    allocs = sorted(m["allocator_growth_at_spawn"].items(), key=lambda kv: -kv[1]["carriers_bytes"])[:3]
+    echo("  allocators grew: " + "; ".join(
+        f"{name} carriers +{g['carriers_bytes'] / mib:,.1f} MiB (blocks +{g['blocks_bytes'] / mib:,.1f})"
+        for name, g in allocs if max(g["carriers_bytes"], g["blocks_bytes"]) >= mib // 10))
     if m.get("cold_fraction"):
         parts = ", ".join(f"{k} s: {_fmt(v, '.1%')}" for k, v in m["cold_fraction"].items())
         echo(f"untouched (1 - referenced/resident) per window: {parts}")

@@ -43,6 +43,7 @@ from locality.experiment import store
 ESCRIPT_NAME = "population.escript"
 INSTALL_HINT = "install the Erlang VM: apt-get install erlang-nox"
 PATTERNS = ("uniform", "zipf", "sheet")
+STATE_INITS = ("heap", "bif")  # how a worker builds its state (see the escript)
 # A fresh process on 64-bit OTP: 327 words (Erlang efficiency guide, "Processes").
 DOCUMENTED_FRESH_PROCESS_BYTES = 327 * 8
 DEFAULT_WINDOWS = (1.0, 10.0, 60.0)
@@ -72,8 +73,11 @@ class BeamConfig:
     pageout_watch: bool = False
     windows: tuple[float, ...] = DEFAULT_WINDOWS
     report_ids: bool = False
+    state_init: str = "heap"
 
     def __post_init__(self) -> None:
+        if self.state_init not in STATE_INITS:
+            raise InvalidArgument(f"state_init must be one of {', '.join(STATE_INITS)}, not {self.state_init!r}")
         if self.processes < 1:
             raise InvalidArgument(f"processes must be >= 1, not {self.processes}")
         if self.pattern not in PATTERNS:
@@ -110,6 +114,7 @@ class BeamConfig:
             f"interval_ms={max(1, round(self.interval * 1000))}",
             f"hibernate={str(self.hibernate).lower()}", f"min_heap_size={self.min_heap_size}",
             f"radius={self.radius}", f"zipf_s={self.zipf_s!r}", f"report_ids={str(self.report_ids).lower()}",
+            f"state_init={self.state_init}",
         ]
 
 
@@ -761,7 +766,7 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
     rows = sampler.rows
     metrics = {
         "workers": n, "layout": "beam", "scheduler": "beam", "pattern": cfg.pattern, "p": cfg.p,
-        "hibernate": cfg.hibernate, "min_heap_size": cfg.min_heap_size,
+        "hibernate": cfg.hibernate, "min_heap_size": cfg.min_heap_size, "state_init": cfg.state_init,
         "otp_release": vm.hello["otp_release"], "erts_version": vm.hello["erts_version"],
         "bytes_per_worker": account.bytes_per_process["bytes_per_process_pss"],
         **account.bytes_per_process,
