@@ -30,7 +30,6 @@ from __future__ import annotations
 import mmap
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import ClassVar, Iterable
 
@@ -477,12 +476,6 @@ class Layout:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} n={self.n}>"
-
-
-def timed_copy(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def touch_cold(u: memoryview, f: memoryview, base: int, potential: float) -> None:

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from locality.layouts.base import (
-    COLD_BYTES, COLD_EVERY, COLD_WORDS, DECAY, HOT_BYTES, HOT_WORDS, NEVER, W_COUNT, W_FLAGS, W_LAST_STEP,
+    COLD_BYTES, COLD_EVERY, COLD_WORDS, DECAY, HOT_BYTES, HOT_WORDS, NEVER, W_FLAGS, W_LAST_STEP,
     ArenaLayout, Region, sheet_width, touch_cold,
 )
 

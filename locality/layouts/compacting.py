@@ -31,7 +31,7 @@ import numpy as np
 
 from locality.errors import InvalidArgument
 from locality.layouts.base import (
-    COLD_BYTES, COLD_EVERY, COLD_WORDS, DECAY, HOT_BYTES, HOT_WORDS, NEVER, PAGE_SIZE, W_LAST_STEP, ArenaLayout,
+    COLD_BYTES, COLD_EVERY, COLD_WORDS, DECAY, HOT_BYTES, HOT_WORDS, NEVER, W_COUNT, W_LAST_STEP, ArenaLayout,
     Region, round_up, touch_cold,
 )
 
@@ -157,8 +157,6 @@ class CompactingLayout(ArenaLayout):
 
     def _stage_cold(self) -> None:
         """Due region := cold parts of dense members whose next activation touches them."""
-        from locality.layouts.base import COLD_EVERY, W_COUNT
-
         rows = self._cold_rows
         members = self.members
         count = self._hot_rows[self.slot[members], W_COUNT].astype(np.int64)
