@@ -218,13 +218,13 @@ def test_bench_population_measures_each_scheduler_in_a_fresh_process():
     from conftest import run_cli
 
     rc, out, err = run_cli("bench", "population", "--sizes", "1k", "--schedulers", "asyncio,lean", "--no-slab",
-                           "--steps", "3", "--json")
+                           "--steps", "3", "--rounds", "1", "--activity", "0.5", "--json")
     assert rc == 0, err
     doc = __import__("json").loads(out)
     rows = {r["scheduler"]: r for r in doc["rows"]}
     assert set(rows) == {"asyncio", "lean"}
     for r in rows.values():
-        assert r["workers"] == 1000 and r["steps"] == 3
+        assert r["workers"] == 1000 and r["steps"] >= 3
         assert r["rss_after"] > r["rss_before"] and r["bytes_per_worker"] > 0
         assert r["activations"] > 0 and r["activations_per_s"] > 0
     # a Task + Event + Future per worker is heavier than a bare coroutine
