@@ -198,8 +198,14 @@ def run_layout(name: str, n: int, steps: list[np.ndarray], *, warmup: int, windo
         t_upd_tracked = m.total("update_seconds")
         t_rel = m.total("relocation_seconds")
         page_sizes = layout.page_sizes()
+        drift = None
+        if m.heap_pages is not None:
+            # objects: how many pages holding its objects after the run were not in the measured set
+            final = layout.heap_pages()
+            drift = float(1.0 - np.isin(final, m.heap_pages).mean()) if final.size else 0.0
         row = {
             "layout": name,
+            "heap_pages_outside_measured_set": drift,
             "driver": used,
             "build_s": build_s,
             "bytes_per_worker_mapped": layout.arena_bytes() / n,
@@ -425,6 +431,10 @@ def _print_table(doc: dict) -> None:
     if not math.isnan(doc["temporal_reuse"]):
         click.echo(f"temporal reuse of the pattern: {100 * doc['temporal_reuse']:.1f}% of a step's activations were "
                    f"active in the previous {doc['window']} steps")
+    for r in rows:
+        if r.get("heap_pages_outside_measured_set") is not None:
+            click.echo(f"objects: {100 * r['heap_pages_outside_measured_set']:.2f}% of the pages holding its objects "
+                       "after the run were outside the page set measured (fixed before the run)")
     for t in doc["targets"]:
         m = t["measured"]
         shown = f"{100 * m:.1f}%" if t["goal"].endswith("%") else f"{m:.3g}x" if t["goal"].endswith("x") else f"{m:.3g}"

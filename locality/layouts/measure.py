@@ -54,6 +54,7 @@ class Measurement:
     windows: list[tuple[int, int]] = field(default_factory=list)  # (wss pages, minimum pages) per window
     window_steps: int = 10
     tracked_pages: int = 0
+    heap_pages: np.ndarray | None = None  # objects: the page set measured (fixed before the run)
 
     def total(self, name: str) -> float:
         return float(sum(getattr(s, name) for s in self.steps))
@@ -103,12 +104,13 @@ class PageMeter:
         self.layout = layout
         self._trackers = []
         self._filters: list[np.ndarray | None] = []
+        self.heap_pages: np.ndarray | None = None
         if layout.arenas:
             for a in layout.arenas.values():
                 self._trackers.append(WriteTracker(a.address, a.length))
                 self._filters.append(None)
         else:
-            pages = layout.heap_pages()  # type: ignore[attr-defined]
+            pages = self.heap_pages = layout.heap_pages()  # type: ignore[attr-defined]
             for v in vmas(os.getpid()):
                 if not v.is_anonymous or "w" not in v.perms:
                     continue
@@ -180,7 +182,8 @@ def measure(
     layouts need them to reach their steady state).
     """
     meter = PageMeter(layout)
-    m = Measurement(layout.name, layout.n, window_steps=window, tracked_pages=meter.tracked_pages)
+    m = Measurement(layout.name, layout.n, window_steps=window, tracked_pages=meter.tracked_pages,
+                    heap_pages=meter.heap_pages)
     maintain = layout.maintain if maintain is None else maintain
     win_pages: list[np.ndarray] | None = None
     win_cold_ids: list[np.ndarray] = []
