@@ -14,8 +14,12 @@ worker only counts its activations in a local of its own frame.
   suspension. Measured fastest of the alternatives (see ``lean-await``).
 - ``lean-await``: the same scheduler with ``async def`` workers awaiting ONE
   shared zero-allocation awaitable (``__await__`` returns itself, ``send(v)``
-  raises ``StopIteration(v)``). Kept as the measured alternative: the
-  StopIteration raised per wake makes it about 3x slower than ``lean``.
+  raises ``StopIteration(v)``; all three are C callables except ``send``).
+  Kept as the measured alternative: the StopIteration raised per wake makes
+  it slower than ``lean`` (``locality bench population`` prints both).
+  Also measured and dropped: a generator ``__await__`` (one generator per
+  await: about 400 B per idle worker) and ``__await__ = partial(iter, (None,))``
+  (a tuple iterator per await: about 270 B).
 
 Latency is wake-to-done per activation, measured the same way for every
 scheduler: the interval between consecutive completions within one step
