@@ -63,13 +63,20 @@ def _files(run_dir: Path) -> set[str]:
     return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
 
 
+def _cmdline(p: "psutil.Process") -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # gone, or a zombie
+        return ""
+
+
 def _descendants() -> set[int]:
     """Live descendants of this process (zombies have exited; their parent reaps them later)."""
     out = set()
     for p in psutil.Process().children(recursive=True):
         try:
             # The resource tracker of this process lives as long as it does.
-            if p.status() != psutil.STATUS_ZOMBIE and "multiprocessing.resource_tracker" not in " ".join(p.cmdline()):
+            if p.status() != psutil.STATUS_ZOMBIE and "multiprocessing.resource_tracker" not in _cmdline(p):
                 out.add(p.pid)
         except psutil.NoSuchProcess:
             pass
@@ -98,7 +105,7 @@ def _run_processes() -> set[int]:
     out = set()
     for pid in _descendants():
         try:
-            if any(c in " ".join(psutil.Process(pid).cmdline()) for c in RUN_CMDLINES):
+            if any(c in _cmdline(psutil.Process(pid)) for c in RUN_CMDLINES):
                 out.add(pid)
         except psutil.Error:
             pass
@@ -173,7 +180,7 @@ def test_four_point_sweep_is_stored_like_local_runs(tmp_path, cluster):
         assert m["node"]["kernel"] == m["machine"]["kernel"]
         assert m["node"]["runs_per_node"] == 1
         assert m["node"]["start_time"] < m["node"]["end_time"]
-        assert m["capabilities"] == local["capabilities"]
+        assert set(m["capabilities"]) == set(local["capabilities"])  # values change as other tests turn swap on and off
         assert len(load(d)) > 1
         hosts.add(m["node"]["worker"])
     assert len(hosts) == 2  # both workers ran points
@@ -194,15 +201,6 @@ def test_four_point_sweep_is_stored_like_local_runs(tmp_path, cluster):
         assert dm[key] == pytest.approx(lm[key], rel=0.10), key
 
 
-def test_shared_out_is_detected_and_written_in_place(tmp_path, cluster):
-    points = [_point("a", seed=3)]
-    dirs = dist.run_points(points, tmp_path, scheduler=cluster.scheduler_address, progress=False, run_fn=RUN_FN)
-    m = _manifest(dirs[0])
-    assert m["status"] == "complete", m["error"]
-    assert m["shared_node_with"] == []
-    assert [p.name for p in tmp_path.iterdir()] == ["a"]
-
-
 def _wait_for_point_process(client, key_prefix: str, timeout: float = 30.0) -> tuple[str, psutil.Process]:
     """The worker running the task whose key starts with key_prefix, once its run's child exists."""
     deadline = time.monotonic() + timeout
@@ -212,7 +210,7 @@ def _wait_for_point_process(client, key_prefix: str, timeout: float = 30.0) -> t
             if any(str(k).startswith(key_prefix) for k in keys):
                 worker = psutil.Process(pids[addr])
                 # worker -> point process -> population child: the run is under way.
-                point_procs = [c for c in worker.children() if "_point_process_main" in " ".join(c.cmdline())]
+                point_procs = [c for c in worker.children() if "_point_process_main" in _cmdline(c)]
                 if any(RUN_FN or c.children() for c in point_procs):
                     return addr, worker
         time.sleep(0.1)
@@ -221,7 +219,7 @@ def _wait_for_point_process(client, key_prefix: str, timeout: float = 30.0) -> t
 
 def test_lost_worker_fails_its_point_others_complete_and_resume_finishes(tmp_path, cluster, client):
     long_point = _point("long", steps=1_000_000, step_interval=0.01)
-    points = [_point("p1", seed=1), long_point, _point("p2", seed=2)]
+    points = [long_point, _point("p1", seed=1)]
     result: dict = {}
 
     def sweep():
@@ -244,13 +242,14 @@ def test_lost_worker_fails_its_point_others_complete_and_resume_finishes(tmp_pat
     assert "error" not in result, result.get("error")
 
     statuses = {d.name: _manifest(d)["status"] for d in result["dirs"]}
-    assert statuses == {"p1": "complete", "long": "failed", "p2": "complete"}
+    assert statuses == {"long": "failed", "p1": "complete"}
     failed = _manifest(tmp_path / "long")
     assert "was lost while running this point" in failed["error"]
     assert addr in failed["error"]
     assert failed["node"]["worker"] == addr
     assert failed["config"] == long_point.config.model_dump(mode="json")
-    assert {p.name for p in tmp_path.iterdir()} == {"p1", "long", "p2"}
+    # out is shared with the workers here (detected): no staging dir or marker is left.
+    assert {p.name for p in tmp_path.iterdir()} == {"p1", "long"}
 
     # Resume re-runs only the failed point (a short version of it, to keep the test fast).
     short = _point("long", steps=5)
@@ -258,13 +257,13 @@ def test_lost_worker_fails_its_point_others_complete_and_resume_finishes(tmp_pat
         from locality.experiment.sweep import pending
     except ImportError:
         pending = None
-    redo = pending([points[0], short, points[2]], tmp_path, True) if pending else [short]
+    redo = pending([short, points[1]], tmp_path, True) if pending else [short]
     assert [p.point_id for p in redo] == ["long"]
-    before = {n: (tmp_path / n / "manifest.json").stat().st_mtime_ns for n in ("p1", "p2")}
+    before = (tmp_path / "p1" / "manifest.json").stat().st_mtime_ns
     dist.run_points(redo, tmp_path, scheduler=cluster.scheduler_address, progress=False, run_fn=RUN_FN)
     assert _manifest(tmp_path / "long")["status"] == "complete"
     assert _manifest(tmp_path / "long")["error"] is None
-    assert {n: (tmp_path / n / "manifest.json").stat().st_mtime_ns for n in ("p1", "p2")} == before
+    assert (tmp_path / "p1" / "manifest.json").stat().st_mtime_ns == before
 
 
 def _swap_capability() -> dict:
@@ -372,7 +371,7 @@ def test_jobqueue_job_runs_one_worker_per_exclusive_node(kind, exclusive):
 def test_ctrl_c_cancels_outstanding_points_closes_the_cluster_and_keeps_stored_runs(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(
-        'workers = 3000\nlayout = "slab"\nstep_interval = 0.01\n'
+        'workers = 3000\nsteps = 5\nlayout = "slab"\nstep_interval = 0.01\n'
         '[pattern]\nname = "uniform"\np = 0.02\n[sampling]\ninterval = 0.05\n'
     )
     out = tmp_path / "runs"
@@ -388,7 +387,7 @@ def test_ctrl_c_cancels_outstanding_points_closes_the_cluster_and_keeps_stored_r
         while time.monotonic() < deadline and proc.poll() is None:
             done = [d for d in out.glob("*") if (d / "manifest.json").exists() and _manifest(d)["status"] == "complete"] if out.exists() else []
             tree = psutil.Process(proc.pid).children(recursive=True)
-            population = [p for p in tree if "locality.experiment.child" in " ".join(p.cmdline())]
+            population = [p for p in tree if "locality.experiment.child" in _cmdline(p)]
             if done and population:
                 break
             time.sleep(0.1)

@@ -96,15 +96,21 @@ _RESULT = "point-result.json"
 _PR_SET_PDEATHSIG = 1
 
 
-def capability_problem(config: Any) -> str | None:
-    """Why this node cannot run ``config`` (the runner's preflight: the doctor's reason), or None."""
+def preflight_on_node(config: Any, run_fn: RunFunction | None) -> tuple[dict[str, dict], str | None]:
+    """(capabilities of this node, why it cannot run ``config`` or None).
+
+    The reason is the runner's preflight verdict, built from the doctor's
+    (``kernel.capabilities``) reason. An injected ``run_fn`` (tests) does its
+    own checks.
+    """
+    if run_fn is not None:
+        return _node_capabilities(), None
     from locality.experiment.runner import preflight
 
     try:
-        preflight(config)
+        return preflight(config), None
     except LocalityError as e:
-        return f"{socket.gethostname()}: {e}"
-    return None
+        return _node_capabilities(), f"{socket.gethostname()}: {e}"
 
 
 def _node_capabilities() -> dict[str, dict]:
@@ -135,7 +141,7 @@ def _run_point_task(point: Any, out: str, token: str, shared_out: bool | None, r
             machine, caps, node = lost["machine"], lost["capabilities"], {k: lost[k] for k in _NODE_KEYS}
             problem = f"the Dask worker {node['worker']} on {node['hostname']} was lost while running this point"
         else:
-            caps = _node_capabilities()
+            caps, problem = preflight_on_node(point.config, run_fn)
             node = {
                 "hostname": machine["hostname"],
                 "kernel": machine["kernel"],
@@ -144,8 +150,6 @@ def _run_point_task(point: Any, out: str, token: str, shared_out: bool | None, r
                 "start_time": start,
             }
             worker.log_event(_topic(token), {"point": point.point_id, "machine": machine, "capabilities": caps, **node})
-            # An injected run_fn (tests) does its own checks.
-            problem = capability_problem(point.config) if run_fn is None else None
         if problem is not None:
             run_dir.mkdir()
             _write_failed(run_dir, point, problem, machine, caps)
