@@ -10,6 +10,7 @@ from childproc import Child
 
 from locality.errors import AccessDenied, InvalidArgument, NoSuchProcess
 from locality.kernel import PAGE_SIZE, mincore, pagemap
+from locality.kernel.pagemap import residency
 
 N_PAGES = 1024
 
@@ -45,6 +46,31 @@ def test_pagemap_from_parent_reports_exactly_the_touched_pages(child):
         assert (pm.pfn[pm.present] > 0).all()
         assert len(np.unique(pm.pfn[pm.present])) == len(touched)
     assert (pm.pfn[~pm.present] == 0).all()
+
+
+@pytest.mark.parametrize("max_regions", [1 << 16, 7, 1])
+def test_residency_by_pagemap_scan_reports_exactly_the_touched_pages(child, max_regions):
+    touched = known_subset(3, k=400)  # about 300 separate runs of pages
+    child.touch(touched)
+    r = residency(child.pid, child.addr, child.addr + child.length, max_regions=max_regions)
+    assert np.flatnonzero(r.present).tolist() == touched.tolist()
+    assert not r.swapped.any()
+    pm = pagemap(child.pid, child.addr, child.addr + child.length)
+    assert np.array_equal(r.present, pm.present)
+
+
+def test_residency_of_a_subrange_and_bad_input(child):
+    child.touch([0, 1, 2, 100, 1023])
+    r = residency(child.pid, child.addr + PAGE_SIZE, child.addr + 101 * PAGE_SIZE)
+    assert np.flatnonzero(r.present).tolist() == [0, 1, 99]
+    with pytest.raises(InvalidArgument):
+        residency(child.pid, child.addr + 1, child.addr + PAGE_SIZE)
+    with pytest.raises(InvalidArgument):
+        residency(child.pid, child.addr, child.addr)
+    pid = child.pid
+    child.close()
+    with pytest.raises(NoSuchProcess):
+        residency(pid, 0, PAGE_SIZE)
 
 
 def test_pagemap_of_a_subrange_is_aligned_to_its_start(child):
@@ -167,3 +193,20 @@ def test_childproc_helper_commands(child):
         child.call("nope")
     child.close()
     assert child.proc.poll() is not None
+
+
+def test_kernel_names_are_the_functions_whatever_was_imported_first():
+    # `import locality.kernel.pagemap` binds the *module* as the package attribute
+    # `pagemap`; the module must still behave as the function.
+    import subprocess
+    import sys
+
+    code = (
+        "import os, mmap, ctypes\n"
+        "import locality.kernel.pagemap, locality.kernel.mincore\n"
+        "from locality.kernel import pagemap, mincore\n"
+        "m = mmap.mmap(-1, 8192); a = ctypes.addressof(ctypes.c_char.from_buffer(m)); m[4096] = 1\n"
+        "print(pagemap(os.getpid(), a, a + 8192).present.tolist(), mincore(a, 8192).tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[False, True] [False, True]", out.stderr

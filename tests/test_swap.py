@@ -15,6 +15,7 @@ from childproc import Child
 from locality.errors import InvalidArgument, LocalityError, Unsupported
 from locality.kernel import PAGE_SIZE, pagemap, process_pageout, swap_active
 from locality.kernel import swap as zram
+from locality.kernel.pagemap import residency
 
 needs_root_and_zram = pytest.mark.skipif(
     os.geteuid() != 0 or not zram.ZRAM_SYSFS.is_dir(), reason="needs root and /sys/block/zram0"
@@ -74,6 +75,8 @@ def test_anonymous_pageout_swaps_exactly_those_pages_and_touching_brings_them_ba
         assert (pm.pfn[pm.swapped] == 0).all()
         assert len(np.unique(pm.swap_offset[pm.swapped])) == len(evicted)
         assert c.mincore() == sorted(set(range(n)) - set(evicted))
+        r = residency(c.pid, c.addr, c.addr + c.length)
+        assert np.array_equal(r.swapped, pm.swapped) and np.array_equal(r.present, pm.present)
 
         before = majflt(c.pid)
         c.read(evicted)

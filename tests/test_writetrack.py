@@ -235,13 +235,13 @@ def test_missing_pagemap_scan_is_unsupported(child, monkeypatch):
 
     child.register_write_tracking()
     with WriteTracker(child.addr, child.length, pid=child.pid) as tracker:
-        real = writetrack._ioctl
+        import importlib
 
-        def no_scan(fd, request, arg):
-            if request == writetrack.PAGEMAP_SCAN:
-                raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
-            return real(fd, request, arg)
+        pagemap_module = importlib.import_module("locality.kernel.pagemap")
 
-        monkeypatch.setattr(writetrack, "_ioctl", no_scan)
+        def no_scan(fd, arg):
+            raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
+
+        monkeypatch.setattr(pagemap_module, "pm_scan_ioctl", no_scan)
         with pytest.raises(Unsupported, match="older than 6.7"):
             tracker.written()

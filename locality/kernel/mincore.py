@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from locality.errors import InvalidArgument, Unsupported
-from locality.kernel._platform import PAGE_SIZE, check_range, libc
+from locality.kernel._platform import PAGE_SIZE, check_range, libc, make_module_callable
 
 
 def mincore(addr: int, length: int) -> np.ndarray:
@@ -30,3 +30,6 @@ def mincore(addr: int, length: int) -> np.ndarray:
         raise OSError(err, f"mincore({addr:#x}, {length}): {os.strerror(err)}")
     # Only bit 0 is defined; the others are reserved.
     return (vec & 1).view(np.bool_)
+
+
+make_module_callable(__name__, mincore)

@@ -24,8 +24,6 @@ from locality.kernel._platform import (
     PAGE_IS_WPALLOWED,
     PAGE_IS_WRITTEN,
     PAGE_SHIFT,
-    PAGE_SIZE,
-    PAGEMAP_SCAN,
     PM_SCAN_CHECK_WPASYNC,
     PM_SCAN_WP_MATCHING,
     UFFD_API,
@@ -40,9 +38,9 @@ from locality.kernel._platform import (
     check_range,
     libc,
     open_proc,
-    process_error,
     syscall,
 )
+from locality.kernel.pagemap import DEFAULT_MAX_REGIONS, PAGE_REGION, PmScanArg, mark_regions, scan_error, scan_regions
 
 _u64 = ctypes.c_uint64
 
@@ -58,29 +56,6 @@ class _UffdioRegister(ctypes.Structure):
 class _UffdioRange(ctypes.Structure):
     _fields_ = [("start", _u64), ("len", _u64)]
 
-
-class PmScanArg(ctypes.Structure):
-    """struct pm_scan_arg (include/uapi/linux/fs.h), 96 bytes."""
-
-    _fields_ = [
-        ("size", _u64),
-        ("flags", _u64),
-        ("start", _u64),
-        ("end", _u64),
-        ("walk_end", _u64),
-        ("vec", _u64),
-        ("vec_len", _u64),
-        ("max_pages", _u64),
-        ("category_inverted", _u64),
-        ("category_mask", _u64),
-        ("category_anyof_mask", _u64),
-        ("return_mask", _u64),
-    ]
-
-
-assert ctypes.sizeof(PmScanArg) == 96
-PAGE_REGION = np.dtype([("start", "<u8"), ("end", "<u8"), ("categories", "<u8")])  # struct page_region
-DEFAULT_MAX_REGIONS = 1 << 16  # 1.5 MiB buffer; longer answers take several ioctls
 
 _HINT_KERNEL = "needs Linux >= 6.7 with CONFIG_USERFAULTFD (see `locality doctor`)"
 
@@ -289,60 +264,21 @@ class WriteTracker:
         arg.flags = flags
         arg.category_mask = category_mask
         arg.return_mask = return_mask
-        arg.end = self.end
-        if collect:
-            arg.vec = self._regions.ctypes.data
-            arg.vec_len = len(self._regions)
-        else:  # no output buffer: the kernel walks the whole range in one call
-            arg.vec = 0
-            arg.vec_len = 0
-        start = self.start
-        while True:
-            arg.start = start
-            arg.walk_end = 0
-            try:
-                n = _ioctl(self._fd, PAGEMAP_SCAN, arg)
-            except OSError as e:
-                raise self._error(e.errno) from None
-            if collect and n:
-                self._mark(out, self._regions[:n])
-            # Kernel 6.18: once its internal 512-region buffer has filled, walk_end
-            # can stay below end after a complete walk. A short answer means done.
-            if not collect or n < arg.vec_len or arg.walk_end >= self.end or arg.walk_end <= start:
-                break
-            start = arg.walk_end
+        # Without an output buffer the kernel walks the whole range in one call.
+        regions = self._regions if collect else None
+        try:
+            for batch in scan_regions(self._fd, arg, self.start, self.end, regions):
+                mark_regions(out, batch, self.start)
+        except OSError as e:
+            raise self._error(e.errno) from None
         return out
-
-    def _mark(self, out: np.ndarray, regions: np.ndarray) -> None:
-        # Regions are page-aligned [start, end) runs; mark them without a Python loop.
-        # Marking is idempotent, so a region reported twice cannot count twice.
-        first = (np.maximum(regions["start"], self.start) - self.start) >> PAGE_SHIFT
-        last = (np.minimum(regions["end"], self.end) - self.start) >> PAGE_SHIFT
-        first = first.astype(np.int64)
-        last = last.astype(np.int64)
-        lengths = last - first
-        total = int(lengths.sum())
-        if total <= 0:
-            return
-        if total < self.n_pages // 8:  # sparse: index the written pages directly
-            offsets = np.repeat(first - (np.cumsum(lengths) - lengths), lengths)
-            out[np.arange(total) + offsets] = True
-        else:  # dense: +1 at each start, -1 at each end, running sum
-            delta = np.zeros(self.n_pages + 1, dtype=np.int8)
-            delta[first] += 1
-            delta[last] -= 1
-            out |= np.cumsum(delta[:-1], dtype=np.int8) > 0
 
     def _error(self, err: int) -> Exception:
         who = os.getpid() if self.pid is None else self.pid
-        if err == errno.ENOTTY:
-            return Unsupported("PAGEMAP_SCAN", "the pagemap ioctl is missing (kernel older than 6.7)", _HINT_KERNEL)
         if err == errno.EPERM:
             # PM_SCAN_CHECK_WPASYNC: a page in the range is not registered for async write-protect.
             return InvalidArgument(
                 f"{self.start:#x}-{self.end:#x} of PID {who} is not (entirely) registered for write tracking",
                 "call register_write_tracking(addr, length) in that process first and keep it running",
             )
-        if err == errno.EINVAL:
-            return InvalidArgument(f"PAGEMAP_SCAN rejected {self.start:#x}-{self.end:#x} of PID {who}")
-        return process_error(err, who, "PAGEMAP_SCAN of pagemap")
+        return scan_error(err, who)
