@@ -56,7 +56,7 @@ def preflight(config: ExperimentConfig) -> dict[str, Any]:
     from locality.kernel.capabilities import capabilities
 
     caps = capabilities()
-    if config.sampling.interval > 0:
+    if config.sampling.interval > 0 and config.sampling.writes:
         scan = caps.get("pagemap_scan", {})
         if not scan.get("available", False):
             raise Unsupported("write tracking (PAGEMAP_SCAN)", scan.get("reason", "unavailable"), scan.get("hint") or "set sampling.interval = 0 to run without sampling")
@@ -235,6 +235,8 @@ class _Run:
             self.register_failures += m.get("failed", [])
             if self.sampler is not None:
                 self.sampler.pending = []
+                # Not asked again: a range the kernel refused once stays refused.
+                self.sampler.refused += [(int(f[0]), int(f[1])) for f in m.get("failed", [])]
         elif kind == "done":
             self.child_done = m
         elif kind == "garbage":
