@@ -62,17 +62,38 @@ def hilbert_order(n: int) -> np.ndarray:
     return np.argsort(d, kind="stable")
 
 
+def hilbert_slots(n: int) -> np.ndarray:
+    """Hot slot -> worker, slot = Hilbert distance on the 2**k grid covering the sheet (-1: no worker).
+
+    Keeping the holes (cells off the sheet) makes every 4 KiB page of 16-byte
+    hot parts exactly one aligned 16 x 16 Hilbert block of the grid, instead
+    of a block shifted by however many cells were skipped before it.
+    The holes that cover whole pages are never touched, so never resident.
+    """
+    w = sheet_width(n)
+    order = max(1, int(np.ceil(np.log2(w))))
+    ids = np.arange(n, dtype=np.int64)
+    d = hilbert_index(ids % w, ids // w, order)
+    slots = np.full(1 << (2 * order), -1, dtype=np.int64)
+    slots[d] = ids
+    return slots
+
+
 class _PermutedHotCold(ArenaLayout):
-    """Hot and cold arenas, both in the order of a permutation pos[worker] = slot."""
+    """Hot and cold arenas in the order of permutations (slot -> worker, -1 = hole).
+
+    ``hot_order`` may have holes (slots no worker uses); the cold order is
+    ``hot_order`` without them unless given.
+    """
 
     hot_arena = "hot"
     cold_arena = "cold"
 
-    def __init__(self, n: int, order: np.ndarray, **kw) -> None:
+    def __init__(self, n: int, hot_order: np.ndarray, cold_order: np.ndarray | None = None, **kw) -> None:
         super().__init__(n, **kw)
-        self._set_order(order)
+        self._set_order(hot_order, cold_order)
         try:
-            self._arena("hot", self.n * HOT_BYTES)
+            self._arena("hot", self.hot_order.size * HOT_BYTES)
             self._arena("cold", self.n * COLD_BYTES)
             self._init_records()
         except BaseException:
@@ -83,24 +104,36 @@ class _PermutedHotCold(ArenaLayout):
         self._cu = self.arenas["cold"].words("I")
         self._cf = self.arenas["cold"].words("f")
 
-    def _set_order(self, order: np.ndarray) -> None:
-        order = np.asarray(order, dtype=np.int64)
-        self.order = order.astype(np.int32)  # slot -> worker
-        self.pos = np.empty(self.n, dtype=np.int32)  # worker -> slot
-        self.pos[order] = np.arange(self.n, dtype=np.int32)
+    @property
+    def order(self) -> np.ndarray:
+        """Workers in hot-slot order (holes left out)."""
+        return self.hot_order[self.hot_order >= 0]
+
+    def _set_order(self, hot_order: np.ndarray, cold_order: np.ndarray | None = None) -> None:
+        hot_order = np.asarray(hot_order, dtype=np.int64)
+        cold_order = hot_order[hot_order >= 0] if cold_order is None else np.asarray(cold_order, dtype=np.int64)
+        if cold_order.size != self.n or np.unique(cold_order).size != self.n:
+            raise ValueError("a layout order must place every worker exactly once")
+        self.hot_order = hot_order.astype(np.int32)  # hot slot -> worker (-1: hole)
+        self.cold_order = cold_order.astype(np.int32)  # cold slot -> worker
+        self.pos = np.empty(self.n, dtype=np.int32)  # worker -> hot slot
+        used = np.flatnonzero(hot_order >= 0)
+        self.pos[hot_order[used]] = used
+        self.cold_pos = np.empty(self.n, dtype=np.int32)  # worker -> cold slot
+        self.cold_pos[cold_order] = np.arange(self.n, dtype=np.int32)
         self._pos = memoryview(self.pos).cast("B").cast("i")
+        self._cpos = memoryview(self.cold_pos).cast("B").cast("i")
 
     def hot_word(self, ids: np.ndarray) -> np.ndarray:
         return self.pos[np.asarray(ids, dtype=np.int64)].astype(np.int64) * HOT_WORDS
 
     def cold_word(self, ids: np.ndarray) -> np.ndarray:
-        return self.pos[np.asarray(ids, dtype=np.int64)].astype(np.int64) * COLD_WORDS
+        return self.cold_pos[np.asarray(ids, dtype=np.int64)].astype(np.int64) * COLD_WORDS
 
     def update(self, i: int, step: int) -> None:
-        s = self._pos[i]
         u = self._hu
         f = self._hf
-        b = s * HOT_WORDS
+        b = self._pos[i] * HOT_WORDS
         c = u[b + 1] + 1
         u[b + 1] = c
         p = f[b] * DECAY + 1.0
@@ -108,21 +141,21 @@ class _PermutedHotCold(ArenaLayout):
         u[b + 2] = step
         u[b + 3] = u[b + 3] or step + 1
         if c % COLD_EVERY == 0:
-            touch_cold(self._cu, self._cf, s * COLD_WORDS, p)
+            touch_cold(self._cu, self._cf, self._cpos[i] * COLD_WORDS, p)
 
     def regions(self) -> list[Region]:
-        return [Region("hot", "hot", 0, HOT_BYTES, HOT_BYTES, self.n, self.order),
-                Region("cold", "cold", 0, COLD_BYTES, COLD_BYTES, self.n, self.order)]
+        return [Region("hot", "hot", 0, HOT_BYTES, HOT_BYTES, self.hot_order.size, self.hot_order),
+                Region("cold", "cold", 0, COLD_BYTES, COLD_BYTES, self.n, self.cold_order)]
 
     def _permute(self, new_order: np.ndarray) -> float:
-        """Move every record to the slot of ``new_order``; returns copy seconds."""
+        """Move every record to the slot of ``new_order`` (compact, both arenas); returns copy seconds."""
         t0 = time.perf_counter()
         new_order = np.asarray(new_order, dtype=np.int64)
-        old_slot = self.pos[new_order].astype(np.int64)  # for new slot k, where its worker is now
-        for name, words in (("hot", HOT_WORDS), ("cold", COLD_WORDS)):
+        for name, words, pos in (("hot", HOT_WORDS, self.pos), ("cold", COLD_WORDS, self.cold_pos)):
             a = self.arenas[name].u32[: self.n * words].reshape(self.n, words)
-            a[:] = a[old_slot]
+            a[:] = a[pos[new_order].astype(np.int64)]  # new slot k <- where its worker is now
         self._pos.release()
+        self._cpos.release()
         self._set_order(new_order)
         dt = time.perf_counter() - t0
         self.relocation_seconds += dt
@@ -134,7 +167,7 @@ class ClusteredLayout(_PermutedHotCold):
     name = "clustered"
 
     def __init__(self, n: int, **kw) -> None:
-        super().__init__(n, hilbert_order(int(n)), **kw)
+        super().__init__(n, hilbert_slots(int(n)), **kw)
 
 
 class ClusteredLearnedLayout(_PermutedHotCold):
@@ -160,7 +193,7 @@ class ClusteredLearnedLayout(_PermutedHotCold):
 
     def order_from_records(self) -> np.ndarray:
         """Worker ids sorted by (first activation step, latest activation step, id)."""
-        hot = self.arenas["hot"].u32[: self.n * HOT_WORDS].reshape(self.n, HOT_WORDS)[self.pos]
+        hot = self.arenas["hot"].u32.reshape(-1, HOT_WORDS)[self.pos]
         first = hot[:, W_FLAGS].astype(np.int64)  # first step + 1; 0 = never
         last = hot[:, W_LAST_STEP].astype(np.int64)
         never = first == 0
