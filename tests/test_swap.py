@@ -88,6 +88,29 @@ def test_anonymous_pageout_swaps_exactly_those_pages_and_touching_brings_them_ba
 
 @pytest.mark.swap
 @needs_root_and_zram
+def test_swapped_pages_are_told_apart_from_uffd_markers_in_a_tracked_range(swap_on):
+    from locality.kernel import WriteTracker
+
+    n = 512
+    with Child(pages=n) as c:
+        touched = list(range(0, n, 2))
+        c.touch(touched)
+        c.register_write_tracking()
+        with WriteTracker(c.addr, c.length, pid=c.pid) as tracker:
+            tracker.reset()  # markers on the never-touched odd pages
+            evicted = touched[::5]
+            process_pageout(c.pid, [(c.addr + p * PAGE_SIZE, PAGE_SIZE) for p in evicted])
+            pm = pagemap(c.pid, c.addr, c.addr + c.length)
+            assert np.flatnonzero(pm.swapped).tolist() == evicted
+            assert np.flatnonzero(pm.uffd_marker).tolist() == list(range(1, n, 2))
+            r = residency(c.pid, c.addr, c.addr + c.length)
+            assert np.array_equal(r.swapped, pm.swapped) and np.array_equal(r.present, pm.present)
+            c.write(evicted[:3])  # swap-in by a write: written, present again
+            assert np.flatnonzero(tracker.written()).tolist() == evicted[:3]
+
+
+@pytest.mark.swap
+@needs_root_and_zram
 def test_cli_swap_on_status_off_leaves_no_swap():
     if zram_active():
         pytest.skip("zram swap is already in use on this machine (another run?)")

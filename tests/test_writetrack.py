@@ -245,3 +245,21 @@ def test_missing_pagemap_scan_is_unsupported(child, monkeypatch):
         monkeypatch.setattr(pagemap_module, "pm_scan_ioctl", no_scan)
         with pytest.raises(Unsupported, match="older than 6.7"):
             tracker.written()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="pagemap shows swap types (marker vs swap) to root only")
+def test_uffd_markers_of_never_populated_pages_are_not_swapped(child):
+    from locality.kernel.pagemap import residency
+
+    touched = subset(30, k=100)
+    child.touch(touched)
+    child.register_write_tracking()
+    with WriteTracker(child.addr, child.length, pid=child.pid) as tracker:
+        tracker.reset()  # WP_UNPOPULATED: every never-touched page now holds a marker
+        pm = pagemap(child.pid, child.addr, child.addr + child.length)
+        assert pages(pm.uffd_marker) == sorted(set(range(N_PAGES)) - set(touched))
+        assert not pm.swapped.any()
+        assert pages(pm.present) == touched
+        r = residency(child.pid, child.addr, child.addr + child.length)
+        assert not r.swapped.any()
+        assert pages(r.present) == touched

@@ -116,6 +116,11 @@ PM_UFFD_WP_BIT = 57
 PM_FILE_SHARED_BIT = 61
 PM_SWAPPED_BIT = 62
 PM_PRESENT_BIT = 63
+# A never-populated page write-protected through userfaultfd (WP_UNPOPULATED) holds a
+# PTE marker, which pagemap and PAGEMAP_SCAN report as "swapped". Its swap type is
+# SWP_PTE_MARKER, the last 5-bit type (include/linux/swap.h); pagemap shows the type
+# only to CAP_SYS_ADMIN (with the PFNs).
+SWP_PTE_MARKER = 31
 
 # madvise advice (include/uapi/asm-generic/mman-common.h)
 MADV_NORMAL = 0

@@ -39,6 +39,8 @@ from locality.kernel._platform import (
     PM_SWAP_TYPE_BITS,
     PM_SWAPPED_BIT,
     PM_UFFD_WP_BIT,
+    PAGE_IS_WPALLOWED,
+    SWP_PTE_MARKER,
     check_pid,
     check_range,
     make_module_callable,
@@ -60,7 +62,7 @@ class PageMap:
     end: int
     page_size: int
     present: np.ndarray  # bool
-    swapped: np.ndarray  # bool
+    swapped: np.ndarray  # bool: in swap (uffd-wp markers of never-populated pages excluded)
     pfn: np.ndarray  # uint64, 0 if not present or not root
     exclusive: np.ndarray  # bool: mapped by this process only
     file_shared: np.ndarray  # bool: file page or shared anonymous
@@ -74,6 +76,11 @@ class PageMap:
     def addresses(self) -> np.ndarray:
         """Start address of each page (uint64)."""
         return np.arange(self.start, self.end, self.page_size, dtype=np.uint64)
+
+    @property
+    def uffd_marker(self) -> np.ndarray:
+        """Never-populated pages holding a uffd-wp PTE marker (reported as swapped by the kernel)."""
+        return _swapped_bit(self.raw) & ~self.swapped
 
     @property
     def soft_dirty(self) -> np.ndarray:
@@ -92,6 +99,19 @@ class PageMap:
         off = (self.raw & _PFN_MASK) >> np.uint64(PM_SWAP_TYPE_BITS)
         off[~self.swapped] = 0
         return off
+
+
+def _swapped_bit(entries: np.ndarray) -> np.ndarray:
+    return (entries.view(np.uint8)[7::8] & np.uint8(1 << (PM_SWAPPED_BIT - 56))) != 0
+
+
+def _really_swapped(entries: np.ndarray, swapped_bit: np.ndarray) -> np.ndarray:
+    """Swap entries that are not uffd-wp markers (decided on the few swapped pages only)."""
+    swapped = swapped_bit.copy()
+    idx = np.flatnonzero(swapped_bit)
+    if idx.size:
+        swapped[idx] = (entries[idx] & np.uint64((1 << PM_SWAP_TYPE_BITS) - 1)) != SWP_PTE_MARKER
+    return swapped
 
 
 def read_entries(pid: int | None, start: int, end: int) -> np.ndarray:
@@ -143,7 +163,7 @@ def decode(start: int, entries: np.ndarray) -> PageMap:
         end=start + len(entries) * PAGE_SIZE,
         page_size=PAGE_SIZE,
         present=present,
-        swapped=flag(PM_SWAPPED_BIT),
+        swapped=_really_swapped(entries, flag(PM_SWAPPED_BIT)),
         pfn=pfn,
         exclusive=flag(PM_EXCLUSIVE_BIT),
         file_shared=flag(PM_FILE_SHARED_BIT),
@@ -281,18 +301,30 @@ def residency(pid: int | None, start: int, end: int, *, max_regions: int = DEFAU
     swapped = np.zeros(n, dtype=np.bool_)
     regions = np.empty(max(1, min(max_regions, n)), dtype=PAGE_REGION)
     wanted = PAGE_IS_PRESENT | PAGE_IS_SWAPPED
-    arg = PmScanArg(category_anyof_mask=wanted, return_mask=wanted)
+    arg = PmScanArg(category_anyof_mask=wanted, return_mask=wanted | PAGE_IS_WPALLOWED)
+    # In write-tracked VMAs a "swapped" run may be uffd-wp markers of never-populated
+    # pages; PAGEMAP_SCAN cannot tell them apart, the pagemap entries can.
+    ambiguous = np.zeros(n, dtype=np.bool_)
     who = os.getpid() if pid is None else pid
     fd = open_proc(pid, "pagemap")
     try:
         for batch in scan_regions(fd, arg, start, end, regions):
             categories = batch["categories"]
             mark_regions(present, batch[(categories & PAGE_IS_PRESENT) != 0], start)
-            mark_regions(swapped, batch[(categories & PAGE_IS_SWAPPED) != 0], start)
+            is_swapped = (categories & PAGE_IS_SWAPPED) != 0
+            tracked = (categories & PAGE_IS_WPALLOWED) != 0
+            mark_regions(swapped, batch[is_swapped & ~tracked], start)
+            mark_regions(ambiguous, batch[is_swapped & tracked], start)
     except OSError as e:
         raise scan_error(e.errno, who) from None
     finally:
         os.close(fd)
+    if ambiguous.any():
+        idx = np.flatnonzero(ambiguous)
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        entries = read_entries(pid, start + lo * PAGE_SIZE, start + hi * PAGE_SIZE)
+        real = _really_swapped(entries, _swapped_bit(entries))
+        swapped[lo:hi] |= ambiguous[lo:hi] & real
     return Residency(start=start, end=end, page_size=PAGE_SIZE, present=present, swapped=swapped)
 
 
