@@ -181,9 +181,10 @@ def unregister_write_tracking(addr: int, length: int) -> None:
 class WriteTracker:
     """Exact set of pages of ``[addr, addr + length)`` written since ``reset()``.
 
-    ``pid=None``: this process; the tracker registers the range itself (unless
-    it is already registered) and resets it, so ``written()`` starts empty; it
-    unregisters on ``close()``. ``pid=PID``: another process that has called
+    ``pid=None``: this process; the tracker registers the range itself (again,
+    if it already was: a no-op then) and resets it, so ``written()`` starts
+    empty; ``close()`` unregisters it unless it was registered before the
+    tracker was made. ``pid=PID``: another process that has called
     ``register_write_tracking`` on the range and keeps its userfaultfd open;
     nothing is reset until you call ``reset()`` (pages never protected read as
     written). Reset and query write to the target's page tables (uffd-wp bits)
