@@ -92,7 +92,7 @@ _RUNNING_LOCK = threading.Lock()
 
 _MARKER = ".locality-shared-{token}"
 _STAGING = ".locality-staging-{token}-{point}"
-_RESULT = "point-result.json"
+_ERROR = "point-error.txt"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -211,13 +211,16 @@ def _run_point_process(point: Any, parent: Path, token: str, run_fn: RunFunction
             rc = proc.wait()
         finally:
             with _RUNNING_LOCK:
-                _RUNNING.get(token, set()).discard(proc)
+                running = _RUNNING.get(token, set())
+                running.discard(proc)
+                if not running:
+                    _RUNNING.pop(token, None)
         stderr.seek(0)
         err_tail = stderr.read()[-4000:].decode(errors="replace").strip()
     stderr_path.unlink(missing_ok=True)
-    result_path = parent / _RESULT
-    error = result_path.read_text().strip() if result_path.exists() else ""
-    result_path.unlink(missing_ok=True)
+    error_path = parent / _ERROR
+    error = error_path.read_text().strip() if error_path.exists() else ""
+    error_path.unlink(missing_ok=True)
     if (run_dir / "manifest.json").exists():
         manifest = store.read_manifest(run_dir)
         if manifest.get("status") == "running":
@@ -247,10 +250,10 @@ def _point_process_main() -> None:
     try:
         run_fn(config, Path(out), run_id=run_id, progress=False)
     except KeyboardInterrupt:
-        store.atomic_write_text(Path(out) / _RESULT, "interrupted: the Dask worker stopped this point")
+        store.atomic_write_text(Path(out) / _ERROR, "interrupted: the Dask worker stopped this point")
         sys.exit(130)
     except BaseException as e:  # noqa: BLE001 - the reason goes into the run's manifest
-        store.atomic_write_text(Path(out) / _RESULT, f"{type(e).__name__}: {e}")
+        store.atomic_write_text(Path(out) / _ERROR, f"{type(e).__name__}: {e}")
         sys.exit(1)
     finally:
         if str(os.getppid()) != os.environ.get("LOCALITY_POINT_PARENT"):
@@ -287,7 +290,11 @@ def _sees_marker(out: str, token: str) -> bool:
 
 def _exit_text(rc: int) -> str:
     if rc < 0:
-        return f"point process killed by signal {signal.Signals(-rc).name}"
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = str(-rc)
+        return f"point process killed by signal {name}"
     return f"point process exited with status {rc}"
 
 
