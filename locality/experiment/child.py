@@ -44,21 +44,32 @@ class Channel:
         self._out = os.fdopen(os.dup(1), "w", buffering=1)
         os.dup2(2, 1)
         sys.stdout = sys.stderr
-        self._in = sys.stdin
+        # Commands are read from the raw fd with our own line buffer: a buffered
+        # sys.stdin could swallow a second command, which select() then never
+        # reports (a "stop" queued behind a "register" would be lost).
         self._fd = sys.stdin.fileno()
+        self._buf = b""
 
     def send(self, msg: str, **fields: Any) -> None:
         self._out.write(json.dumps({"msg": msg, **fields}) + "\n")
         self._out.flush()
 
+    def _line(self) -> bytes | None:
+        if b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            return line
+        return None
+
     def recv(self) -> dict[str, Any]:
-        line = self._in.readline()
-        if not line:
-            raise SystemExit(0)  # parent went away
+        while (line := self._line()) is None:
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                raise SystemExit(0)  # parent went away
+            self._buf += chunk
         return json.loads(line)
 
     def poll(self) -> dict[str, Any] | None:
-        if select.select([self._fd], [], [], 0)[0]:
+        if b"\n" in self._buf or select.select([self._fd], [], [], 0)[0]:
             return self.recv()
         return None
 
