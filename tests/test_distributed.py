@@ -292,7 +292,7 @@ def test_point_needing_swap_fails_with_the_doctors_reason(tmp_path, cluster, cli
 def test_workers_without_node_resource_are_refused(tmp_path, no_leftover_processes):
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address=None) as c:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address="127.0.0.1:0") as c:
         with pytest.raises(dist.ClusterSetupError, match="--resources node=1"):
             dist.run_points([_point("x")], tmp_path, scheduler=c.scheduler_address, progress=False)
 
@@ -332,7 +332,7 @@ def test_shared_node_with_lists_overlaps_on_the_same_host_only():
 @pytest.mark.parametrize("kind, exclusive", [("slurm", "#SBATCH --exclusive"), ("pbs", "#PBS -l place=excl")])
 def test_jobqueue_job_runs_one_worker_per_exclusive_node(kind, exclusive):
     pytest.importorskip("dask_jobqueue")
-    c = dist.jobqueue_cluster(kind, runs_per_node=2, scheduler_options={"host": "127.0.0.1", "dashboard_address": None})
+    c = dist.jobqueue_cluster(kind, runs_per_node=2, scheduler_options={"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
     try:
         script = c.job_script()
     finally:

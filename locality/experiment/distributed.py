@@ -405,7 +405,7 @@ def make_cluster(kind: str, *, runs_per_node: int = 1, n_points: int = 1, **over
             processes=True,
             resources={RESOURCE: 1},
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # loopback, any free port: never clash with another cluster
             memory_limit=0,  # the runner owns the memory budget, not the nanny
             silence_logs=50,  # task errors are stored in the failed runs' manifests
             **overrides,
