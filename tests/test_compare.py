@@ -134,21 +134,12 @@ def test_all_layouts_is_the_registry():
     assert cmp.parse_layouts("all") == list(LAYOUTS)
 
 
-def _runner_works() -> bool:
-    try:
-        from locality.population import Population  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.browser
-@pytest.mark.skipif(not _runner_works(), reason="locality.population.Population has not landed: the runner cannot run a child yet")
 def test_small_compare_end_to_end_in_browser(tmp_path):
     from browser_check import open_report
 
     result = cmp.compare(["objects", "slab", "clustered"], workers=20_000, pattern="sheet", steps=20, interval=0.2,
-                         runs=tmp_path / "runs", out=tmp_path / "compare.html", progress=False)
+                         step_interval=0.05, runs=tmp_path / "runs", out=tmp_path / "compare.html", progress=False)
     assert [r.status for r in result.runs] == ["complete"] * 3
     metrics = {r.label: r.metrics for r in result.runs}
     rows = table(result.report.read_text())

@@ -32,19 +32,51 @@ class CorruptRun(LocalityError):
 
 @dataclass
 class Pages:
-    """Page x time matrices of one run (pages.npz), unpacked to bool."""
+    """Page x time matrices of one run (pages.npz).
+
+    Matrices stay bit-packed until a figure asks for them: a million-page run
+    with hundreds of samples is hundreds of MB once unpacked, and most figures
+    need one matrix, or only its last row.
+    """
 
     t: np.ndarray
     page_addr: np.ndarray
     region: np.ndarray
     regions: list[str]
-    written: np.ndarray | None
-    resident: np.ndarray | None
-    swapped: np.ndarray | None
+    packed: dict[str, np.ndarray] = field(default_factory=dict)
+    _unpacked: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def n_pages(self) -> int:
         return int(self.page_addr.shape[0])
+
+    def matrix(self, name: str) -> np.ndarray | None:
+        """samples x pages bool matrix ``name`` (written, resident, swapped), or None if not stored."""
+        if name not in self.packed:
+            return None
+        if name not in self._unpacked:
+            self._unpacked[name] = store.unpack_bits(self.packed[name], self.n_pages)
+        return self._unpacked[name]
+
+    def last_row(self, name: str) -> np.ndarray | None:
+        """The last sample of matrix ``name`` without unpacking the others."""
+        if name not in self.packed:
+            return None
+        if name in self._unpacked:
+            return self._unpacked[name][-1]
+        return store.unpack_bits(self.packed[name][-1:], self.n_pages)[0]
+
+    @property
+    def written(self) -> np.ndarray | None:
+        return self.matrix("written")
+
+    @property
+    def resident(self) -> np.ndarray | None:
+        return self.matrix("resident")
+
+    @property
+    def swapped(self) -> np.ndarray | None:
+        return self.matrix("swapped")
 
 
 @dataclass
@@ -136,24 +168,25 @@ def _read_pages(path: Path) -> Pages | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             names = set(z.files)
-            n_pages = int(z["n_pages"]) if "n_pages" in names else int(z["page_addr"].shape[0])
-
-            def matrix(name: str) -> np.ndarray | None:
-                if name not in names:
-                    return None
-                packed = z[name]
-                if packed.ndim != 2 or packed.shape[0] == 0:
-                    return None
-                return store.unpack_bits(packed, n_pages)
-
+            page_addr = np.asarray(z["page_addr"], dtype=np.uint64)
+            n_pages = int(z["n_pages"]) if "n_pages" in names else int(page_addr.shape[0])
+            if n_pages != page_addr.shape[0]:
+                raise ValueError(f"n_pages {n_pages} != {page_addr.shape[0]} page addresses")
+            t = np.asarray(z["t"], dtype=np.float64)
+            packed = {}
+            for name in ("written", "resident", "swapped"):
+                if name in names:
+                    m = z[name]
+                    if m.ndim == 2 and m.shape[0] > 0:
+                        if m.shape != (t.shape[0], (n_pages + 7) // 8):
+                            raise ValueError(f"{name} has shape {m.shape}, expected ({t.shape[0]}, {(n_pages + 7) // 8})")
+                        packed[name] = m
             return Pages(
-                t=np.asarray(z["t"], dtype=np.float64),
-                page_addr=np.asarray(z["page_addr"], dtype=np.uint64),
+                t=t,
+                page_addr=page_addr,
                 region=np.asarray(z["region"], dtype=np.int64) if "region" in names else np.zeros(n_pages, np.int64),
                 regions=[str(r) for r in z["regions"]] if "regions" in names else ["tracked"],
-                written=matrix("written"),
-                resident=matrix("resident"),
-                swapped=matrix("swapped"),
+                packed=packed,
             )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise CorruptRun(f"cannot read {path}: {e}", "re-run it, or leave it out of the report") from None
