@@ -79,9 +79,11 @@ def measure(n: int, scheduler: str, layout_name: str | None, steps: int, activit
     rss_before = proc.memory_info().rss
     t0 = time.perf_counter()
     layout = make_layout(layout_name, n, seed=seed) if layout_name else None
+    t1 = time.perf_counter()
     pop = Population(n, scheduler=scheduler, pattern=pattern, seed=seed, layout=layout)
     pop.spawn()
-    spawn_s = time.perf_counter() - t0
+    spawn_s = time.perf_counter() - t1
+    layout_s = t1 - t0
     rss_after = proc.memory_info().rss
     pop.run(2)  # warm-up: first wakes allocate caches and specialise the code
     # Rounds alternate timed and untimed so both see the same machine load;
@@ -101,7 +103,8 @@ def measure(n: int, scheduler: str, layout_name: str | None, steps: int, activit
         "workers": n,
         "scheduler": scheduler,
         "layout": layout_name,
-        "spawn_s": spawn_s,
+        "spawn_s": spawn_s,  # the population's workers only
+        "layout_s": layout_s,  # building and initialising the layout's state
         "rss_before": rss_before,
         "rss_after": rss_after,
         "bytes_per_worker": (rss_after - rss_before) / n,
@@ -236,7 +239,7 @@ def _print_report(doc: dict) -> None:
     echo(f"uniform activation at {doc['activity']:.2%} per step, seed {doc['seed']}; each row a fresh process "
          f"(GC frozen); act/s = median of {doc['rounds']} rounds of >= {doc['steps']} steps "
          f"and >= {MIN_ROUND_ACTIVATIONS:,} activations, timed and untimed alternating")
-    head = f"{'workers':>10} {'scheduler':<14} {'spawn s':>8} {'B/idle worker':>14} {'act/s':>12} " \
+    head = f"{'workers':>10} {'scheduler':<14} {'spawn s':>8} {'layout s':>8} {'B/idle worker':>14} {'act/s':>12} " \
            f"{'untimed act/s':>14} {'p50 us':>8} {'p99 us':>8}"
     echo(head)
     echo("-" * len(head))
@@ -245,7 +248,8 @@ def _print_report(doc: dict) -> None:
         if "error" in r:
             echo(f"{r['workers']:>10,} {name:<14} failed: {r['error']}")
             continue
-        echo(f"{r['workers']:>10,} {name:<14} {r['spawn_s']:>8.2f} {r['bytes_per_worker']:>14.0f} "
+        layout_s = f"{r['layout_s']:.2f}" if r.get("layout") else "-"
+        echo(f"{r['workers']:>10,} {name:<14} {r['spawn_s']:>8.2f} {layout_s:>8} {r['bytes_per_worker']:>14.0f} "
              f"{r['activations_per_s']:>12,.0f} {r['activations_per_s_untimed']:>14,.0f} "
              f"{r['latency_p50_ns'] / 1e3:>8.2f} {r['latency_p99_ns'] / 1e3:>8.2f}")
     clocks = [r["clock_ns"] for r in doc["rows"] if "clock_ns" in r]

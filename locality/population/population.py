@@ -17,7 +17,6 @@ vectorised from a generator seeded with ``seed``, so runs stay reproducible.
 from __future__ import annotations
 
 import gc
-import math
 import mmap
 import statistics
 import time
@@ -349,16 +348,8 @@ class Population:
 
     def _ranges(self) -> RangeTable:
         if self._table is None:
-            sched = self._sched()
-            starts, ends, owners = [], [], []
-            k = self.group_size
-            for u in range(self.units):
-                for o in sched.unit_objects(u):
-                    s, e = object_span(o)
-                    starts.append(s)
-                    ends.append(e)
-                    owners.append(u * k)
-            self._table = RangeTable(np.array(starts), np.array(ends), np.array(owners))
+            starts, ends, units = self._sched().spans()
+            self._table = RangeTable(starts, ends, units * self.group_size)
         return self._table
 
     def owners(self, addresses: np.ndarray) -> np.ndarray:

@@ -84,6 +84,17 @@ class Scheduler:
         """Activations unit u counted in its own frame (only with action=None)."""
         raise NotImplementedError
 
+    def spans(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(starts, ends, unit) of every object of every unit, as arrays."""
+        starts, ends, unit = [], [], []
+        for u in range(self.units):
+            for o in self.unit_objects(u):
+                s, e = object_span(o)
+                starts.append(s)
+                ends.append(e)
+                unit.append(u)
+        return np.array(starts, np.int64), np.array(ends, np.int64), np.array(unit, np.int64)
+
     def close(self) -> None:
         pass
 
@@ -213,6 +224,18 @@ class LeanScheduler(Scheduler):
 
     def unit_objects(self, u: int) -> tuple[object, ...]:
         return (self._coros[u],)
+
+    def spans(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # every worker is the same code object, hence the same size: one id() per worker
+        coros = self._coros
+        if not coros:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+        start, end = object_span(coros[0])
+        if any(sys.getsizeof(c) != sys.getsizeof(coros[0]) for c in (coros[-1], coros[len(coros) // 2])):
+            return super().spans()
+        ids = np.fromiter(map(id, coros), dtype=np.int64, count=len(coros))
+        head = id(coros[0]) - start
+        return ids - head, ids + (end - id(coros[0])), np.arange(len(coros), dtype=np.int64)
 
     def activations(self, u: int) -> int:
         c = self._coros[u]
