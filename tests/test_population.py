@@ -239,3 +239,23 @@ def test_bench_population_rejects_bad_sizes_and_schedulers():
     assert rc == 2 and "--sizes" in err and "Traceback" not in err
     rc, out, err = run_cli("bench", "population", "--schedulers", "trio")
     assert rc == 2 and "trio" in err and "lean" in err and "Traceback" not in err
+
+
+def test_block_coroutine_of_a_group_layout_is_attributed_to_its_block():
+    n = 1000
+    layout = make_layout("grouped", n)
+    try:
+        k = layout.group_size
+        pop = Population(n, layout=layout)
+        pop.spawn()
+        assert pop.units == -(-n // k)
+        worker = k + 3  # second block
+        ranges = pop.worker_ranges(worker)
+        assert ranges == pop.worker_ranges(k)  # one coroutine for the whole block
+        start, end = ranges[0]
+        assert np.all(pop.owners(np.arange(start, end, 8)) == k)  # the block's first worker
+        indptr, who = pop.page_owners(np.array([start // PAGE_SIZE * PAGE_SIZE]))
+        assert set(range(k, min(2 * k, n))) <= set(who[indptr[0] : indptr[1]].tolist())
+        pop.close()
+    finally:
+        layout.close()
