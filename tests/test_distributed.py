@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -329,9 +330,19 @@ def test_shared_node_with_lists_overlaps_on_the_same_host_only():
     assert dist.shared_node_with("d", intervals) == []
 
 
-@pytest.mark.parametrize("kind, exclusive", [("slurm", "#SBATCH --exclusive"), ("pbs", "#PBS -l place=excl")])
-def test_jobqueue_job_runs_one_worker_per_exclusive_node(kind, exclusive):
+@pytest.mark.parametrize("kind, exclusive, submit", [("slurm", "#SBATCH --exclusive", "sbatch"), ("pbs", "#PBS -l place=excl", "qsub")])
+def test_jobqueue_job_runs_one_worker_per_exclusive_node(kind, exclusive, submit, tmp_path, monkeypatch):
     pytest.importorskip("dask_jobqueue")
+    if shutil.which(submit) is None:
+        # No batch system here: refused in one line instead of waiting for jobs that never start.
+        with pytest.raises(dist.ClusterSetupError, match=f"needs `{submit}`"):
+            dist.run_points([_point("x")], tmp_path, cluster=kind, progress=False)
+        assert not list(tmp_path.iterdir())
+        fake = tmp_path / "bin"
+        fake.mkdir()
+        (fake / submit).write_text("#!/bin/sh\nexit 1\n")
+        (fake / submit).chmod(0o755)
+        monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     c = dist.jobqueue_cluster(kind, runs_per_node=2, scheduler_options={"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
     try:
         script = c.job_script()

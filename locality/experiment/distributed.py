@@ -424,6 +424,13 @@ def jobqueue_cluster(kind: str, *, runs_per_node: int = 1, **overrides: Any) -> 
     except ImportError:
         raise ClusterSetupError(f"--cluster {kind} needs dask-jobqueue", "pip install 'locality[dask]'") from None
     cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[kind]
+    submit = {"slurm": "sbatch", "pbs": "qsub"}[kind]
+    if shutil.which(submit) is None:
+        # Without it every job submission fails in the background and the sweep would wait forever.
+        raise ClusterSetupError(
+            f"--cluster {kind} needs `{submit}`, which is not on PATH here",
+            "run the sweep on the cluster's login node, or start workers by hand and pass --scheduler",
+        )
     conf = dask.config.get(f"jobqueue.{kind}", {}) or {}
     kwargs: dict[str, Any] = {
         "cores": conf.get("cores") or JOBQUEUE_DEFAULTS["cores_per_run"] * runs_per_node,
