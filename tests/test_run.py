@@ -137,7 +137,8 @@ def test_cli_json_prints_metrics(cli, tmp_path):
     assert rc == 0 and "bytes/worker" in out and out.strip().endswith("run: runs/h")
 
 
-def test_sigint_mid_run_leaves_an_interrupted_readable_run(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_run_leaves_an_interrupted_readable_run(tmp_path, sig):
     (tmp_path / "c.toml").write_text(
         'workers = 5000\nduration = 120\nstep_interval = 0.01\n[pattern]\nname = "uniform"\n[sampling]\ninterval = 0.2\n'
     )
@@ -149,7 +150,7 @@ def test_sigint_mid_run_leaves_an_interrupted_readable_run(tmp_path):
     while not timeline.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(0.5)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     r = load_run(tmp_path / "runs" / "i")

@@ -45,7 +45,7 @@ def _num(v: object, fmt: str, unit: str = "") -> str:
 
 
 def summary(run_dir: Path, m: dict) -> str:
-    cold = ", ".join(f"{k} s: {_num(v, '.1%')}" for k, v in (m.get("cold_fraction") or {}).items())
+    cold = ", ".join(f"{k} s: {_num(v, '.1%')}" for k, v in sorted((m.get("cold_fraction") or {}).items(), key=lambda kv: float(kv[0])))
     lines = [
         f"{m['workers']:,} workers, layout {m['layout']}, scheduler {m['scheduler']}, pattern {m['pattern']}, "
         f"{m['steps']:,} steps in {m['duration_s']:.1f} s",
