@@ -97,7 +97,8 @@ def test_metrics_table_values_and_ratios_to_objects_baseline(three_report):
     assert rows["objects"]["page utilization (%)"] == "1.6"
     assert rows["slab"]["status"] == "complete"
     assert rows["slab"]["workers"] == "1,000"
-    assert rows["slab"]["cold fraction"] == "1 s: 50%, 10 s: 25%"
+    assert rows["slab"]["cold after 1 s (%)"] == "50"
+    assert rows["slab"]["cold after 10 s (%)"] == "25"
     assert "(baseline)" in parse(out.read_text()).rows[2][0]
 
 

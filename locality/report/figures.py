@@ -252,7 +252,7 @@ def draw_heatmap(runs: list[RunData], left_out: list[str]) -> Figure:
         ax.set_ylabel("offset (MiB)")
         ax.set_xlabel("time (s)")
         ax.grid(False)
-    cbar = fig.colorbar(image, ax=list(axes), shrink=0.9)
+    cbar = fig.colorbar(image, ax=list(axes), shrink=min(0.9, 2.0 / len(axes)), aspect=12)
     cbar.set_label("pages written (%)")
     return fig
 
@@ -309,7 +309,7 @@ def draw_residency_map(runs: list[RunData], left_out: list[str]) -> Figure:
         ax.set_xlabel("position in region (%)")
         ax.set_ylabel("region")
         ax.grid(False)
-    cbar = fig.colorbar(image, ax=list(axes), shrink=0.9)
+    cbar = fig.colorbar(image, ax=list(axes), shrink=min(0.9, 2.0 / len(axes)), aspect=12)
     cbar.set_label("resident pages (%)")
     return fig
 

@@ -64,25 +64,40 @@ def fmt_number(value: Any, digits: int = 4) -> str:
     return f"{value:,.{digits}g}" if abs(value) < 10 ** digits else f"{value:,.0f}"
 
 
-def _cold_fraction(value: Any) -> str:
-    if not isinstance(value, dict) or not value:
-        return "—"
-    def seconds(key: str) -> float:
-        try:
-            return float(str(key).split()[0])
-        except ValueError:
-            return math.inf
-    def pct(v: Any) -> str:
-        # None: no window of that length fitted in the run.
-        return f"{fmt_number(100.0 * v, 3)}%" if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
-    def name(k: str) -> str:
-        return f"{k} s" if re.fullmatch(r"[0-9.]+", str(k)) else str(k)
-    return ", ".join(f"{name(k)}: {pct(v)}" for k, v in sorted(value.items(), key=lambda kv: seconds(kv[0])))
+def _seconds(key: Any) -> float | None:
+    """A cold_fraction key ('5', '5.0' or '5 s') as seconds, or None."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|seconds)?\s*", str(key))
+    return float(m.group(1)) if m else None
+
+
+def cold_columns(runs: list[RunData]) -> list[tuple[float, str]]:
+    """One column per cold-fraction window any run measured, shortest first."""
+    windows: dict[float, str] = {}
+    for run in runs:
+        value = run.metrics.get("cold_fraction")
+        if isinstance(value, dict):
+            for key in value:
+                seconds = _seconds(key)
+                if seconds is not None:
+                    windows.setdefault(seconds, f"cold after {seconds:g} s (%)")
+    return sorted(windows.items())
+
+
+def _cold_cell(run: RunData, seconds: float) -> Cell:
+    value = run.metrics.get("cold_fraction")
+    if run.failed or not isinstance(value, dict):
+        return Cell("—")
+    for key, v in value.items():
+        if _seconds(key) == seconds:
+            # None: the run was shorter than the window, so it was not measured.
+            return Cell(fmt_number(100.0 * v, 3) if isinstance(v, (int, float)) and not isinstance(v, bool) else "—")
+    return Cell("—")
 
 
 def metrics_rows(runs: list[RunData]) -> tuple[list[str], list[dict[str, Any]]]:
     base = runs[baseline_index(runs)] if runs else None
-    headings = [h for _, h, *_ in METRICS] + ["cold fraction"]
+    colds = cold_columns(runs)
+    headings = [h for _, h, *_ in METRICS] + [h for _, h in colds]
     rows = []
     for run in runs:
         cells = []
@@ -96,7 +111,7 @@ def metrics_rows(runs: list[RunData]) -> tuple[list[str], list[dict[str, Any]]]:
             if compared and run is not base and isinstance(ref, (int, float)) and ref:
                 ratio = f"{value / ref:.3g}×"
             cells.append(Cell(fmt_number(value * scale, digits), ratio))
-        cells.append(Cell("—" if run.failed else _cold_fraction(run.metrics.get("cold_fraction"))))
+        cells += [_cold_cell(run, seconds) for seconds, _ in colds]
         rows.append({
             "run": run,
             "baseline": run is base,
