@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from locality.errors import LocalityError, Unsupported
+from locality.errors import InvalidArgument, LocalityError, Unsupported
 from locality.experiment import store
 from locality.experiment.config import ExperimentConfig
 from locality.experiment.metrics import _tkey, compute
@@ -67,7 +67,10 @@ def preflight(config: ExperimentConfig) -> dict[str, Any]:
 def run(config: ExperimentConfig, out: str | os.PathLike, *, run_id: str | None = None, progress: bool = True) -> Path:
     """Run ``config`` in a child process, sample it, store ``out/<run-id>/``; returns the run dir."""
     caps = preflight(config)
-    run_dir = store.new_run_dir(out, default_run_id(config), run_id)
+    try:
+        run_dir = store.new_run_dir(out, default_run_id(config), run_id)
+    except OSError as e:
+        raise InvalidArgument(f"cannot create a run directory under {os.fspath(out)!r}: {e.strerror}", "pass a writable --out") from None
     for name in RUN_FILES:  # a re-run of a resumed point starts clean
         try:
             (run_dir / name).unlink()
