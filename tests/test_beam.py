@@ -141,6 +141,20 @@ def test_sheet_activation_is_seeded_local_bursts() -> None:
 
 @pytest.mark.beam
 @needs_erlang
+def test_zipf_activation_is_skewed_to_low_ids() -> None:
+    n = 10_000
+    zipf, _ = _step_ids(BeamConfig(processes=n, pattern="zipf", p=0.01, interval=0.001, report_ids=True), 3)
+    uniform, _ = _step_ids(BeamConfig(processes=n, pattern="uniform", p=0.01, interval=0.001, report_ids=True), 3)
+    for z, u in zip(zipf, uniform):
+        assert len(set(z)) == len(z) == 100 and len(set(u)) == 100
+        assert {0, 1, 2, 3, 4} <= set(z)  # rank r is worker r - 1: the hottest are always drawn
+        # Half or more in the lowest tenth of ids (zipf s=1.1); uniform puts about a tenth there.
+        assert np.mean(np.asarray(z) < n // 10) >= 0.5
+        assert np.mean(np.asarray(u) < n // 10) < 0.3
+
+
+@pytest.mark.beam
+@needs_erlang
 def test_vm_accounts_for_every_worker_and_hibernation() -> None:
     for hibernate in (False, True):
         with BeamVM(BeamConfig(processes=2_000, hibernate=hibernate)) as vm:
