@@ -247,3 +247,15 @@ def test_cgroup_policy_runs_in_its_own_cgroup_and_removes_it(tmp_path):
     assert man["status"] == "complete" and info["limit_bytes"] == 512 << 20
     assert info["version"] == cgroup.available()[0]
     assert not Path(info["path"]).exists()
+
+
+def test_bench_sampler_measures_three_modes(cli):
+    rc, out, err = cli("bench", "sampler", "--workers", "2k", "--interval", "200ms", "--duration", "1s", "--repeat", "1", "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r["workers"] == 2000 and r["interval_s"] == 0.2
+    for mode in ("off", "residency", "full"):
+        assert len(r["activations_per_s"][mode]) == 1 and r["activations_per_s"][mode][0] > 0
+    assert r["ratio_full"] == pytest.approx(r["median_activations_per_s"]["full"] / r["median_activations_per_s"]["off"])
+    # Only the full mode tracks writes, so only it makes the child take write-protect faults.
+    assert r["details"]["full"][0]["wss_pages_mean"] > 0 and r["details"]["residency"][0]["wss_pages_mean"] is None
