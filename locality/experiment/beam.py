@@ -353,15 +353,13 @@ class Tracked:
     ranges: list[tuple[int, int]]  # [start, end)
     names: list[str]
     page_size: int = os.sysconf("SC_PAGE_SIZE")
-    addr: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
-    region: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    addr: np.ndarray = field(init=False)  # uint64, one entry per page
+    region: np.ndarray = field(init=False)  # int32 index into ranges/names
 
     def __post_init__(self) -> None:
-        self.addr = np.concatenate([np.arange(s, e, self.page_size, dtype=np.uint64) for s, e in self.ranges]) \
-            if self.ranges else np.zeros(0, np.uint64)
-        self.region = np.concatenate([np.full((e - s) // self.page_size, i, np.int32)
-                                      for i, (s, e) in enumerate(self.ranges)]) \
-            if self.ranges else np.zeros(0, np.int32)
+        pages = [np.arange(s, e, self.page_size, dtype=np.uint64) for s, e in self.ranges]
+        self.addr = np.concatenate(pages) if pages else np.zeros(0, np.uint64)
+        self.region = np.repeat(np.arange(len(pages), dtype=np.int32), [p.size for p in pages])
 
     def read(self, pid: int) -> tuple[np.ndarray, np.ndarray]:
         """(present, swapped) bool vectors over the tracked pages now."""
