@@ -46,6 +46,8 @@ def fake(monkeypatch):
     def install(**kw):
         runner = FakeRunner(**kw)
         monkeypatch.setattr("locality.experiment.runner.run", runner)
+        # These tests are about the job, not the figures (test_report, test_figures): draw one, fast.
+        monkeypatch.setattr("locality.report.figures.default_names", lambda runs: ["bytes_per_worker"])
         return runner
     return install
 
