@@ -129,14 +129,33 @@ def test_sheet_activation_is_seeded_local_bursts() -> None:
     for step in ids:
         assert len(step) == len(set(step)) == 100  # exactly p * N distinct workers
         assert all(0 <= i < n for i in step)
-        # Discs of radius 4, walked row by row from the top: only the last disc, cut
-        # short at the quota after its first one or two cells ((0,-4), (-2,-3)), leaves ids alone.
+        # Discs of radius 3, walked row by row from the top: only the last disc, cut
+        # short at the quota after its first one or two cells ((0,-3), (-2,-2)), leaves ids alone.
         assert _isolated(step, width) <= 2
     assert counts == [100, 100, 100]  # every activated process replied
     assert ids == again  # same seed, same schedule
     assert ids != other
     # Uniform 1% has almost no neighbours: the sheet's locality is real, not an artefact of the check.
     assert all(_isolated(step, width) >= 80 for step in uniform)
+
+
+@pytest.mark.beam
+@needs_erlang
+@pytest.mark.parametrize("pattern", ["sheet", "zipf", "uniform"])
+def test_harness_schedule_activates_exactly_the_python_patterns_ids(tmp_path: Path, pattern: str) -> None:
+    from itertools import islice
+
+    from locality.population import make_pattern
+
+    cfg = BeamConfig(processes=10_000, pattern=pattern, p=0.01, steps=4, interval=0.05, seed=3,
+                     schedule="harness", report_ids=True)
+    run_dir = run_beam(cfg, tmp_path, progress=False)
+    steps = json.loads((run_dir / "steps.json").read_text())
+    params = {"sheet": {"radius": 3.0}, "zipf": {"s": 1.1}, "uniform": {}}[pattern]
+    expected = list(islice(make_pattern(pattern, 10_000, seed=3, p=0.01, **params).steps(), 4))
+    assert [s["source"] for s in steps] == ["harness"] * 4
+    assert [s["ids"] for s in steps] == [sorted(e.tolist()) for e in expected]
+    assert [s["activated"] for s in steps] == [len(e) for e in expected]  # every one replied
 
 
 @pytest.mark.beam

@@ -13,6 +13,7 @@
 %%   spawn        spawn the n workers; replies {"event":"ready",...}
 %%   steps K      run K activation steps, one every interval_ms;
 %%                one {"event":"step",...} per step, then {"event":"steps_done"}
+%%   ids I1 I2 .. queue one step's worker ids (used before the VM's own pattern)
 %%   memory       erlang:memory() and exact per-worker process memory
 %%   allocators   per-allocator carrier sizes (system_info, instrument:carriers)
 %%   binaries     addresses of a probe refc binary (binary_alloc placement)
@@ -49,7 +50,7 @@ stdin_reader(Main) ->
 config(Args) ->
     Defaults = #{n => 1000000, pattern => sheet, p => 0.01, seed => 0,
                  interval_ms => 1000, hibernate => false, min_heap_size => 0,
-                 radius => 4, zipf_s => 1.1, report_ids => false, state_init => heap},
+                 radius => 3, zipf_s => 1.1, report_ids => false, state_init => heap},
     lists:foldl(fun(Arg, Acc) ->
                         case string:split(Arg, "=") of
                             [K, V] -> Key = list_to_atom(K),
@@ -85,6 +86,7 @@ loop(Cfg, Pids) ->
                 ["spawn"] when Pids =:= undefined -> loop(Cfg, spawn_all(Cfg));
                 ["steps", K] when Pids =/= undefined ->
                     run_steps(Cfg, Pids, list_to_integer(K)), loop(Cfg, Pids);
+                ["ids" | Ids] -> enqueue([list_to_integer(I) || I <- Ids]), loop(Cfg, Pids);
                 ["memory"] -> emit(memory_report(Pids)), loop(Cfg, Pids);
                 ["allocators"] -> emit(allocator_report()), loop(Cfg, Pids);
                 ["binaries"] -> emit(binary_probe()), loop(Cfg, Pids);
@@ -180,20 +182,34 @@ next_step() ->
     put(step, S + 1),
     S.
 
-one_step(Cfg = #{n := N, p := P, report_ids := ReportIds}, Pids, Step) ->
-    K = max(1, min(N, round(P * N))),
-    Ids = pick(Cfg, N, K),
+%% Steps given by locality (`ids ...` lines: the Python harness's own pattern
+%% generator, so both populations see the same schedule) come first; then the
+%% VM's own seeded generator.
+enqueue(Ids) ->
+    Queue = case get(schedule) of undefined -> queue:new(); Q -> Q end,
+    put(schedule, queue:in(Ids, Queue)).
+
+next_ids(Cfg = #{n := N, p := P}) ->
+    case queue:out(case get(schedule) of undefined -> queue:new(); Q -> Q end) of
+        {{value, Ids}, Rest} -> put(schedule, Rest), {harness, Ids};
+        {empty, _} -> {vm, pick(Cfg, N, max(1, min(N, round(P * N))))}
+    end.
+
+one_step(Cfg = #{report_ids := ReportIds}, Pids, Step) ->
+    {Source, Ids} = next_ids(Cfg),
     T0 = erlang:monotonic_time(nanosecond),
     Self = self(),
     lists:foreach(fun(I) -> element(I + 1, Pids) ! {act, Step, Self, T0} end, Ids),
     Lats = lists:sort(collect(length(Ids), [])),
     T1 = erlang:monotonic_time(nanosecond),
-    Base = #{event => step, step => Step, activated => length(Ids),
-             elapsed_us => (T1 - T0) / 1000,
-             lat_p50_us => pct(Lats, 0.50) / 1000, lat_p99_us => pct(Lats, 0.99) / 1000,
-             lat_max_us => lists:last(Lats) / 1000,
-             lat_sample_ns => quantile_sample(Lats, 100)},
-    emit(case ReportIds of true -> Base#{ids => lists:sort(Ids)}; false -> Base end).
+    Base = #{event => step, step => Step, activated => length(Ids), source => Source,
+             elapsed_us => (T1 - T0) / 1000, lat_sample_ns => quantile_sample(Lats, 100)},
+    Timed = case Lats of
+                [] -> Base;  % an empty step (the harness's uniform can draw none)
+                _ -> Base#{lat_p50_us => pct(Lats, 0.50) / 1000, lat_p99_us => pct(Lats, 0.99) / 1000,
+                           lat_max_us => lists:last(Lats) / 1000}
+            end,
+    emit(case ReportIds of true -> Timed#{ids => lists:sort(Ids)}; false -> Timed end).
 
 collect(0, Acc) -> Acc;
 collect(K, Acc) -> receive {done, _Id, Lat} -> collect(K - 1, [Lat | Acc]) end.

@@ -39,11 +39,14 @@ def _seconds(value: str) -> float:
 @click.option("--hibernate", is_flag=True, help="Idle processes wait hibernated (erlang:hibernate/3): heap compacted, stack dropped.")
 @click.option("--min-heap-size", type=click.IntRange(min=0), default=0, show_default=True,
               help="min_heap_size in words for spawned processes (0: the VM default, 233).")
+@click.option("--schedule", type=click.Choice(["vm", "harness"]), default="vm", show_default=True,
+              help="Who draws the activated ids: the VM (rand exsss, seeded) or the Python harness's own "
+                   "pattern generator (identical ids to `locality run` with the same seed and pattern).")
 @click.option("--state-init", type=click.Choice(["heap", "bif"]), default="heap", show_default=True,
               help="How each process builds its state: heap (arithmetic, on its heap) or bif (float/1, "
                    "which leaves a ~4 KB heap fragment per idle process that process_info does not count).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the activation schedule (rand exsss).")
-@click.option("--radius", type=click.IntRange(min=0), default=4, show_default=True, help="Burst radius of the sheet pattern.")
+@click.option("--radius", type=click.IntRange(min=0), default=3, show_default=True, help="Burst radius of the sheet pattern.")
 @click.option("--windows", default="1,10,60", show_default=True,
               help="Windows (seconds) over which untouched memory is measured, comma separated.")
 @click.option("--track-refs", is_flag=True,
@@ -55,7 +58,7 @@ def _seconds(value: str) -> float:
               help="Directory the run directory is created in.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON (no progress bar).")
 def beam(processes: int, pattern: str, p: float, steps: int | None, duration: str | None, interval: str,
-         hibernate: bool, min_heap_size: int, state_init: str, seed: int, radius: int, windows: str, track_refs: bool,
+         hibernate: bool, min_heap_size: int, schedule: str, state_init: str, seed: int, radius: int, windows: str, track_refs: bool,
          pageout_watch: bool, out: Path, as_json: bool) -> None:
     """Start an Erlang VM with N processes, drive sparse activation, and measure it.
 
@@ -78,7 +81,7 @@ def beam(processes: int, pattern: str, p: float, steps: int | None, duration: st
     config = BeamConfig(
         processes=processes, pattern=pattern, p=p, steps=steps,
         duration=_seconds(duration) if duration is not None else None, interval=_seconds(interval),
-        hibernate=hibernate, min_heap_size=min_heap_size, state_init=state_init, seed=seed, radius=radius, windows=window_list,
+        hibernate=hibernate, min_heap_size=min_heap_size, schedule=schedule, state_init=state_init, seed=seed, radius=radius, windows=window_list,
         track_refs=track_refs, pageout_watch=pageout_watch,
     )
     say = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))

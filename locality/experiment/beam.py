@@ -44,6 +44,9 @@ ESCRIPT_NAME = "population.escript"
 INSTALL_HINT = "install the Erlang VM: apt-get install erlang-nox"
 PATTERNS = ("uniform", "zipf", "sheet")
 STATE_INITS = ("heap", "bif")  # how a worker builds its state (see the escript)
+# Who draws the activated ids: the VM (rand exsss, in the escript) or the Python
+# harness's own pattern generator (locality.population), sent to the VM before the steps.
+SCHEDULES = ("vm", "harness")
 # A fresh process on 64-bit OTP: 327 words (Erlang efficiency guide, "Processes").
 DOCUMENTED_FRESH_PROCESS_BYTES = 327 * 8
 DEFAULT_WINDOWS = (1.0, 10.0, 60.0)
@@ -67,15 +70,18 @@ class BeamConfig:
     hibernate: bool = False
     min_heap_size: int = 0
     seed: int = 0
-    radius: int = 4
+    radius: int = 3
     zipf_s: float = 1.1
     track_refs: bool = False
     pageout_watch: bool = False
     windows: tuple[float, ...] = DEFAULT_WINDOWS
     report_ids: bool = False
     state_init: str = "heap"
+    schedule: str = "vm"
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise InvalidArgument(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if self.state_init not in STATE_INITS:
             raise InvalidArgument(f"state_init must be one of {', '.join(STATE_INITS)}, not {self.state_init!r}")
         if self.processes < 1:
@@ -702,6 +708,21 @@ class WindowSampler:
         }
 
 
+def harness_schedule(cfg: BeamConfig) -> list[np.ndarray]:
+    """The ids the Python harness's pattern activates in each of the run's steps (same seed)."""
+    import itertools
+
+    from locality.population import make_pattern
+
+    params: dict[str, Any] = {"p": cfg.p}
+    if cfg.pattern == "zipf":
+        params["s"] = cfg.zipf_s
+    elif cfg.pattern == "sheet":
+        params["radius"] = float(cfg.radius)
+    pattern = make_pattern(cfg.pattern, cfg.processes, seed=cfg.seed, **params)
+    return list(itertools.islice(pattern.steps(), cfg.n_steps))
+
+
 def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool) -> tuple[list[dict[str, Any]], np.ndarray]:
     """Have the VM run its steps while sampling it on our clock; the steps and a latency sample."""
     cfg = sampler.cfg
@@ -714,6 +735,9 @@ def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool) -> tuple[lis
     steps: list[dict[str, Any]] = []
     latencies: list[np.ndarray] = []
     give_up = n_steps * cfg.interval + 120 + 10 * cfg.interval
+    if cfg.schedule == "harness":
+        for ids in harness_schedule(cfg):
+            vm.send("ids " + " ".join(map(str, ids.tolist())))
     vm.send(f"steps {n_steps}")
     last_step: dict[str, Any] | None = None
     try:
@@ -765,6 +789,7 @@ def _measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], N
     metrics = {
         "workers": n, "layout": "beam", "scheduler": "beam", "pattern": cfg.pattern, "p": cfg.p,
         "hibernate": cfg.hibernate, "min_heap_size": cfg.min_heap_size, "state_init": cfg.state_init,
+        "schedule": cfg.schedule,
         "otp_release": vm.hello["otp_release"], "erts_version": vm.hello["erts_version"],
         "bytes_per_worker": account.bytes_per_process["bytes_per_process_pss"],
         **account.bytes_per_process,
