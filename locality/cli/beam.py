@@ -58,8 +58,8 @@ def _seconds(value: str) -> float:
               help="Directory the run directory is created in.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON (no progress bar).")
 def beam(processes: int, pattern: str, p: float, steps: int | None, duration: str | None, interval: str,
-         hibernate: bool, min_heap_size: int, schedule: str, state_init: str, seed: int, radius: int, windows: str, track_refs: bool,
-         pageout_watch: bool, out: Path, as_json: bool) -> None:
+         hibernate: bool, min_heap_size: int, schedule: str, state_init: str, seed: int, radius: int,
+         windows: str, track_refs: bool, pageout_watch: bool, out: Path, as_json: bool) -> None:
     """Start an Erlang VM with N processes, drive sparse activation, and measure it.
 
     The VM (Debian: `apt-get install erlang-nox`) runs the shipped
@@ -67,10 +67,17 @@ def beam(processes: int, pattern: str, p: float, steps: int | None, duration: st
     instruments as `locality probe` (per-VMA RSS/PSS, referenced memory with
     --track-refs, page residency, faults) and asks the VM for its own
     accounting (erlang:memory, allocator carriers). It reports bytes per
-    process two ways (the VM's accounting and RSS growth at spawn), how much
-    memory stays untouched per window, and which regions are hot. The run is
-    stored under --out as kind "beam", so `locality report` shows it next to
-    Python runs. The VM is killed at the end, also on error and Ctrl-C.
+    process three ways (process_info, erlang:memory(processes) growth, and
+    the VM's RSS/PSS growth at spawn) and where they differ, how much memory
+    stays untouched per window, and which regions are hot. The run is stored
+    under --out as kind "beam", so `locality report` shows it next to Python
+    runs. The VM is killed at the end, also on error, Ctrl-C and SIGTERM.
+
+    \b
+    Examples:
+      locality beam -n 100000 --steps 10 --interval 500ms --track-refs --windows 1,5
+      locality beam --hibernate --track-refs --duration 70s      # 1M processes
+      locality swap on && locality beam -n 100000 --pageout-watch; locality swap off
     """
     from locality.experiment.beam import BeamConfig, run_beam
 
@@ -81,7 +88,8 @@ def beam(processes: int, pattern: str, p: float, steps: int | None, duration: st
     config = BeamConfig(
         processes=processes, pattern=pattern, p=p, steps=steps,
         duration=_seconds(duration) if duration is not None else None, interval=_seconds(interval),
-        hibernate=hibernate, min_heap_size=min_heap_size, schedule=schedule, state_init=state_init, seed=seed, radius=radius, windows=window_list,
+        hibernate=hibernate, min_heap_size=min_heap_size, schedule=schedule, state_init=state_init, seed=seed,
+        radius=radius, windows=window_list,
         track_refs=track_refs, pageout_watch=pageout_watch,
     )
     say = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
