@@ -104,21 +104,22 @@ def test_sizes():
 
 
 def test_replay_rows_checked_with_line_numbers(tmp_path):
-    good = write(tmp_path, "time,worker\n0,1\n0.5,2\n\n1.0,4\n", "good.csv")
-    assert check_replay(str(good), workers=5) == 3
+    good = write(tmp_path, "step,worker\n0,1\n2,2\n\n1,4\n", "good.csv")
+    assert check_replay(str(good), workers=5) == 3  # steps 0..2
     cases = {
-        "0,1\n0.5,x\n": "line 2: worker id 'x' is not an integer",
-        "0,1\n0.5,2,3\n": "line 2: expected 2 fields (time, worker id), got 3",
-        "0,1\nsoon,2\n": "line 2: time 'soon' is not a number",
-        "0,1\n1,7\n": "line 2: worker id 7 out of range [0, 5)",
-        "1,1\n0.5,2\n": "line 2: time 0.5 is earlier than the row before",
-        "0,1\n-1,2\n": "line 2: time -1 must be >= 0",
+        "0,1\n1,x\n": "2: worker 'x' is not an integer",
+        "0,1\n1,2,3\n": "2: expected 2 fields (step, worker), got 3",
+        "0,1\nsoon,2\n": "2: step 'soon' is not an integer",
+        "0,1\n1,7\n": "2: worker 7 is outside the population [0, 5)",
+        "0,1\n-1,2\n": "2: step -1 is negative",
     }
     for text, what in cases.items():
         p = write(tmp_path, text, "bad.csv")
         with pytest.raises(ConfigError) as e:
-            load_config(write(tmp_path, f'workers = 5\nsteps = 1\n[pattern]\nname = "replay"\npath = "bad.csv"\n'))
-        assert str(e.value) == f"pattern.path: {p}:{what.split(': ', 1)[0].split()[1]}: {what.split(': ', 1)[1]}"
+            load_config(write(tmp_path, 'workers = 5\nsteps = 1\n[pattern]\nname = "replay"\npath = "bad.csv"\n'))
+        assert str(e.value) == (
+            f"pattern.path: replay file {p}:{what} (rows are step,worker: integers, 0 <= worker < workers)"
+        )
 
 
 def test_unreadable_and_invalid_files(tmp_path):
@@ -144,7 +145,7 @@ BAD_CONFIGS = {
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
 def test_cli_bad_config_exits_2_and_creates_nothing(cli, tmp_path, case):
     text, expected = BAD_CONFIGS[case]
-    (tmp_path / "r.csv").write_text("0,1\n0.1,oops\n")
+    (tmp_path / "r.csv").write_text("0,1\n1,oops\n")
     write(tmp_path, text, "bad.toml")
     before = set(os.listdir(tmp_path))
     rc, out, err = cli("run", "bad.toml", "--out", "runs")
@@ -152,7 +153,7 @@ def test_cli_bad_config_exits_2_and_creates_nothing(cli, tmp_path, case):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("locality: error: ") and expected in lines[0], err
     if case == "replay bad row":
-        assert "r.csv:2: worker id 'oops' is not an integer" in lines[0]
+        assert "r.csv:2: worker 'oops' is not an integer" in lines[0]
     assert "Traceback" not in err and out == ""
     assert set(os.listdir(tmp_path)) == before  # no runs/ directory
 

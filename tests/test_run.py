@@ -112,12 +112,12 @@ def test_sampling_off_still_measures_footprint_and_throughput(tmp_path):
 
 def test_child_crash_marks_the_run_failed_with_its_stderr(tmp_path):
     replay = tmp_path / "r.csv"
-    replay.write_text("0,1\n0.1,2\n")
+    replay.write_text("0,1\n1,2\n")
     cfg = validate(small(pattern={"name": "replay", "path": str(replay)}))
     replay.unlink()  # valid when checked, gone when the child reads it
     with pytest.raises(RunFailed) as e:
         run(cfg, tmp_path / "runs", run_id="crash", progress=False)
-    assert "crash failed" in str(e.value)
+    assert "crash failed: the child failed: replay file" in str(e.value) and "no such file" in str(e.value)
     man = json.loads((tmp_path / "runs" / "crash" / "manifest.json").read_text())
     assert man["status"] == "failed"
     assert "child stderr (tail)" in man["error"] and "r.csv" in man["error"]

@@ -39,9 +39,14 @@ LATENCY_SAMPLE = 100_000
 PROGRESS_EVERY_S = 0.05
 
 
+_PROTOCOL_FD: int | None = None
+
+
 class Channel:
     def __init__(self) -> None:
+        global _PROTOCOL_FD
         self._out = os.fdopen(os.dup(1), "w", buffering=1)
+        _PROTOCOL_FD = self._out.fileno()
         os.dup2(2, 1)
         sys.stdout = sys.stderr
         # Commands are read from the raw fd with our own line buffer: a buffered
@@ -307,5 +312,23 @@ def main() -> None:
             close()
 
 
+def _main_reporting_errors() -> None:
+    from locality.errors import LocalityError
+
+    try:
+        main()
+    except LocalityError as e:
+        # A problem the user can fix (bad replay file, arena directory...): one
+        # line to the parent, which stores it as the run's error.
+        try:
+            out = os.fdopen(os.dup(_PROTOCOL_FD), "w") if _PROTOCOL_FD is not None else sys.__stdout__
+            out.write(json.dumps({"msg": "error", "error": str(e)}) + "\n")
+            out.flush()
+        except OSError:
+            pass
+        print(f"locality child: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    main()
+    _main_reporting_errors()

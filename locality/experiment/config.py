@@ -12,8 +12,6 @@ that names the key path and, where there is a closed set, the allowed values:
 
 from __future__ import annotations
 
-import csv
-import math
 import os
 import re
 import tomllib
@@ -192,7 +190,7 @@ class ExperimentConfig(_Model):
             try:
                 check_replay(self.pattern.path, self.workers)
             except ValueError as e:
-                raise ValueError(f"pattern.path: {e}") from None
+                raise ValueError(f"pattern.path: {e} (rows are step,worker: integers, 0 <= worker < workers)") from None
         return self
 
     def population_params(self) -> dict[str, Any]:
@@ -201,47 +199,17 @@ class ExperimentConfig(_Model):
 
 
 def check_replay(path: str, workers: int) -> int:
-    """Validate a replay CSV (time, worker id) row by row; returns the row count.
+    """Validate a replay CSV with the population's own reader; returns its number of steps.
 
-    The first row may be a header. Times must be numbers >= 0 and not
-    decrease; ids integers in [0, workers).
+    The reader checks every row (``step,worker`` integers, worker in
+    [0, workers)), so the config and the run can never disagree about a file.
     """
-    rows = 0
-    last_t = -math.inf
-    with open(path, newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != 2:
-                raise _ReplayRowError(path, lineno, f"expected 2 fields (time, worker id), got {len(row)}")
-            t_s, id_s = row[0].strip(), row[1].strip()
-            try:
-                t = float(t_s)
-            except ValueError:
-                if lineno == 1 and rows == 0:
-                    continue  # header
-                raise _ReplayRowError(path, lineno, f"time {t_s!r} is not a number") from None
-            try:
-                wid = int(id_s)
-            except ValueError:
-                raise _ReplayRowError(path, lineno, f"worker id {id_s!r} is not an integer") from None
-            if not math.isfinite(t) or t < 0:
-                raise _ReplayRowError(path, lineno, f"time {t_s} must be >= 0")
-            if t < last_t:
-                raise _ReplayRowError(path, lineno, f"time {t_s} is earlier than the row before")
-            if not 0 <= wid < workers:
-                raise _ReplayRowError(path, lineno, f"worker id {wid} out of range [0, {workers})")
-            last_t = t
-            rows += 1
-    if rows == 0:
-        raise _ReplayRowError(path, 0, "no rows")
-    return rows
+    from locality.population import ReplayFileError, make_pattern
 
-
-class _ReplayRowError(ValueError):
-    def __init__(self, path: str, lineno: int, what: str) -> None:
-        where = f"{path}:{lineno}" if lineno else path
-        super().__init__(f"{where}: {what}")
+    try:
+        return int(make_pattern("replay", workers, path=path).length)
+    except ReplayFileError as e:
+        raise ValueError(e.message) from None
 
 
 # -- loading ------------------------------------------------------------------

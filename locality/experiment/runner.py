@@ -242,6 +242,8 @@ class _Run:
                 self.sampler.refused += [(int(f[0]), int(f[1])) for f in m.get("failed", [])]
         elif kind == "done":
             self.child_done = m
+        elif kind == "error":
+            raise RunFailed(f"the child failed: {m['error']}")
         elif kind == "garbage":
             raise RunFailed(f"protocol error from the child: {m['line']!r}")
 
