@@ -355,32 +355,42 @@ def test_jobqueue_job_runs_one_worker_per_exclusive_node(kind, exclusive, submit
 
 
 
-def test_ctrl_c_cancels_outstanding_points_closes_the_cluster_and_keeps_stored_runs(tmp_path):
+CTRL_C_CONFIG = (
+    'workers = 3000\nsteps = 5\nlayout = "slab"\nstep_interval = 0.01\n'
+    '[pattern]\nname = "uniform"\np = 0.02\n[sampling]\ninterval = 0.05\n'
+)
+
+
+def _interrupt_second_point(tmp_path: Path, executor_args: list[str], whole_group: bool) -> tuple[Path, list]:
+    """`locality sweep` of a short and a long point; SIGINT once the short one is stored and the long one runs.
+
+    Returns (the stored run, the processes that made up the run of the long point).
+    """
     config = tmp_path / "c.toml"
-    config.write_text(
-        'workers = 3000\nsteps = 5\nlayout = "slab"\nstep_interval = 0.01\n'
-        '[pattern]\nname = "uniform"\np = 0.02\n[sampling]\ninterval = 0.05\n'
-    )
+    config.write_text(CTRL_C_CONFIG)
     out = tmp_path / "runs"
-    # One worker (runs-per-node 1): the short point runs first, then the long one.
     proc = subprocess.Popen(
         [sys.executable, "-m", "locality", "sweep", str(config), "--grid", "steps=5,1000000", "--out", str(out),
-         "--executor", "dask", "--cluster", "local"],
+         "--executor", "dask", *executor_args],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 40
-        tree: list = []
+        done: list = []
+        population: list = []
         while time.monotonic() < deadline and proc.poll() is None:
             done = [d for d in out.glob("*") if (d / "manifest.json").exists() and _manifest(d)["status"] == "complete"] if out.exists() else []
-            tree = psutil.Process(proc.pid).children(recursive=True)
-            population = [p for p in tree if "locality.experiment.child" in _cmdline(p)]
+            population = [p for p in psutil.Process().children(recursive=True) if "locality.experiment.child" in _cmdline(p)]
             if done and population:
                 break
             time.sleep(0.1)
         else:
             raise AssertionError(f"the sweep did not reach its second point: {proc.stderr.read() if proc.poll() is not None else ''}")
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        run_procs = [p for p in psutil.Process(proc.pid).children(recursive=True)] + population
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        else:
+            proc.send_signal(signal.SIGINT)  # only the client: the workers must be told
         rc = proc.wait(60)
     finally:
         if proc.poll() is None:
@@ -388,8 +398,21 @@ def test_ctrl_c_cancels_outstanding_points_closes_the_cluster_and_keeps_stored_r
             proc.wait()
     stderr = proc.stderr.read()
     assert rc == 130, stderr
-    gone, alive = psutil.wait_procs(tree, timeout=20)
-    assert not alive, [p.pid for p in alive]  # workers, point process, population child
+    assert stderr.strip().splitlines()[-1] == "locality: interrupted"
+    gone, alive = psutil.wait_procs(run_procs, timeout=20)
+    assert not alive, [(p.pid, _cmdline(p)) for p in alive]
     assert [d.name for d in out.iterdir()] == [done[0].name]  # no staging dir, marker or half run
     assert _manifest(done[0])["config"]["steps"] == 5
+    return done[0], run_procs
 
+
+def test_ctrl_c_closes_the_cluster_it_created_and_keeps_stored_runs(tmp_path):
+    # One worker (runs-per-node 1): the short point runs first, then the long one.
+    _interrupt_second_point(tmp_path, ["--cluster", "local"], whole_group=True)
+
+
+def test_ctrl_c_on_a_remote_scheduler_stops_the_running_point_on_its_worker(tmp_path, cluster, client):
+    _interrupt_second_point(tmp_path, ["--scheduler", cluster.scheduler_address], whole_group=False)
+    # The workers stay up for the next sweep, with nothing left running.
+    assert len(client.scheduler_info()["workers"]) == 2
+    assert not any(client.processing().values())

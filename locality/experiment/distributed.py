@@ -85,10 +85,13 @@ class ClusterSetupError(LocalityError):
 
 # --- worker side --------------------------------------------------------------
 
-# Point processes running on this worker, per sweep token, so a cancelled
-# sweep can stop them (see _stop_point_processes).
+# Point processes and tasks running on this worker, per sweep token, so a
+# cancelled sweep can stop them and wait until none can still write into
+# ``out`` (see _stop_point_processes).
 _RUNNING: dict[str, set[subprocess.Popen]] = {}
 _RUNNING_LOCK = threading.Lock()
+_ACTIVE_TASKS: dict[str, int] = {}
+_TASK_DONE = threading.Condition(_RUNNING_LOCK)
 
 _MARKER = ".locality-shared-{token}"
 _STAGING = ".locality-staging-{token}-{point}"
@@ -121,6 +124,21 @@ def _node_capabilities() -> dict[str, dict]:
 
 def _run_point_task(point: Any, out: str, token: str, shared_out: bool | None, run_fn: RunFunction | None) -> dict[str, Any]:
     """The Dask task: run one point on this worker and hand back its run directory."""
+    from distributed import get_worker
+
+    with _TASK_DONE:
+        _ACTIVE_TASKS[token] = _ACTIVE_TASKS.get(token, 0) + 1
+    try:
+        return _run_point(point, out, token, shared_out, run_fn)
+    finally:
+        with _TASK_DONE:
+            _ACTIVE_TASKS[token] -= 1
+            if not _ACTIVE_TASKS[token]:
+                del _ACTIVE_TASKS[token]
+            _TASK_DONE.notify_all()
+
+
+def _run_point(point: Any, out: str, token: str, shared_out: bool | None, run_fn: RunFunction | None) -> dict[str, Any]:
     from distributed import get_worker
 
     worker = get_worker()
@@ -163,7 +181,9 @@ def _run_point_task(point: Any, out: str, token: str, shared_out: bool | None, r
             fields["capabilities"] = caps
         store.update_manifest(run_dir, **fields)
         result: dict[str, Any] = {"point_id": point.point_id, "node": node, "status": manifest.get("status")}
-        if shared:
+        if shared and not _sees_marker(out, token):
+            result["cancelled"] = True  # the sweep is over (Ctrl-C): leave nothing in out
+        elif shared:
             staging = Path(out) / _STAGING.format(token=token, point=point.point_id)
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(run_dir, staging / point.point_id)
@@ -265,7 +285,8 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _stop_point_processes(token: str, grace: float = 5.0) -> int:
-    """Run on each worker by a cancelled sweep: SIGTERM its point processes, then SIGKILL."""
+    """Run on each worker by a cancelled sweep: SIGTERM its point processes (SIGKILL
+    after ``grace``), then wait until its tasks of this sweep have returned."""
     with _RUNNING_LOCK:
         procs = list(_RUNNING.get(token, ()))
     for proc in procs:
@@ -278,6 +299,8 @@ def _stop_point_processes(token: str, grace: float = 5.0) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    with _TASK_DONE:
+        _TASK_DONE.wait_for(lambda: token not in _ACTIVE_TASKS, timeout=grace)
     return len(procs)
 
 
@@ -385,13 +408,14 @@ def run_points(
             from distributed import Client
 
             client = Client(created, set_as_default=False)
-        return _Sweep(client, points, out, token, shared_out, run_fn, progress).run()
+        return _Sweep(client, points, out, token, marker, shared_out, run_fn, progress).run()
     finally:
+        marker.unlink(missing_ok=True)
         if client is not None:
             client.close()
         if created is not None:
             created.close()
-        marker.unlink(missing_ok=True)
+        _remove_staging(out, token)  # no worker of ours can write any more
 
 
 def make_cluster(kind: str, *, runs_per_node: int = 1, n_points: int = 1, **overrides: Any) -> Any:
@@ -478,14 +502,20 @@ def _check_workers(client: Any, address: str) -> None:
         print(f"locality: no workers at {address} yet; points start when workers join", file=sys.stderr)
 
 
+def _remove_staging(out: Path, token: str) -> None:
+    for staging in out.glob(_STAGING.format(token=token, point="*")):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 class _Sweep:
     """Client side of one ``run_points`` call: submit, store as completed, clean up."""
 
-    def __init__(self, client: Any, points: list, out: Path, token: str, shared_out: bool | None, run_fn: RunFunction | None, progress: bool) -> None:
+    def __init__(self, client: Any, points: list, out: Path, token: str, marker: Path, shared_out: bool | None, run_fn: RunFunction | None, progress: bool) -> None:
         self.client = client
         self.points = {p.point_id: p for p in points}
         self.out = out
         self.token = token
+        self.marker = marker
         self.shared_out = shared_out
         self.run_fn = run_fn
         self.progress = progress
@@ -520,6 +550,7 @@ class _Sweep:
                 bar.set_postfix(failed=failed, refresh=False)
         except BaseException:
             # Ctrl-C (or a client error): stop outstanding points, keep what is stored.
+            self.marker.unlink(missing_ok=True)  # tasks still finishing leave out alone
             pending = [f for f in futures if not f.done()]
             self.client.cancel(pending, force=True)
             try:
@@ -538,6 +569,9 @@ class _Sweep:
         self.intervals[pid] = (node["hostname"], node["start_time"], node["end_time"])
         staging = self.out / _STAGING.format(token=self.token, point=pid)
         run_dir = staging / pid
+        if result.get("cancelled"):  # the marker vanished while the sweep still runs
+            self._store_failure(pid, ClusterSetupError(f"the worker lost sight of {self.out} before storing the run"))
+            return
         if "files" in result:
             for rel, data in result["files"].items():
                 store.atomic_write_bytes(run_dir / rel, data)
@@ -602,5 +636,4 @@ class _Sweep:
                     store.update_manifest(run_dir, shared_node_with=shared)
             except FileNotFoundError:
                 pass
-        for staging in self.out.glob(_STAGING.format(token=self.token, point="*")):
-            shutil.rmtree(staging, ignore_errors=True)
+        _remove_staging(self.out, self.token)
