@@ -10,7 +10,13 @@ counters, and optionally "page out and watch" (process_madvise
 MADV_PAGEOUT, then pages that come back from swap are exactly the pages
 the VM accessed). The result is a run directory of kind "beam".
 
-The VM is always killed at the end, on error and on Ctrl-C too.
+Why not `locality.experiment.probe.probe`: it clears referenced bits at every
+sample, while windows of 1, 10 and 60 s need one clear per cycle, read at
+each window's end; the per-VMA rows written here (vmas.csv) have the
+probe's columns, so the report draws both alike.
+
+The VM is always killed at the end: on error, Ctrl-C and SIGTERM too, and
+if locality itself dies, the VM halts on end of stdin.
 """
 
 from __future__ import annotations
