@@ -124,8 +124,6 @@ def _node_capabilities() -> dict[str, dict]:
 
 def _run_point_task(point: Any, out: str, token: str, shared_out: bool | None, run_fn: RunFunction | None) -> dict[str, Any]:
     """The Dask task: run one point on this worker and hand back its run directory."""
-    from distributed import get_worker
-
     with _TASK_DONE:
         _ACTIVE_TASKS[token] = _ACTIVE_TASKS.get(token, 0) + 1
     try:
@@ -139,6 +137,13 @@ def _run_point_task(point: Any, out: str, token: str, shared_out: bool | None, r
 
 
 def _run_point(point: Any, out: str, token: str, shared_out: bool | None, run_fn: RunFunction | None) -> dict[str, Any]:
+    """Run the point (or record why not) and return {point_id, node, status} plus
+    the run's files as bytes, or the path where it was staged in a shared ``out``.
+
+    ``node``: hostname, kernel, worker address, runs_per_node, start/end
+    (epoch seconds and ISO). For a point whose worker was lost, the lost
+    worker's, with the end when the loss was noticed.
+    """
     from distributed import get_worker
 
     worker = get_worker()
