@@ -153,3 +153,39 @@ def test_small_compare_end_to_end_in_browser(tmp_path):
     drawn = {k for k, v in seen["figures"].items() if v["class"] == "drawn"}
     assert {"fig-bytes_per_worker", "fig-page_utilization", "fig-wss_over_time", "fig-heatmap", "fig-residency_map",
             "fig-latency_cdf", "fig-page_age"} <= drawn
+
+
+def test_ctrl_c_on_a_real_compare(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C: finished runs stay, their report is written."""
+    import glob
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "locality", "compare", "--workers", "20000", "--layouts", "slab,objects,clustered",
+         "--steps", "200", "--step-interval", "0.05", "--interval", "0.5", "--runs", str(runs),
+         "--out", str(tmp_path / "c.html")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not glob.glob(str(runs / "*" / "objects" / "manifest.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, "compare ended before the second layout started"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    assert f"report: {tmp_path / 'c.html'}" in out
+    (root,) = runs.iterdir()
+    statuses = {p.name: json.loads((p / "manifest.json").read_text())["status"] for p in root.iterdir()}
+    assert statuses == {"slab": "complete", "objects": "interrupted"}
+    html = (tmp_path / "c.html").read_text()
+    assert set(table(html)) == {"slab"}
+    assert "Interrupted (Ctrl-C) during objects" in html and "Not run: clustered." in html
