@@ -17,6 +17,8 @@
 %%   memory       erlang:memory() and exact per-worker process memory
 %%   allocators   per-allocator carrier sizes (system_info, instrument:carriers)
 %%   binaries     addresses of a probe refc binary (binary_alloc placement)
+%%   ping         collects the coordinator's garbage, replies {"event":"pong"}:
+%%                every command before it is done
 %%   quit         halt; end of stdin halts too (at once), so the VM never outlives locality
 -mode(compile).
 -export([worker/3]).
@@ -90,6 +92,7 @@ loop(Cfg, Pids) ->
                 ["memory"] -> emit(memory_report(Pids)), loop(Cfg, Pids);
                 ["allocators"] -> emit(allocator_report()), loop(Cfg, Pids);
                 ["binaries"] -> emit(binary_probe()), loop(Cfg, Pids);
+                ["ping"] -> garbage_collect(), emit(#{event => pong}), loop(Cfg, Pids);
                 ["quit"] -> halt(0);
                 Other -> emit(#{event => error, message => iolist_to_binary(
                                   io_lib:format("unknown or out-of-order command ~p", [Other]))}),
