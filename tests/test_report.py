@@ -231,3 +231,49 @@ def test_render_is_deterministic_apart_from_timestamp(three_runs):
     a, b = render_html(load_runs(three_runs[:1])), render_html(load_runs(three_runs[:1]))
     strip = lambda s: re.sub(r"Written \S+ from", "", s)  # noqa: E731
     assert strip(a) == strip(b)
+
+
+# --- real runs (the runner and the probe, not fixtures) -------------------------
+
+
+def test_report_of_a_real_run_shows_its_stored_metrics(tmp_path):
+    from locality.experiment.config import validate
+    from locality.experiment.runner import run
+    from locality.report.html import fmt_number
+
+    config = validate({"workers": 5000, "layout": "slab", "pattern": {"name": "sheet"}, "steps": 20,
+                       "step_interval": 0.02, "sampling": {"interval": 0.1, "cold_thresholds": [0.1]}, "seed": 3})
+    run_dir = run(config, tmp_path / "runs", run_id="real", progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    html = write_report([run_dir], tmp_path / "r.html").read_text()
+    row = table(html)["slab"]
+    assert row["status"] == "complete" and row["workers"] == "5,000"
+    assert row["bytes / worker (B)"] == fmt_number(metrics["bytes_per_worker"], 4)
+    assert row["page utilization (%)"] == fmt_number(100 * metrics["page_utilization"], 3)
+    figures = parse(html).figures
+    assert all(figures[f"fig-{n}"] == "drawn" for n in ("bytes_per_worker", "page_utilization", "wss_over_time",
+                                                        "heatmap", "residency_map", "latency_cdf", "page_age"))
+
+
+def test_report_of_a_real_probe_shows_the_touched_file(tmp_path):
+    import subprocess
+    import sys
+
+    from childproc import Child
+
+    from locality.report import figures as figs
+
+    run_dir = tmp_path / "probe"
+    with Child(pages=256, backing="file", directory=tmp_path) as child:
+        child.touch(list(range(64)))
+        # As a user runs it: `locality probe PID` in its own process.
+        subprocess.run([sys.executable, "-m", "locality", "probe", str(child.pid), "--interval", "100ms",
+                        "--duration", "300ms", "--out", str(run_dir), "--json"], check=True, capture_output=True)
+        maps = Path(f"/proc/{child.pid}/maps").read_text()
+    arena = next(line.split()[-1] for line in maps.splitlines() if line.endswith(".arena"))
+    (run,) = load_runs([run_dir])
+    t, names, values = figs._vma_series(run, "rss_bytes", top=1000)
+    series = values[names.index(Path(arena).name)]
+    assert series.tolist() == [64 * 4096] * len(t)  # exactly the touched pages, every sample
+    html = write_report([run_dir], tmp_path / "r.html").read_text()
+    assert parse(html).figures["fig-vma_rss"] == "drawn"
