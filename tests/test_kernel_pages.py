@@ -196,8 +196,8 @@ def test_childproc_helper_commands(child):
 
 
 def test_kernel_names_are_the_functions_whatever_was_imported_first():
-    # `import locality.kernel.pagemap` binds the *module* as the package attribute
-    # `pagemap`; the module must still behave as the function.
+    # Importing submodule kernel.pagemap binds the package attribute `pagemap` to
+    # the module unless the package binds the function after it.
     import subprocess
     import sys
 

@@ -10,11 +10,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# Two modules share their name with their main function. Importing a submodule
+# sets the package attribute of that name to the module, so these functions are
+# bound eagerly, after their modules, and `from locality.kernel import pagemap`
+# is always the function. (Use `from locality.kernel.pagemap import X` for the
+# module's other names.)
+from locality.kernel.mincore import mincore as mincore
+from locality.kernel.pagemap import PageMap as PageMap, pagemap as pagemap
+
 _EXPORTS = {
     "PAGE_SIZE": "_platform",
-    "mincore": "mincore",
-    "PageMap": "pagemap",
-    "pagemap": "pagemap",
+    "residency": "pagemap",
     "WriteTracker": "writetrack",
     "register_write_tracking": "writetrack",
     "unregister_write_tracking": "writetrack",
@@ -34,7 +40,7 @@ _EXPORTS = {
     "swap_active": "swap",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "mincore", "pagemap", "PageMap"])
 
 
 def __getattr__(name: str) -> Any:

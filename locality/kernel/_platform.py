@@ -13,8 +13,6 @@ import errno
 import os
 import platform
 import sys
-import types
-from typing import Callable
 
 from locality.errors import AccessDenied, InvalidArgument, NoSuchProcess, Unsupported
 
@@ -181,22 +179,3 @@ def open_proc(pid: int | None, name: str, flags: int = os.O_RDONLY) -> int:
         return os.open(path, flags | os.O_CLOEXEC)
     except OSError as e:
         raise process_error(e.errno, os.getpid() if pid is None else pid, name) from None
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
-        return self.__dict__["__call_target__"](*args, **kwargs)
-
-
-def make_module_callable(module_name: str, fn: Callable) -> None:
-    """Let module ``kernel.<name>`` be called like its function ``<name>``.
-
-    ``mincore.py`` defines ``mincore()`` and ``pagemap.py`` ``pagemap()``. When a
-    submodule is first imported, Python sets the package attribute of that name
-    to the module, shadowing the lazily exported function; then
-    ``from locality.kernel import pagemap`` would give a module. Calling the
-    module calls the function, so either import order works.
-    """
-    module = sys.modules[module_name]
-    module.__call_target__ = fn
-    module.__class__ = _CallableModule

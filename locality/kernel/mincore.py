@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from locality.errors import InvalidArgument, Unsupported
-from locality.kernel._platform import PAGE_SIZE, check_range, libc, make_module_callable
+from locality.kernel._platform import PAGE_SIZE, check_range, libc
 
 
 def mincore(addr: int, length: int) -> np.ndarray:
@@ -32,4 +32,3 @@ def mincore(addr: int, length: int) -> np.ndarray:
     return (vec & 1).view(np.bool_)
 
 
-make_module_callable(__name__, mincore)

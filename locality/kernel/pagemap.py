@@ -43,7 +43,6 @@ from locality.kernel._platform import (
     SWP_PTE_MARKER,
     check_pid,
     check_range,
-    make_module_callable,
     libc,
     open_proc,
     process_error,
@@ -328,4 +327,3 @@ def residency(pid: int | None, start: int, end: int, *, max_regions: int = DEFAU
     return Residency(start=start, end=end, page_size=PAGE_SIZE, present=present, swapped=swapped)
 
 
-make_module_callable(__name__, pagemap)
