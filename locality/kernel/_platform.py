@@ -43,8 +43,8 @@ libc.swapoff.restype = ctypes.c_int
 # --- syscall numbers (not all are wrapped by glibc 2.36) ---------------------
 
 _SYSCALLS = {
-    "x86_64": {"userfaultfd": 323, "pidfd_open": 434, "process_madvise": 440},
-    "aarch64": {"userfaultfd": 282, "pidfd_open": 434, "process_madvise": 440},
+    "x86_64": {"userfaultfd": 323, "pidfd_open": 434, "process_madvise": 440, "perf_event_open": 298},
+    "aarch64": {"userfaultfd": 282, "pidfd_open": 434, "process_madvise": 440, "perf_event_open": 241},
 }
 
 

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from locality.errors import Unsupported
+
 __all__ = ["capabilities", "CAPABILITIES"]
 
 Result = dict[str, Any]
@@ -271,8 +273,6 @@ def _cgroup_v1_memory_capability() -> Result:
                     "none needed if cgroup v2 has the memory controller (see cgroup_memory)")
 
 
-# perf_event_open(2) is not in _platform's syscall table yet.
-_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
 _PERF_TYPE_HARDWARE, _PERF_TYPE_SOFTWARE = 0, 1
 _PERF_COUNT_HW_CPU_CYCLES, _PERF_COUNT_SW_PAGE_FAULTS = 0, 2
 _PERF_FLAG_FD_CLOEXEC = 1 << 3
@@ -287,19 +287,16 @@ class _PerfEventAttr(ctypes.Structure):  # PERF_ATTR_SIZE_VER0 (64 bytes)
 
 def _perf_open(type_: int, config: int) -> int:
     """0 if a user-space-only counter of this process opens, else the errno."""
-    import platform
+    from locality.kernel._platform import syscall
 
-    from locality.kernel._platform import libc
-
-    number = _PERF_EVENT_OPEN.get(platform.machine())
-    if number is None:
-        return errno.ENOSYS
     # disabled | exclude_kernel | exclude_hv: allowed up to perf_event_paranoid 2
     attr = _PerfEventAttr(type=type_, size=ctypes.sizeof(_PerfEventAttr), config=config, flags=1 | 32 | 64)
-    fd = libc.syscall(ctypes.c_long(number), ctypes.byref(attr), ctypes.c_long(0), ctypes.c_long(-1),
-                      ctypes.c_long(-1), ctypes.c_long(_PERF_FLAG_FD_CLOEXEC))
-    if fd < 0:
-        return ctypes.get_errno()
+    try:
+        fd = syscall("perf_event_open", ctypes.addressof(attr), 0, -1, -1, _PERF_FLAG_FD_CLOEXEC)
+    except Unsupported:
+        return errno.ENOSYS
+    except OSError as e:
+        return e.errno
     os.close(fd)
     return 0
 
