@@ -239,3 +239,28 @@ def test_thesis_experiment_file_parses():
     root = Path(__file__).resolve().parent.parent
     fs = load_figure_set(root / "experiments" / "thesis.toml")
     assert fs.requests and len(fs.run_ids) == len(set(fs.run_ids)) > 1
+
+
+def test_figures_from_a_real_sweep(tmp_path):
+    """The run ids `locality figures` derives are the ones a real sweep stores."""
+    from locality.experiment.sweep import run_sweep
+
+    runs_dir = tmp_path / "runs"
+    exp = tmp_path / "exp.toml"
+    exp.write_text(
+        'workers = 4000\nlayout = "slab"\nsteps = 15\nstep_interval = 0.02\n\n[pattern]\nname = "sheet"\n\n'
+        '[sampling]\ninterval = 0.1\ncold_thresholds = [0.1]\n\n'
+        '[grid]\nlayout = ["objects", "slab"]\n\n'
+        f'[figures]\nruns = "{runs_dir}"\nformat = ["svg"]\n'
+        '[[figures.figure]]\nname = "page_utilization"\n'
+        '[[figures.figure]]\nname = "heatmap"\nwhere = { layout = "slab" }\n')
+    config = load_config_without_tables(exp)
+    dirs = run_sweep(config, {"layout": ["objects", "slab"]}, runs_dir, progress=False, budget=False)
+    assert [json.loads((d / "manifest.json").read_text())["status"] for d in dirs] == ["complete", "complete"]
+    written, notes = write_figures(load_figure_set(exp, out=tmp_path / "fig"))
+    assert sorted(p.name for p in written) == ["heatmap.svg", "page_utilization.svg"]
+    assert notes == []
+    with figs.style():
+        fig = figs.render("page_utilization", load_runs(dirs)).figure
+    stored = [json.loads((d / "metrics.json").read_text())["page_utilization"] * 100 for d in dirs]
+    assert [p.get_width() for p in fig.axes[0].patches] == stored
