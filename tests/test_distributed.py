@@ -160,7 +160,7 @@ def test_four_point_sweep_is_stored_like_local_runs(tmp_path, cluster):
         assert set(m) == set(local) | {"node", "shared_node_with"}
         assert m["node"]["hostname"] == m["machine"]["hostname"]
         assert m["node"]["kernel"] == m["machine"]["kernel"]
-        assert m["node"]["runs_per_node"] == 1
+        assert m["node"]["runs_per_node"] == 1 and isinstance(m["node"]["runs_per_node"], int)
         assert m["node"]["start_time"] < m["node"]["end_time"]
         assert set(m["capabilities"]) == set(local["capabilities"])  # values change as other tests turn swap on and off
         assert len(load(d)) > 1

@@ -169,7 +169,7 @@ def _run_point(point: Any, out: str, token: str, shared_out: bool | None, run_fn
                 "hostname": machine["hostname"],
                 "kernel": machine["kernel"],
                 "worker": worker.address,
-                "runs_per_node": worker.state.total_resources.get(RESOURCE),
+                "runs_per_node": _count(worker.state.total_resources.get(RESOURCE)),
                 "start_time": start,
             }
             worker.log_event(_topic(token), {"point": point.point_id, "machine": machine, "capabilities": caps, **node})
@@ -307,6 +307,11 @@ def _stop_point_processes(token: str, grace: float = 5.0) -> int:
     with _TASK_DONE:
         _TASK_DONE.wait_for(lambda: token not in _ACTIVE_TASKS, timeout=grace)
     return len(procs)
+
+
+def _count(value: float | None) -> float | int | None:
+    # Dask keeps resources as floats; node=1 reads better as 1.
+    return int(value) if value is not None and float(value).is_integer() else value
 
 
 def _sees_marker(out: str, token: str) -> bool:
