@@ -264,3 +264,14 @@ def test_figures_from_a_real_sweep(tmp_path):
         fig = figs.render("page_utilization", load_runs(dirs)).figure
     stored = [json.loads((d / "metrics.json").read_text())["page_utilization"] * 100 for d in dirs]
     assert [p.get_width() for p in fig.axes[0].patches] == stored
+
+
+def test_figure_without_data_writes_nothing(stored, tmp_path, capsys):
+    make_run(tmp_path / "r", "nolat", "slab", with_latency=False)
+    exp = experiment(tmp_path, tmp_path / "r", run_ids=["nolat"], figures=(
+        '[[figures.figure]]\nname = "bytes_per_worker"\n[[figures.figure]]\nname = "latency_cdf"\n'))
+    with pytest.raises(SystemExit) as e:
+        main(["figures", str(exp), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    assert "figure latency_cdf: no run has latency.csv" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # bytes_per_worker was drawn first, but not written

@@ -24,8 +24,8 @@ from locality.report.data import RunData, label_runs, load_run_data
 # Defaults chosen so that all layouts at 1,000,000 workers finish within
 # 10 minutes on a 2-core machine (measured: see `locality compare --help`).
 DEFAULT_WORKERS = 1_000_000
-DEFAULT_STEPS = 100
-DEFAULT_STEP_INTERVAL = 0.1  # 100 steps -> about 20 s of activity per layout at 1M workers
+DEFAULT_STEPS = 80
+DEFAULT_STEP_INTERVAL = 0.1  # 80 steps -> about 15 s of activity per layout at 1M workers (isolated: minutes)
 DEFAULT_SAMPLE_INTERVAL = 1.0
 COLD_THRESHOLDS = [1.0, 5.0, 10.0]  # all shorter than the run, so each is measured
 SEED = 1

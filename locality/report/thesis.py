@@ -200,10 +200,12 @@ def load_complete_runs(fs: FigureSet) -> list[RunData]:
 def write_figures(fs: FigureSet) -> tuple[list[Path], list[str]]:
     """Draw every requested figure in every format.
 
-    Returns the files written and notes on runs left out of a figure for lack of data.
+    All figures are drawn before the first file is written, so a figure that
+    cannot be drawn leaves no half-regenerated set behind. Returns the files
+    written and notes on runs left out of a figure for lack of data.
     """
     runs = load_complete_runs(fs)
-    written: list[Path] = []
+    rendered: list[tuple[FigureRequest, figs.Rendered]] = []
     notes: list[str] = []
     with figs.style():
         for req in fs.requests:
@@ -214,11 +216,13 @@ def write_figures(fs: FigureSet) -> tuple[list[Path], list[str]]:
             for r in chosen:
                 r.label = _label(req.label, r) if req.label else (r.layout or r.id)
             try:
-                rendered = figs.render(req.name, chosen)
+                rendered.append((req, figs.render(req.name, chosen)))
             except figs.NoData as e:
                 raise MissingRuns(f"figure {req.file}: {e}", "the runs were stored without this data; re-run them") from None
-            notes += [f"{req.file}: left out {what}" for what in rendered.left_out]
+            notes += [f"{req.file}: left out {what}" for what in rendered[-1][1].left_out]
+        written: list[Path] = []
+        for req, result in rendered:
             for fmt in fs.formats:
-                path = figs.save(rendered.figure, fs.out / f"{req.file}.{fmt}", fmt, salt=f"locality-{req.file}")
+                path = figs.save(result.figure, fs.out / f"{req.file}.{fmt}", fmt, salt=f"locality-{req.file}")
                 written.append(readable(path))
     return written, notes
