@@ -107,3 +107,26 @@ def test_sweep_interrupted_then_resumed_runs_only_the_missing_points(tmp_path):
     # The complete point was not run again.
     assert json.loads((runs / ids[0] / "manifest.json").read_text())["created"] == first_created
     assert all(json.loads((runs / i / "manifest.json").read_text())["status"] == "complete" for i in ids)
+
+
+def test_experiment_file_grid_table(cli, tmp_path):
+    from locality.experiment.config import load_config
+    from locality.experiment.sweep import file_grid
+
+    text = (
+        'workers = 500\nsteps = 3\n[pattern]\nname = "uniform"\np = 0.1\n[sampling]\ninterval = 0.05\n'
+        '[grid]\nseed = [1, 2]\n[figures]\nruns = "runs"\n'
+    )
+    (tmp_path / "e.toml").write_text(text)
+    cfg = load_config(tmp_path / "e.toml")  # [grid] and [figures] are not run settings
+    assert file_grid(tmp_path / "e.toml") == {"seed": [1, 2]}
+    ids = [p.point_id for p in points(cfg, {"seed": [1, 2]})]
+    rc, out, err = cli("sweep", "e.toml", "--out", "runs", "--json")
+    assert rc == 0, err
+    assert [json.loads(line)["point_id"] for line in out.splitlines()] == ids
+    (tmp_path / "bad.toml").write_text(text.replace("seed = [1, 2]", "seed = 3"))
+    rc, out, err = cli("sweep", "bad.toml")
+    assert rc == 2 and err.strip() == "locality: error: grid.seed: must be a non-empty list of values (got 3)"
+    (tmp_path / "none.toml").write_text(text.split("[grid]")[0])
+    rc, out, err = cli("sweep", "none.toml")
+    assert rc == 2 and "no --grid given and the config has no [grid] table" in err

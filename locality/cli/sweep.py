@@ -11,8 +11,9 @@ import click
 @click.command("sweep")
 # readable=False: an unreadable config is reported by load_config as one line.
 @click.argument("config", type=click.Path(readable=False, path_type=Path))
-@click.option("--grid", "grid", multiple=True, required=True, metavar="KEY=V1,V2",
-              help="A config key and its values (TOML), e.g. --grid workers=1000,10000 --grid layout=slab,objects.")
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
+              help="A config key and its values (TOML), e.g. --grid workers=1000,10000 --grid layout=slab,objects. "
+                   "Without --grid, the file's [grid] table is used.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a base config value (TOML).")
 @click.option("--resume", is_flag=True, help="Skip points whose run is complete; re-run failed or interrupted ones.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -26,7 +27,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per point (id, status, run_dir); no progress bar.")
 def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resume: bool, out: Path | None, executor: str,
           scheduler: str | None, cluster: str | None, runs_per_node: int | None, as_json: bool) -> None:
-    """Run CONFIG once per combination of --grid values.
+    """Run CONFIG once per combination of --grid values (or of its [grid] table).
 
     Each point is stored as OUT/<point-id>, an id built from its grid values
     and a hash of its config, so `--resume` finds it again. Every point is
@@ -38,13 +39,16 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     from locality.errors import InvalidArgument
     from locality.experiment.config import load_config
     from locality.experiment.store import read_manifest
-    from locality.experiment.sweep import parse_grid, run_sweep
+    from locality.experiment.sweep import file_grid, parse_grid, run_sweep
 
     cfg = load_config(config, overrides)
+    points_grid = parse_grid(grid) if grid else file_grid(config)
+    if not points_grid:
+        raise InvalidArgument("no --grid given and the config has no [grid] table", "add --grid key=v1,v2")
     options = {k: v for k, v in (("scheduler", scheduler), ("cluster", cluster), ("runs_per_node", runs_per_node)) if v is not None}
     if options and executor != "dask":
         raise InvalidArgument(f"--{next(iter(options)).replace('_', '-')} needs --executor dask")
-    dirs = run_sweep(cfg, parse_grid(grid), out if out is not None else Path(cfg.out), resume=resume, executor=executor,
+    dirs = run_sweep(cfg, points_grid, out if out is not None else Path(cfg.out), resume=resume, executor=executor,
                      progress=not as_json, **options)
     failed = 0
     for d in dirs:

@@ -279,9 +279,20 @@ def validate(data: dict[str, Any], base_dir: str | os.PathLike | None = None) ->
         raise ConfigError(_one_line(e.errors()[0])) from None
 
 
+# Top-level tables of an experiment file that are not run settings
+# (docs/internals.md "Experiment files"): read by sweep and figures.
+NON_RUN_TABLES = ("grid", "figures")
+
+
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Read, override (``key.sub=value``, value parsed as TOML) and validate a config file."""
+    """Read, override (``key.sub=value``, value parsed as TOML) and validate a config file.
+
+    The ``[grid]`` and ``[figures]`` tables of an experiment file are not run
+    settings and are left out (``locality.experiment.sweep.file_grid`` reads the grid).
+    """
     data = read_toml(path)
+    for table in NON_RUN_TABLES:
+        data.pop(table, None)
     for key, value in parse_overrides(overrides):
         apply_override(data, key, value)
     return validate(data, base_dir=Path(path).parent)

@@ -66,6 +66,20 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
     return grid
 
 
+def file_grid(path: str | os.PathLike) -> dict[str, list[Any]]:
+    """The ``[grid]`` table of an experiment file (key path -> list of values); {} if none."""
+    from locality.errors import ConfigError
+    from locality.experiment.config import read_toml
+
+    grid = read_toml(path).get("grid", {})
+    if not isinstance(grid, dict):
+        raise ConfigError("grid: must be a table of key = [values]")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.{key}: must be a non-empty list of values (got {values!r})")
+    return {str(k): list(v) for k, v in grid.items()}
+
+
 def _split_values(text: str) -> list[str]:
     # Commas inside [...] or quotes belong to the value (a TOML list or string).
     out, depth, quote, cur = [], 0, None, ""
