@@ -10,63 +10,31 @@ strategy implements identically.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 
 from locality.errors import InvalidArgument
 from locality.layouts.base import (  # noqa: F401
     COLD_BYTES, COLD_EVERY, HOT_BYTES, PAGE_SIZE, RECORD_BYTES, RECORD_DTYPE, Arena, ArenaError, Layout,
 )
+from locality.layouts.clustered import ClusteredLayout, ClusteredLearnedLayout
+from locality.layouts.compacting import CompactingLayout
+from locality.layouts.grouped import GroupedLayout
+from locality.layouts.hotcold import HotColdLayout
+from locality.layouts.isolated import IsolatedLayout
+from locality.layouts.objects import ObjectsLayout
+from locality.layouts.slab import SlabLayout
 
-_MODULES = {
-    "objects": ("objects", "ObjectsLayout"),
-    "slab": ("slab", "SlabLayout"),
-    "hot-cold": ("hotcold", "HotColdLayout"),
-    "clustered": ("clustered", "ClusteredLayout"),
-    "clustered-learned": ("clustered", "ClusteredLearnedLayout"),
-    "compacting": ("compacting", "CompactingLayout"),
-    "isolated": ("isolated", "IsolatedLayout"),
-    "grouped": ("grouped", "GroupedLayout"),
+LAYOUTS: dict[str, type[Layout]] = {
+    cls.name: cls
+    for cls in (ObjectsLayout, SlabLayout, HotColdLayout, ClusteredLayout, ClusteredLearnedLayout, CompactingLayout,
+                IsolatedLayout, GroupedLayout)
 }
-
-
-class _Registry(dict):
-    """name -> Layout class, importing each strategy module on first use."""
-
-    def __missing__(self, name: str) -> type[Layout]:
-        if name not in _MODULES:
-            raise KeyError(name)
-        module, cls = _MODULES[name]
-        value = getattr(importlib.import_module(f"locality.layouts.{module}"), cls)
-        self[name] = value
-        return value
-
-    def __iter__(self):
-        return iter(_MODULES)
-
-    def __len__(self) -> int:
-        return len(_MODULES)
-
-    def __contains__(self, name: object) -> bool:
-        return name in _MODULES
-
-    def keys(self):
-        return list(_MODULES)
-
-    def items(self):
-        return [(k, self[k]) for k in _MODULES]
-
-    def values(self):
-        return [self[k] for k in _MODULES]
-
-
-LAYOUTS: dict[str, type[Layout]] = _Registry()
 
 
 def make_layout(name: str, n: int, **kw) -> Layout:
     """Build layout ``name`` for ``n`` workers; unknown names or keywords raise InvalidArgument."""
-    if name not in _MODULES:
-        raise InvalidArgument(f"unknown layout {name!r}", f"choose one of: {', '.join(_MODULES)}")
+    if name not in LAYOUTS:
+        raise InvalidArgument(f"unknown layout {name!r}", f"choose one of: {', '.join(LAYOUTS)}")
     cls = LAYOUTS[name]
     allowed = set()
     for klass in cls.__mro__:
