@@ -37,8 +37,8 @@ def compare(workers: int, layouts: str, pattern: str, steps: int, step_interval:
     sampled from outside), all with the same workers, pattern, steps and
     seed; then one self-contained HTML report with the `objects` layout as
     the baseline. The defaults (1,000,000 workers, all 8 layouts, 80 steps)
-    took 5 min 23 s on a shared 2-core machine (load average 6-8), most of
-    it the isolated layout (a page fault per activation). A layout that
+    are sized to finish in under 10 minutes on a 2-core machine; the
+    isolated layout (a page fault per activation) takes longest. A layout that
     fails is a failed row in the report; Ctrl-C keeps the finished runs and
     writes their report (exit status 130).
     """
