@@ -1,6 +1,6 @@
 """The Erlang VM as a measured population: N BEAM processes, watched from outside.
 
-`population.escript` (experiments/beam/, shipped as package data) spawns the
+`population.escript` (locality/experiment/erlang/, shipped as package data; experiments/beam/ links to it) spawns the
 processes and drives seeded activation steps; it speaks one JSON object per
 line on stdout and takes commands on stdin. This module starts it, asks the
 VM for its own accounting (erlang:memory, allocator carriers) and measures
@@ -142,14 +142,11 @@ def find_escript() -> str:
 
 
 def escript_path() -> Path:
-    """The population escript: the copy shipped in the package, else the repository's."""
-    shipped = Path(__file__).with_name("beam") / ESCRIPT_NAME
-    if shipped.is_file():
-        return shipped
-    repo = Path(__file__).resolve().parents[2] / "experiments" / "beam" / ESCRIPT_NAME
-    if repo.is_file():
-        return repo
-    raise BeamError(f"{ESCRIPT_NAME} is missing from the installation", "reinstall locality")
+    """The population escript, shipped as package data (experiments/beam/ links to it)."""
+    path = Path(__file__).with_name("erlang") / ESCRIPT_NAME
+    if not path.is_file():
+        raise BeamError(f"{ESCRIPT_NAME} is missing from the installation at {path}", "reinstall locality")
+    return path
 
 
 class BeamVM:
