@@ -196,6 +196,13 @@ def test_write_is_atomic_and_readable(three_report):
     assert out.stat().st_mode & 0o044  # not the temp file's 0600
 
 
+def test_directory_of_runs_stands_for_its_runs(tmp_path):
+    make_run(tmp_path / "sweep", "b", "slab")
+    make_run(tmp_path / "sweep", "a", "objects")
+    (tmp_path / "sweep" / "notes").mkdir()
+    assert [r.id for r in load_runs([tmp_path / "sweep"])] == ["a", "b"]
+
+
 def test_missing_and_corrupt_runs_are_clear_errors(tmp_path):
     with pytest.raises(RunNotFound, match="no run directory at"):
         load_runs([tmp_path / "nope"])

@@ -17,6 +17,9 @@ import click
 def report(run_dirs: tuple[Path, ...], out: Path, title: str | None, as_json: bool) -> None:
     """Write ONE self-contained HTML report from stored RUN_DIRS.
 
+    A RUN_DIR may also be a directory of runs (a sweep's --out, or one
+    `locality compare` under runs/compare/), which stands for all its runs.
+
     Works for worker runs (`locality run`, `compare`, `sweep`), `locality
     probe` runs of any PID and `locality beam` runs. The file has inline SVG
     figures, no scripts and no external requests, so it opens from file://.

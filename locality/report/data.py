@@ -240,8 +240,21 @@ def label_runs(runs: list[RunData]) -> list[RunData]:
     return runs
 
 
+def expand_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run directories; a directory of runs (a sweep's or compare's out) stands for its runs, sorted."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir() and not (p / "manifest.json").exists():
+            inner = sorted(d for d in p.iterdir() if (d / "manifest.json").is_file())
+            if inner:
+                out += inner
+                continue
+        out.append(p)
+    return out
+
+
 def load_runs(paths: Iterable[str | Path]) -> list[RunData]:
-    paths = list(paths)
+    paths = expand_run_dirs(paths)
     if not paths:
         raise RunNotFound("no run directories given", "pass one or more run directories, e.g. runs/compare/*")
     return label_runs([load_run_data(p) for p in paths])
