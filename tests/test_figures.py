@@ -205,7 +205,7 @@ def test_missing_runs_named_with_sweep_command_exit_2(stored, tmp_path, capsys):
     ids = sorted(p.name for p in stored.iterdir() if (p / "manifest.json").exists())
     assert f"2 of 2 runs missing in {tmp_path / 'empty'}: " in err
     assert all(i in err for i in ids)  # the ids the sweep gives these points
-    assert f"locality sweep {exp} --grid layout=objects,slab --out {tmp_path / 'empty'} --resume" in err
+    assert f"locality sweep {exp} --out {tmp_path / 'empty'} --resume" in err
     assert not (tmp_path / "o").exists()
 
 
@@ -235,10 +235,17 @@ def test_bad_experiment_file(stored, tmp_path, body, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_thesis_experiment_file_parses():
-    root = Path(__file__).resolve().parent.parent
-    fs = load_figure_set(root / "experiments" / "thesis.toml")
-    assert fs.requests and len(fs.run_ids) == len(set(fs.run_ids)) > 1
+def test_thesis_experiment_file_is_one_file_for_sweep_and_figures():
+    from locality.experiment.config import load_config
+    from locality.experiment.sweep import file_grid, points
+
+    thesis = Path(__file__).resolve().parent.parent / "experiments" / "thesis.toml"
+    fs = load_figure_set(thesis)
+    config = load_config(thesis)  # what `locality sweep` reads
+    assert fs.run_ids == [p.point_id for p in points(config, file_grid(thesis))]
+    assert len(fs.run_ids) == len(set(fs.run_ids)) == 7 * 3 * 2
+    assert fs.runs_dir == Path(config.out)
+    assert len(fs.requests) == 10
 
 
 def test_figures_from_a_real_sweep(tmp_path):

@@ -100,9 +100,7 @@ def load_figure_set(path: str | Path, formats: list[str] | None = None, out: str
             raise ConfigError(f"unknown key 'figures.{key}'", f"allowed: {', '.join(sorted(known))}")
 
     run_ids = table.get("run_ids")
-    sweep_hint = f"locality sweep {path} " + " ".join(
-        "--grid " + k + "=" + ",".join(_flag_value(v) for v in values) for k, values in grid.items()
-    )
+    sweep_hint = f"locality sweep {path}"  # the sweep reads the file's [grid]
     if run_ids is not None:
         if not isinstance(run_ids, list) or not run_ids or not all(isinstance(r, str) and r for r in run_ids):
             raise ConfigError("figures.run_ids: must be a non-empty list of run ids")
@@ -137,16 +135,7 @@ def load_figure_set(path: str | Path, formats: list[str] | None = None, out: str
             raise ConfigError(f"{where}.where: must be a table of key path = value")
         requests.append(FigureRequest(name, str(file), dict(entry.get("where", {})), entry.get("label")))
     return FigureSet(path, runs_dir, list(run_ids), requests, fmts, Path(out or table.get("out") or "reports/figures"),
-                     sweep_hint.rstrip() if grid and table.get("run_ids") is None else f"locality run CONFIG --id RUN_ID --out {runs_dir}")
-
-
-def _flag_value(value: Any) -> str:
-    # --grid values are TOML; bare words are read as strings.
-    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9._-]+", value):
-        return value
-    import json
-
-    return json.dumps(value)
+                     sweep_hint if grid and table.get("run_ids") is None else f"locality run CONFIG --id RUN_ID --out {runs_dir}")
 
 
 def dotted(config: dict[str, Any], key: str) -> Any:
