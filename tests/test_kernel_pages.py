@@ -203,8 +203,9 @@ def test_kernel_names_are_the_functions_whatever_was_imported_first():
 
     code = (
         "import os, mmap, ctypes\n"
-        "import locality.kernel.pagemap, locality.kernel.mincore\n"
-        "from locality.kernel import pagemap, mincore\n"
+        "import locality.kernel.pagemap, locality.kernel.mincore, locality.kernel.capabilities\n"
+        "from locality.kernel import pagemap, mincore, capabilities\n"
+        "assert callable(capabilities)\n"
         "m = mmap.mmap(-1, 8192); a = ctypes.addressof(ctypes.c_char.from_buffer(m)); m[4096] = 1\n"
         "print(pagemap(os.getpid(), a, a + 8192).present.tolist(), mincore(a, 8192).tolist())\n"
     )

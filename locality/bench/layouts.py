@@ -158,7 +158,7 @@ class _Rounds:
 def run_layout(name: str, n: int, steps: list[np.ndarray], *, warmup: int, window: int, layout_kw: dict, driver: str,
                pattern_factory, progress, baseline: "_Rounds | None" = None, keep: bool = False):
     from locality.layouts import make_layout
-    from locality.layouts.measure import activate, measure
+    from locality.layouts.measure import measure
 
     gc.collect()
     pss0 = _pss()

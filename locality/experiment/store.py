@@ -21,6 +21,8 @@ from typing import Any, Mapping
 import numpy as np
 
 STATUSES = ("running", "complete", "interrupted", "failed")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def utcnow() -> str:
@@ -33,6 +35,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; a run is a plain file others read, so honour the umask.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

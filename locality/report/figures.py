@@ -24,7 +24,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # before any canvas is made; the report never opens a window
 import matplotlib.style  # noqa: E402
-from matplotlib import colors as mcolors  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from locality.report.data import RunData, baseline_index  # noqa: E402

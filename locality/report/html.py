@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,12 +208,4 @@ def write_report(run_dirs: Iterable[str | Path] | list[RunData], out: str | Path
     items = list(run_dirs)
     runs = items if items and all(isinstance(r, RunData) for r in items) else load_runs(items)
     html = render_html(runs, title=title, notes=notes)
-    return readable(store.atomic_write_text(out, html))
-
-
-def readable(path: Path) -> Path:
-    """Give a written file the usual mode (the atomic writer's temp file is 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-    return path
+    return store.atomic_write_text(out, html)

@@ -33,7 +33,6 @@ from typing import Any
 from locality.errors import ConfigError, LocalityError
 from locality.report import figures as figs
 from locality.report.data import RunData, load_run_data
-from locality.report.html import readable
 
 FORMATS = ("pdf", "svg", "png")
 NON_CONFIG_TABLES = ("grid", "figures")
@@ -213,5 +212,5 @@ def write_figures(fs: FigureSet) -> tuple[list[Path], list[str]]:
         for req, result in rendered:
             for fmt in fs.formats:
                 path = figs.save(result.figure, fs.out / f"{req.file}.{fmt}", fmt, salt=f"locality-{req.file}")
-                written.append(readable(path))
+                written.append(path)
     return written, notes
