@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -108,8 +109,26 @@ def no_leftover_processes():
     assert not left, f"processes left behind: {left}"
 
 
+# Workers and point processes of these tests keep their temporary run
+# directories here (TMPDIR), so a leftover is ours, not another user's sweep.
+POINT_TMP = Path(tempfile.gettempdir()) / f"locality-test-distributed-{os.getpid()}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def point_tmpdir():
+    POINT_TMP.mkdir()
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(POINT_TMP)  # inherited by workers the nanny (re)starts, and the CLI
+    yield POINT_TMP
+    if old is None:
+        del os.environ["TMPDIR"]
+    else:
+        os.environ["TMPDIR"] = old
+    shutil.rmtree(POINT_TMP, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(point_tmpdir):
     """A LocalCluster as run_points makes it: 2 single-threaded worker processes, node=1 each."""
     before = _descendants()
     c = dist.make_cluster("local", runs_per_node=2)
@@ -122,12 +141,19 @@ def cluster():
     assert not left, f"cluster processes left behind: {left}"
 
 
+def _point_temp_dirs() -> set[Path]:
+    return set(POINT_TMP.glob("locality-point-*"))
+
+
 @pytest.fixture(autouse=True)
 def no_run_processes_left():
-    """No point process or population child outlives a test."""
+    """No point process or population child outlives a test, nor its temporary run directory."""
+    temp_before = _point_temp_dirs()
     yield
     left = _wait_gone(_run_processes())
     assert not left, f"run processes left behind: {left}"
+    new = _point_temp_dirs() - temp_before
+    assert not new, [sorted(str(f.relative_to(d)) for f in d.rglob("*")) for d in new]
 
 
 @pytest.fixture
