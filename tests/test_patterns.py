@@ -90,6 +90,71 @@ def test_sheet_waves_travel():
     assert len(sets[0] & sets[1]) > len(sets[0] & sets[5])
 
 
+def _ids_digest(steps) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in steps:
+        h.update(np.ascontiguousarray(s, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize(
+    "n, seed, params, digest",
+    [
+        # sha256 of the first 20 steps' ids, computed with the Sheet code from before `lifetime` existed
+        (10_000, 7, {}, "f800bef460dfa6b189436876a85b9a9ee7d9ea01e9e78928303e4767f50d5e61"),
+        (30_000, 2, {"waves": 0}, "8fdd178ef8c8dcfd97b2f449488291ebd16a8aac97495619110d49536d5f2f95"),
+    ],
+)
+def test_sheet_lifetime_1_is_the_stream_from_before_lifetime_existed(n, seed, params, digest):
+    default = take(make_pattern("sheet", n, seed=seed, **params), 20)
+    explicit = take(make_pattern("sheet", n, seed=seed, lifetime=1, **params), 20)
+    assert _ids_digest(default) == digest
+    assert _ids_digest(explicit) == digest
+
+
+def test_sheet_lifetime_same_seed_same_ids():
+    a = take(make_pattern("sheet", 20_000, seed=5, lifetime=16), 40)
+    b = take(make_pattern("sheet", 20_000, seed=5, lifetime=16), 40)
+    c = take(make_pattern("sheet", 20_000, seed=6, lifetime=16), 40)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(x.size == np.unique(x).size and x.min() >= 0 and x.max() < 20_000 for x in a)
+
+
+def _kept_from_previous_step(steps) -> np.ndarray:
+    """Per step: share of its workers that were also active in the step before."""
+    return np.array([np.isin(b, a).mean() for a, b in zip(steps, steps[1:])])
+
+
+def test_sheet_bursts_persist_for_their_lifetime():
+    n, p = 100_000, 0.01
+    kept = {}
+    for lifetime in (1, 4, 16):
+        steps = take(make_pattern("sheet", n, seed=3, p=p, waves=0, lifetime=lifetime), 48)
+        # staggered lifetimes keep the per-step count near p*n (no step with all or no bursts)
+        sizes = np.array([s.size for s in steps])
+        assert 0.9 * p * n < sizes.min() and sizes.max() < 1.1 * p * n, (lifetime, sizes.min(), sizes.max())
+        kept[lifetime] = _kept_from_previous_step(steps)
+    # lifetime L replaces about 1/L of the bursts per step: measured 0.7%, 75%, 94% kept
+    assert kept[1].mean() < 0.05
+    assert 0.65 < kept[4].mean() < 0.85
+    assert kept[16].mean() > 0.8
+    # staggered, not synchronised: even the worst step of L=16 keeps most of its bursts
+    assert kept[16].min() > 0.8
+    # a burst does move after its lifetime: the active set 16 steps apart shares little
+    steps = take(make_pattern("sheet", n, seed=3, p=p, waves=0, lifetime=16), 40)
+    assert np.isin(steps[32], steps[16]).mean() < 0.1
+
+
+def test_sheet_lifetime_must_be_a_positive_integer():
+    for bad in (0, -3, 1.5, "4", True):
+        with pytest.raises(InvalidArgument, match="lifetime") as e:
+            make_pattern("sheet", 1000, lifetime=bad)
+        assert "integer" in str(e.value)
+
+
 def test_zipf_popular_workers_fire_more_and_popularity_is_not_id_order():
     n = 10_000
     counts = np.zeros(n, np.int64)

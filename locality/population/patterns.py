@@ -153,10 +153,18 @@ class Sheet(Pattern):
     across the (toroidal) sheet; the rest to discs of radius ``radius`` around
     random centres (at least one disc per step, so small populations may get
     more than p*n).
+
+    ``lifetime`` (integer >= 1, default 1) is how many steps a burst stays at
+    its centre: in a cortical sheet a patch of activity persists for tens to
+    hundreds of ms, i.e. many steps.  Lifetimes are staggered: burst k gets a
+    new random centre at the steps t >= 1 with (t + k) % lifetime == 0, so
+    about 1/lifetime of the bursts move each step and the per-step count
+    stays about p*n.  lifetime=1 moves every burst every step (the same ids,
+    seed for seed, as before the parameter existed).
     """
 
     name = "sheet"
-    PARAMS = {"p": 0.01, "radius": 3.0, "waves": 2}
+    PARAMS = {"p": 0.01, "radius": 3.0, "waves": 2, "lifetime": 1}
 
     def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -168,7 +176,11 @@ class Sheet(Pattern):
         waves = p["waves"]
         if isinstance(waves, bool) or not isinstance(waves, (int, np.integer)) or waves < 0:
             raise InvalidArgument(f"pattern parameter waves={waves!r} is out of range", "give an integer waves >= 0")
-        return {"p": _probability("p", p["p"]), "radius": radius, "waves": int(waves)}
+        lifetime = p["lifetime"]
+        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, np.integer)) or lifetime < 1:
+            raise InvalidArgument(f"pattern parameter lifetime={lifetime!r} is out of range",
+                                  "give lifetime as an integer number of steps >= 1 (1: bursts move every step)")
+        return {"p": _probability("p", p["p"]), "radius": radius, "waves": int(waves), "lifetime": int(lifetime)}
 
     def steps(self) -> Iterator[np.ndarray]:
         rng, n = self.rng(), self.n
@@ -193,11 +205,21 @@ class Sheet(Pattern):
         position = (rng.random(n_waves) * extent).astype(np.int64)
         wave_cells = float(np.sum(thickness * seg_len))
         bursts = max(1, round((budget - wave_cells) / dx.size))
+        lifetime = self.params["lifetime"]
+        phase = np.arange(bursts) % lifetime
+        cx = cy = np.empty(0, np.int64)
+        t = 0
         while True:
             parts = []
             if bursts:
-                cx = rng.integers(0, width, size=bursts)
-                cy = rng.integers(0, height, size=bursts)
+                if t == 0 or lifetime == 1:
+                    # one draw of every centre: lifetime 1 consumes the generator exactly as before
+                    cx = rng.integers(0, width, size=bursts)
+                    cy = rng.integers(0, height, size=bursts)
+                else:
+                    moving = np.flatnonzero((t + phase) % lifetime == 0)
+                    cx[moving] = rng.integers(0, width, size=moving.size)
+                    cy[moving] = rng.integers(0, height, size=moving.size)
                 x = (cx[:, None] + dx[None, :]) % width
                 y = (cy[:, None] + dy[None, :]) % height
                 parts.append((y * width + x).ravel())
@@ -209,6 +231,7 @@ class Sheet(Pattern):
                 else:
                     parts.append((along[:, None] * width + band[None, :]).ravel())
             position = (position + direction) % extent
+            t += 1
             ids = np.concatenate(parts) if parts else np.empty(0, np.int64)
             yield unique_in_order(ids[ids < n])
 
