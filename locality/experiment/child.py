@@ -14,6 +14,9 @@ from a library cannot corrupt the protocol).
                                          {"msg": "empty"}          (interpreter + pattern, no workers)
     {"cmd": "spawn"}
                                          {"msg": "spawned", "regions": [...], "spawn_s"}
+    {"cmd": "state_pages", "path"}       (optional, before "go")
+                                         {"msg": "state_pages", "count", "source", "seconds"}
+                                         (sorted uint64 page addresses saved with np.save to path)
     {"cmd": "go"}
                                          {"msg": "steps", ...}     (batched progress, every ~50 ms)
     {"cmd": "register", "ranges": [[start, length], ...]}
@@ -127,6 +130,27 @@ def _arenas(layout: Any) -> list[tuple[str, Any]]:
     return [(str(name), a) for name, a in items if a is not None and getattr(a, "length", 0) > 0]
 
 
+def state_pages(layout: Any) -> tuple[np.ndarray, str]:
+    """Sorted page addresses holding worker state now, and where they come from.
+
+    Arena layouts: every page of every arena (what the layout reserved for
+    state, used or not). ``objects``: the pages holding its objects
+    (``heap_pages()``), as measured now; pages its objects move to later
+    (a dict or list that grows) are not in the set.
+    """
+    from locality.kernel import PAGE_SIZE
+
+    arenas = _arenas(layout)
+    if arenas:
+        ps = int(PAGE_SIZE)
+        parts = [np.arange(a.length // ps, dtype=np.uint64) * np.uint64(ps) + np.uint64(a.address) for _, a in arenas]
+        return np.unique(np.concatenate(parts)), "arenas"
+    heap_pages = getattr(layout, "heap_pages", None)
+    if heap_pages is not None:
+        return np.unique(np.asarray(heap_pages(), dtype=np.uint64)), "heap_pages"
+    return np.empty(0, dtype=np.uint64), "none"
+
+
 def _register(ranges: list[tuple[int, int]]) -> tuple[list[list[int]], list[list[Any]]]:
     from locality.kernel import register_write_tracking
 
@@ -198,7 +222,18 @@ def main() -> None:
         okset = {tuple(r) for r in ok}
         regions = [r for r in regions if (r["start"], r["length"]) in okset]
     chan.send("spawned", regions=regions, failed=failed, spawn_s=spawn_s, pid=os.getpid())
-    chan.expect("go")
+    while (m := chan.recv()).get("cmd") != "go":
+        if m.get("cmd") in ("exit", "stop"):
+            raise SystemExit(0)
+        if m.get("cmd") != "state_pages":
+            raise RuntimeError(f"protocol: expected 'state_pages' or 'go', got {m!r}")
+        # After the parent read PSS and before its first sample: the arrays
+        # built here are neither in bytes_per_worker nor in any window.
+        t_s = time.perf_counter()
+        pages, source = state_pages(layout)
+        np.save(m["path"], pages)
+        chan.send("state_pages", count=int(pages.size), source=source, seconds=time.perf_counter() - t_s)
+        del pages
 
     steps_max = cfg.get("steps")
     duration = cfg.get("duration")

@@ -8,6 +8,13 @@ recompute them from a stored run alone.
 - page_utilization = useful bytes of all activations (from the layout) /
   (sum over windows of written pages x page size).
 - wss_pages_mean = mean written pages per full sampling window.
+  Both are whole-process figures: every tracked page (arenas, heap,
+  interpreter, coroutine frames) counts.
+- state_page_utilization, state_wss_pages_mean: the same, restricted to the
+  pages holding worker state (timeline column written_state_pages: the
+  layout's arenas, or the objects' heap pages right after spawn);
+  state_pages = how many pages hold state, state_tracked_pages = how many of
+  them were tracked (all of them unless the heap was not sampled).
 - cold_fraction[T] = mean, over samples taken at least T s after tracking
   began, of (populated pages not written for T s) / populated pages, where
   populated = present or swapped (or paged out by us): a reclaim policy does
@@ -42,6 +49,8 @@ def compute(
     latencies_ns: np.ndarray,
     cold_thresholds: list[float],
     interval: float,
+    state_pages: int | None = None,
+    state_tracked_pages: int | None = None,
 ) -> dict[str, Any]:
     n = int(config.workers)
     steps = int(child.get("steps", 0))
@@ -78,6 +87,18 @@ def compute(
     else:
         out["wss_pages_mean"] = None
     out["wss_bytes_mean"] = out["wss_pages_mean"] * page_size if out["wss_pages_mean"] is not None else None
+
+    # Worker state only: same windows, same useful bytes, the state pages' writes.
+    out["state_pages"] = state_pages
+    out["state_tracked_pages"] = state_tracked_pages
+    state_sampled = sampled and "written_state_pages" in timeline and bool(state_tracked_pages)
+    state_total = int(windows["written_state_pages"].sum()) if state_sampled else 0
+    out["state_page_utilization"] = useful / (state_total * page_size) if state_total else None
+    if state_sampled:
+        out["state_wss_pages_mean"] = float((full if len(full) else windows)["written_state_pages"].mean())
+    else:
+        out["state_wss_pages_mean"] = None
+    out["state_wss_bytes_mean"] = out["state_wss_pages_mean"] * page_size if out["state_wss_pages_mean"] is not None else None
 
     cold: dict[str, float | None] = {}
     for t in cold_thresholds:

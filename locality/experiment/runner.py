@@ -103,6 +103,8 @@ class _Run:
         self.spawn_s: float | None = None
         self.pageout_bytes = 0
         self.register_failures: list[Any] = []
+        self.state_path: Path | None = None
+        self.state_info: dict[str, Any] | None = None  # the child's state page set: count, source, seconds
         self.bar: Any = None
         self.last_flush = 0.0
 
@@ -123,6 +125,7 @@ class _Run:
     def execute(self) -> Path:
         old = self._install_signals()
         latency_path = Path(tempfile.mkstemp(prefix="locality-latency-", suffix=".npy")[1])
+        self.state_path = Path(tempfile.mkstemp(prefix="locality-state-pages-", suffix=".npy")[1])
         stderr_file = tempfile.TemporaryFile()
         try:
             try:
@@ -137,6 +140,7 @@ class _Run:
         finally:
             stderr_file.close()
             latency_path.unlink(missing_ok=True)
+            self.state_path.unlink(missing_ok=True)
             if self.bar is not None:
                 self.bar.close()
             for s, h in old.items():
@@ -268,6 +272,7 @@ class _Run:
             self.sampler = Sampler(self.proc.pid, self.config.sampling.cold_thresholds, keep_pages=self.config.sampling.pages)
             for r in m["regions"]:
                 self._track(r["name"], r["start"], r["length"], now)
+            self._state_pages()
         if self.progress:
             from tqdm import tqdm
 
@@ -275,6 +280,22 @@ class _Run:
         self.t0 = time.monotonic()
         self._sample(self.t0)
         self._send("go")
+
+    def _state_pages(self) -> None:
+        """Ask the child which pages hold worker state; the sampler counts their writes apart."""
+        assert self.sampler is not None and self.state_path is not None
+        self._send("state_pages", path=str(self.state_path))
+        m = self._wait_for("state_pages", SETUP_TIMEOUT_S)
+        try:
+            pages = np.load(self.state_path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise RunFailed(f"cannot read the child's state page list {self.state_path}: {e}") from None
+        if pages.size != int(m["count"]):
+            raise RunFailed(f"the child's state page list has {pages.size} pages, it announced {m['count']}")
+        self.sampler.set_state_pages(pages)
+        self.state_info = {"count": int(pages.size), "source": m.get("source"), "seconds": float(m.get("seconds", 0.0)),
+                           "tracked": self.sampler.state_tracked_pages}
+        self.manifest["state_pages"] = self.state_info
 
     def _loop(self) -> None:
         assert self.t0 is not None
@@ -358,6 +379,8 @@ class _Run:
                 pageout_bytes=advised,
                 sample_ms=(s.sample_s + time.perf_counter() - t_pol) * 1e3,
             )
+            if s.written_state_pages is not None:
+                row["written_state_pages"] = s.written_state_pages
             for t, c in s.cold_pages.items():
                 row[f"cold_pages_{_tkey(t)}"] = c
         self.rows.append(row)
@@ -420,6 +443,8 @@ class _Run:
                 latencies_ns=lat,
                 cold_thresholds=list(self.config.sampling.cold_thresholds),
                 interval=self.interval,
+                state_pages=self.state_info["count"] if self.state_info else None,
+                state_tracked_pages=self.state_info["tracked"] if self.state_info else None,
             )
             metrics["spawn_s"] = self.spawn_s
             metrics["pageout_bytes"] = self.pageout_bytes

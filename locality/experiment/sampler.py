@@ -100,6 +100,7 @@ class Sample:
     tracked_pages: int
     cold_pages: dict[float, int]
     sample_s: float
+    written_state_pages: int | None = None  # written pages holding worker state (None: state unknown)
 
 
 class Sampler:
@@ -132,6 +133,10 @@ class Sampler:
         self.present = np.empty(0, dtype=bool)  # at the last sample (for the reclaim policy)
         self.early_refaults = 0  # brought back between a sample and the re-read after pageout
         self.rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # (n_cols, written, resident, swapped) packed
+        # Worker state: sorted page addresses the child said hold it (None:
+        # not told), and per column whether the page is one of them.
+        self.state_addrs: np.ndarray | None = None
+        self.state = np.empty(0, dtype=bool)
 
     # -- regions ----------------------------------------------------------------
     def add_region(self, name: str, start: int, length: int, now: float, *, writes: bool = True) -> Region | None:
@@ -153,7 +158,32 @@ class Sampler:
         self.paged_out = np.concatenate([self.paged_out, np.zeros(n, bool)])
         self.out_prev = np.concatenate([self.out_prev, np.zeros(n, bool)])
         self.present = np.concatenate([self.present, np.zeros(n, bool)])
+        self.state = np.concatenate([self.state, self._state_mask(start, n)])
         return region
+
+    def set_state_pages(self, addrs: np.ndarray) -> None:
+        """Mark the columns of the pages holding worker state (page addresses, any order).
+
+        Pages of ranges added later are marked as they are added; addresses
+        outside every tracked range are not measured (``state_tracked_pages``).
+        """
+        self.state_addrs = np.unique(np.asarray(addrs, dtype=np.uint64))
+        self.state = np.zeros(self.n_cols, dtype=bool)
+        for r in self.regions:
+            self.state[r.cols] = self._state_mask(r.start, r.n_pages)
+
+    def _state_mask(self, start: int, n_pages: int) -> np.ndarray:
+        mask = np.zeros(n_pages, dtype=bool)
+        if self.state_addrs is not None and n_pages:
+            ps = np.uint64(self.page_size)
+            lo, hi = np.searchsorted(self.state_addrs, [np.uint64(start), np.uint64(start) + np.uint64(n_pages) * ps])
+            mask[((self.state_addrs[lo:hi] - np.uint64(start)) // ps).astype(np.int64)] = True
+        return mask
+
+    @property
+    def state_tracked_pages(self) -> int:
+        """Pages holding worker state that are tracked (alive regions)."""
+        return sum(int(np.count_nonzero(self.state[r.cols])) for r in self.regions if r.alive)
 
     def covers(self, start: int, length: int) -> bool:
         return not subtract((start, start + length), [(r.start, r.length) for r in self.regions if r.alive] + self.pending)
@@ -252,6 +282,7 @@ class Sampler:
             tracked_pages=self.tracked_pages,
             cold_pages=cold,
             sample_s=time.perf_counter() - t0,
+            written_state_pages=int(np.count_nonzero(w & self.state)) if self.state_addrs is not None else None,
         )
 
     def idle_ranges(self, now: float, idle_seconds: float) -> list[tuple[int, int]]:
@@ -283,7 +314,7 @@ class Sampler:
 
     # -- results ----------------------------------------------------------------
     def page_matrices(self) -> dict[str, np.ndarray]:
-        """pages.npz arrays (docs/internals.md): t, page_addr, region, regions, written/resident/swapped packed.
+        """pages.npz arrays (docs/internals.md): t, page_addr, region, regions, written/resident/swapped packed, state.
 
         Columns of regions added after a sample read as zeros in that sample.
         """
@@ -308,6 +339,8 @@ class Sampler:
             "regions": np.asarray([r.name for r in self.regions], dtype=str),
             "n_pages": np.asarray(n),
             **mats,
+            # Which columns hold worker state (packed like a matrix row); absent if the child did not say.
+            **({"state": np.packbits(self.state)} if self.state_addrs is not None else {}),
         }
 
 
