@@ -259,3 +259,111 @@ def test_bench_sampler_measures_three_modes(cli):
     assert r["ratio_full"] == pytest.approx(r["median_activations_per_s"]["full"] / r["median_activations_per_s"]["off"])
     # Only the full mode tracks writes, so only it makes the child take write-protect faults.
     assert r["details"]["full"][0]["wss_pages_mean"] > 0 and r["details"]["residency"][0]["wss_pages_mean"] is None
+
+
+# --- worker-state pages ---------------------------------------------------------
+
+
+def _state_mask(pages: dict) -> np.ndarray:
+    return np.unpackbits(pages["state"], count=int(pages["n_pages"])).astype(bool)
+
+
+def test_state_pages_written_in_a_window_are_exactly_the_slab_pages_its_activations_write(tmp_path):
+    # Replayed activations, so the ids are known; a sampling interval far
+    # longer than the run makes it exactly one window (from the first sample,
+    # before the first step, to the final one, after the last), so the
+    # window's activations are all of them, with no timing in the test.
+    n, seed = 5000, 11
+    rng = np.random.default_rng(5)
+    steps = [np.sort(rng.choice(n, size, replace=False)) for size in (400, 250, 600)]
+    steps.append(steps[0][:100])  # a step re-writing pages an earlier one wrote: counted once in the window
+    replay = tmp_path / "replay.csv"
+    replay.write_text("".join(f"{k},{i}\n" for k, ids in enumerate(steps) for i in ids))
+    cfg = small(workers=n, seed=seed, steps=len(steps), step_interval=0.0,
+                pattern={"name": "replay", "path": str(replay)},
+                sampling={"interval": 600.0, "cold_thresholds": [1000.0]})
+    r = load_run(run(validate(cfg), tmp_path / "runs", run_id="state", progress=False))
+    assert r.status == "complete" and r.metrics["steps"] == len(steps)
+    assert len(r.timeline) == 2  # one window
+
+    from locality.layouts import make_layout
+
+    ref = make_layout("slab", n, seed=seed)
+    expected = np.zeros(ref.arenas["slab"].n_pages, dtype=bool)
+    useful = 0
+    for k, ids in enumerate(steps):
+        s = 10**6 + k
+        expected |= ref.expected_written(ids, s)["slab"]
+        useful += ref.useful_bytes(ids, s)
+        for i in ids:
+            ref.update(int(i), s)
+    arena_pages = ref.arenas["slab"].n_pages
+    ref.close()
+
+    # The state pages are the slab arena's pages, all of them, and nothing else.
+    pages = r.pages
+    arena = [i for i, name in enumerate(pages["regions"]) if name == "arena:slab"]
+    assert len(arena) == 1
+    in_arena = pages["region"] == arena[0]
+    state = _state_mask(pages)
+    assert state.tolist() == in_arena.tolist()
+    m = r.metrics
+    assert m["state_pages"] == m["state_tracked_pages"] == arena_pages == r.manifest["state_pages"]["count"]
+    assert r.manifest["state_pages"]["source"] == "arenas"
+
+    # The window's written state pages are exactly what the layout says its activations write.
+    window = pages["written"][1]
+    assert window[state].tolist() == expected.tolist()
+    assert r.timeline["written_state_pages"].tolist()[1] == int(expected.sum())
+    assert m["useful_bytes"] == useful
+    assert m["state_page_utilization"] == useful / (int(expected.sum()) * 4096)
+    assert m["state_wss_pages_mean"] == int(expected.sum())
+    # The whole process wrote more pages than the state alone (interpreter, scheduler).
+    assert r.timeline["written_pages"].tolist()[1] > int(expected.sum())
+    assert m["page_utilization"] == useful / (r.timeline["written_pages"].iloc[1] * 4096) < m["state_page_utilization"]
+
+
+def test_objects_state_pages_are_its_heap_pages_all_tracked(tmp_path):
+    cfg = small(layout="objects", workers=3000, steps=20)
+    r = load_run(run(validate(cfg), tmp_path, run_id="obj", progress=False))
+    assert r.status == "complete"
+    m, pages, tl = r.metrics, r.pages, r.timeline
+    state = _state_mask(pages)
+    assert r.manifest["state_pages"]["source"] == "heap_pages"
+    # Every page the objects occupied after spawn is tracked: the state columns are that set.
+    assert m["state_pages"] == m["state_tracked_pages"] == int(state.sum()) > 0
+    # Each window's count is the written matrix restricted to those columns.
+    assert tl["written_state_pages"].tolist() == (pages["written"] & state).sum(axis=1).tolist()
+    assert (tl["written_state_pages"] <= tl["written_pages"]).all()
+    total = int(tl["written_state_pages"].iloc[1:].sum())
+    assert total > 0 and m["state_page_utilization"] == m["useful_bytes"] / (total * 4096)
+    # State pages live in the anonymous heap, not in an arena.
+    names = {pages["regions"][i] for i in np.unique(pages["region"][state])}
+    assert names and not any(n.startswith("arena:") for n in names)
+
+
+def test_state_metrics_use_the_windows_of_the_whole_process_ones():
+    from types import SimpleNamespace
+
+    from locality.experiment.metrics import compute
+
+    config = SimpleNamespace(workers=10, layout="slab", scheduler="lean", pattern=SimpleNamespace(name="uniform"),
+                             arena="anon", reclaim=SimpleNamespace(policy="none"), sampling=SimpleNamespace(writes=True))
+    tl = pd.DataFrame({
+        "t": [0.0, 1.0, 2.0, 2.3],  # the last window is short: not in the WSS means
+        "written_pages": [50, 40, 30, 10],
+        "written_state_pages": [20, 4, 6, 2],
+        "refaulted_pages": [0, 0, 0, 0],
+        "swapped_pages": [0, 0, 0, 0],
+        "swap_bytes": [0, 0, 0, 0],
+    })
+    m = compute(tl, {"useful_bytes": 4096}, config=config, page_size=4096, pss_empty=None, pss_spawned=None,
+                latencies_ns=np.empty(0), cold_thresholds=[], interval=1.0, state_pages=7, state_tracked_pages=7)
+    assert m["page_utilization"] == 4096 / (80 * 4096)
+    assert m["state_page_utilization"] == 4096 / (12 * 4096)
+    assert m["wss_pages_mean"] == 35.0 and m["state_wss_pages_mean"] == 5.0
+    assert m["state_wss_bytes_mean"] == 5.0 * 4096 and m["state_pages"] == 7
+    # No state page tracked: no state figures, rather than a division by a count that measured nothing.
+    m = compute(tl, {"useful_bytes": 4096}, config=config, page_size=4096, pss_empty=None, pss_spawned=None,
+                latencies_ns=np.empty(0), cold_thresholds=[], interval=1.0, state_pages=7, state_tracked_pages=0)
+    assert m["state_page_utilization"] is None and m["state_wss_pages_mean"] is None
