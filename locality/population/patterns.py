@@ -160,7 +160,8 @@ class Sheet(Pattern):
     new random centre at the steps t >= 1 with (t + k) % lifetime == 0, so
     about 1/lifetime of the bursts move each step and the per-step count
     stays about p*n.  lifetime=1 moves every burst every step (the same ids,
-    seed for seed, as before the parameter existed).
+    seed for seed, as before the parameter existed).  Waves are not affected:
+    a front reaches new cells every step whatever the lifetime.
     """
 
     name = "sheet"
@@ -179,7 +180,7 @@ class Sheet(Pattern):
         lifetime = p["lifetime"]
         if isinstance(lifetime, bool) or not isinstance(lifetime, (int, np.integer)) or lifetime < 1:
             raise InvalidArgument(f"pattern parameter lifetime={lifetime!r} is out of range",
-                                  "give lifetime as an integer number of steps >= 1 (1: bursts move every step)")
+                                  "give an integer lifetime >= 1: the steps a burst stays at its centre")
         return {"p": _probability("p", p["p"]), "radius": radius, "waves": int(waves), "lifetime": int(lifetime)}
 
     def steps(self) -> Iterator[np.ndarray]:
