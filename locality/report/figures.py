@@ -111,11 +111,15 @@ def _has_column(run: RunData, *columns: str) -> bool:
 
 def _metric_bars(runs: list[RunData], left_out: list[str], key: str, what: str, xlabel: str, scale: float = 1.0) -> Figure:
     kept = _split(runs, lambda r: _metric(r, key) is not None and r.status != "failed", what, left_out)
-    base = runs[baseline_index(runs)]
-    base_value = _metric(base, key)
-    colors = _colors(len(runs))
     fig = _figure(rows=len(kept), row_height=0.25)
-    ax = fig.add_subplot()
+    _bar_panel(fig.add_subplot(), runs, kept, key, xlabel, scale)
+    return fig
+
+
+def _bar_panel(ax, runs: list[RunData], kept: list[tuple[int, RunData]], key: str, xlabel: str, scale: float) -> None:
+    """One horizontal bar per kept run, labelled with its ratio to the baseline."""
+    base_value = _metric(runs[baseline_index(runs)], key)
+    colors = _colors(len(runs))
     y = np.arange(len(kept))[::-1]
     values = [_metric(r, key) * scale for _, r in kept]
     ax.barh(y, values, color=[colors[i] for i, _ in kept], height=0.7)
@@ -128,15 +132,44 @@ def _metric_bars(runs: list[RunData], left_out: list[str], key: str, what: str, 
             ratio = _metric(run, key) / base_value
             ax.annotate(f" {ratio:.3g}×", (v, yy), va="center", ha="left", fontsize="x-small")
         ax.margins(x=0.18)
-    return fig
 
 
 def draw_bytes_per_worker(runs: list[RunData], left_out: list[str]) -> Figure:
     return _metric_bars(runs, left_out, "bytes_per_worker", "bytes per worker", "bytes per worker (B)")
 
 
+UTILIZATION_PANELS = (
+    ("state_page_utilization", "worker state page utilization", "page utilization, worker state (%)"),
+    ("page_utilization", "whole process page utilization", "page utilization, whole process (%)"),
+)
+
+
 def draw_page_utilization(runs: list[RunData], left_out: list[str]) -> Figure:
-    return _metric_bars(runs, left_out, "page_utilization", "page utilization", "page utilization (%)", scale=100.0)
+    """Worker state on top (what the layouts change), the whole process below.
+
+    Runs stored before the state pages were measured have only the whole
+    process figure: then it is the one panel.
+    """
+    panels = []
+    for key, what, xlabel in UTILIZATION_PANELS:
+        missing: list[str] = []
+        try:
+            kept = _split(runs, lambda r: _metric(r, key) is not None, what, missing)
+        except NoData:
+            left_out += [m for m in missing if m not in left_out]
+            continue
+        left_out += [m for m in missing if m not in left_out]
+        panels.append((key, xlabel, kept))
+    if not panels:
+        raise NoData("no run has page utilization")
+    rows = sum(len(kept) for _, _, kept in panels)
+    fig = _figure(rows=rows, row_height=0.25)
+    fig.set_figheight(fig.get_figheight() + 0.6 * (len(panels) - 1))  # room for the second panel's axis label
+    axes = fig.subplots(len(panels), 1, squeeze=False,
+                        gridspec_kw={"height_ratios": [max(1, len(kept)) for _, _, kept in panels]})[:, 0]
+    for ax, (key, xlabel, kept) in zip(axes, panels):
+        _bar_panel(ax, runs, kept, key, xlabel, 100.0)
+    return fig
 
 
 # --- timelines -------------------------------------------------------------------
@@ -439,7 +472,9 @@ FIGURES: dict[str, FigureSpec] = {
                    "(PSS of the population − PSS of an empty one) / workers; the label is the ratio to the baseline.",
                    draw_bytes_per_worker),
         FigureSpec("page_utilization", "Page utilization",
-                   "Useful bytes touched / (pages touched × page size); the label is the ratio to the baseline.",
+                   "Useful bytes of the activations / (pages written, summed over sample windows, × page size). "
+                   "Top: only the pages holding worker state (the layout's arenas, or the objects' pages right "
+                   "after spawn); bottom: every tracked page of the process. The label is the ratio to the baseline.",
                    draw_page_utilization),
         FigureSpec("wss_over_time", "Working set over time",
                    "Distinct pages written in each sample window.", draw_wss_over_time),

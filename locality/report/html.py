@@ -31,8 +31,12 @@ QUESTION = (
 # (metrics.json key, column heading, scale, digits, compared to the baseline)
 METRICS: list[tuple[str, str, float, int, bool]] = [
     ("bytes_per_worker", "bytes / worker (B)", 1.0, 4, True),
-    ("page_utilization", "page utilization (%)", 100.0, 3, True),
-    ("wss_bytes_mean", "mean WSS (MiB)", 1.0 / (1 << 20), 4, True),
+    # Worker state first: the pages holding the layout's state (what the layouts change);
+    # then every tracked page of the process (interpreter, scheduler, heap).
+    ("state_page_utilization", "page utilization, worker state (%)", 100.0, 3, True),
+    ("page_utilization", "page utilization, whole process (%)", 100.0, 3, True),
+    ("state_wss_bytes_mean", "mean WSS, worker state (MiB)", 1.0 / (1 << 20), 4, True),
+    ("wss_bytes_mean", "mean WSS, whole process (MiB)", 1.0 / (1 << 20), 4, True),
     ("refault_rate_pct_per_min", "refault rate (% WSS/min)", 1.0, 3, True),
     ("latency_p50_us", "latency p50 (µs)", 1.0, 3, True),
     ("latency_p99_us", "latency p99 (µs)", 1.0, 3, True),
