@@ -93,8 +93,10 @@ def test_metrics_table_values_and_ratios_to_objects_baseline(three_report):
     assert rows["objects"]["bytes / worker (B)"] == "1,000"  # baseline: no ratio
     assert rows["slab"]["bytes / worker (B)"] == "120 0.12×"
     assert rows["isolated"]["bytes / worker (B)"] == "4,096 4.1×"
-    assert rows["slab"]["page utilization (%)"] == "30 18.8×"
-    assert rows["objects"]["page utilization (%)"] == "1.6"
+    assert rows["slab"]["page utilization, whole process (%)"] == "30 18.8×"
+    assert rows["objects"]["page utilization, whole process (%)"] == "1.6"
+    # Runs stored without the worker-state pages: that column is empty, not guessed.
+    assert rows["slab"]["page utilization, worker state (%)"] == "—"
     assert rows["slab"]["status"] == "complete"
     assert rows["slab"]["workers"] == "1,000"
     assert rows["slab"]["cold after 1 s (%)"] == "50"
@@ -243,23 +245,58 @@ def test_render_is_deterministic_apart_from_timestamp(three_runs):
 # --- real runs (the runner and the probe, not fixtures) -------------------------
 
 
-def test_report_of_a_real_run_shows_its_stored_metrics(tmp_path):
+def test_report_of_real_runs_shows_their_stored_metrics(tmp_path):
     from locality.experiment.config import validate
     from locality.experiment.runner import run
-    from locality.report.html import fmt_number
+    from locality.report import figures as figs
+    from locality.report.html import REPORT_STYLE, fmt_number
 
-    config = validate({"workers": 5000, "layout": "slab", "pattern": {"name": "sheet"}, "steps": 20,
-                       "step_interval": 0.02, "sampling": {"interval": 0.1, "cold_thresholds": [0.1]}, "seed": 3})
-    run_dir = run(config, tmp_path / "runs", run_id="real", progress=False)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    html = write_report([run_dir], tmp_path / "r.html").read_text()
-    row = table(html)["slab"]
+    dirs, metrics = {}, {}
+    for layout in ("objects", "slab"):
+        config = validate({"workers": 5000, "layout": layout, "pattern": {"name": "sheet"}, "steps": 20,
+                           "step_interval": 0.02, "sampling": {"interval": 0.1, "cold_thresholds": [0.1]}, "seed": 3})
+        dirs[layout] = run(config, tmp_path / "runs", run_id=layout, progress=False)
+        metrics[layout] = json.loads((dirs[layout] / "metrics.json").read_text())
+    html = write_report(list(dirs.values()), tmp_path / "r.html").read_text()
+    rows = table(html)
+    row, m, base = rows["slab"], metrics["slab"], metrics["objects"]
     assert row["status"] == "complete" and row["workers"] == "5,000"
-    assert row["bytes / worker (B)"] == fmt_number(metrics["bytes_per_worker"], 4)
-    assert row["page utilization (%)"] == fmt_number(100 * metrics["page_utilization"], 3)
+    assert row["bytes / worker (B)"] == fmt_number(m["bytes_per_worker"], 4) + f" {m['bytes_per_worker'] / base['bytes_per_worker']:.3g}×"
+
+    # Both page utilizations, worker state first, each with its ratio to the objects baseline.
+    heads = parse(html).rows[0]
+    state_col = "page utilization, worker state (%)"
+    whole_col = "page utilization, whole process (%)"
+    assert heads.index(state_col) + 1 == heads.index(whole_col)
+    for key, col in (("state_page_utilization", state_col), ("page_utilization", whole_col),
+                     ("state_wss_bytes_mean", "mean WSS, worker state (MiB)"),
+                     ("wss_bytes_mean", "mean WSS, whole process (MiB)")):
+        assert isinstance(m[key], float) and isinstance(base[key], float), key
+        scale, digits = (100.0, 3) if "utilization" in key else (1 / 2**20, 4)
+        assert rows["objects"][col] == fmt_number(base[key] * scale, digits)
+        assert row[col] == fmt_number(m[key] * scale, digits) + f" {m[key] / base[key]:.3g}×"
+    assert m["state_page_utilization"] > m["page_utilization"]  # the state pages are a subset of those written
+
     figures = parse(html).figures
     assert all(figures[f"fig-{n}"] == "drawn" for n in ("bytes_per_worker", "page_utilization", "wss_over_time",
                                                         "heatmap", "residency_map", "latency_cdf", "page_age"))
+    # The page utilization figure: worker state panel, then whole process, bars = the stored metrics in %.
+    with figs.style(**REPORT_STYLE):
+        fig = figs.render("page_utilization", load_runs(list(dirs.values()))).figure
+    assert [ax.get_xlabel() for ax in fig.axes] == [state_col, whole_col]
+    for ax, key in zip(fig.axes, ("state_page_utilization", "page_utilization")):
+        assert [p.get_width() for p in ax.patches] == [100 * metrics[k][key] for k in ("objects", "slab")]
+
+
+def test_page_utilization_figure_of_runs_without_state_pages_is_the_whole_process(three_runs):
+    from locality.report import figures as figs
+
+    with figs.style():
+        rendered = figs.render("page_utilization", load_runs(three_runs))
+    (ax,) = rendered.figure.axes
+    assert ax.get_xlabel() == "page utilization, whole process (%)"
+    assert [p.get_width() for p in ax.patches] == [30.0, 1.6, 2.0]
+    assert "slab: no worker state page utilization" in rendered.left_out
 
 
 def test_report_of_a_real_probe_shows_the_touched_file(tmp_path):
