@@ -270,6 +270,21 @@ def test_lost_worker_fails_its_point_others_complete_and_resume_finishes(tmp_pat
     assert (tmp_path / "p1" / "manifest.json").stat().st_mtime_ns == before
 
 
+def test_point_whose_retries_run_out_is_stored_failed_like_a_run(tmp_path, client):
+    # Dask gives up on a task after allowed-failures lost workers (KilledWorker).
+    from distributed import KilledWorker
+
+    point = _point("gone")
+    sweep = dist._Sweep(client, [point], tmp_path, "token", tmp_path / ".marker", None, None, False)
+    sweep._store_failure("gone", KilledWorker("locality-point-gone-token", None, 3))
+    m = _manifest(tmp_path / "gone")
+    assert m["status"] == "failed" and "was lost while running this point" in m["error"]
+    assert m["config"] == point.config.model_dump(mode="json")
+    assert m["id"] == "gone" and m["kind"] == "run" and m["finished"]
+    assert m["shared_node_with"] == []
+    assert [p.name for p in tmp_path.iterdir()] == ["gone"]
+
+
 def _swap_capability() -> dict:
     from locality.kernel.capabilities import capabilities
 

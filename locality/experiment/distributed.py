@@ -172,7 +172,7 @@ def _run_point(point: Any, out: str, token: str, shared_out: bool | None, run_fn
                 "runs_per_node": _count(worker.state.total_resources.get(RESOURCE)),
                 "start_time": start,
             }
-            worker.log_event(_topic(token), {"point": point.point_id, "machine": machine, "capabilities": caps, **node})
+            worker.log_event(_topic(token, point.point_id), {"point": point.point_id, "machine": machine, "capabilities": caps, **node})
         if problem is not None:
             run_dir.mkdir()
             _write_failed(run_dir, point, problem, machine, caps)
@@ -207,9 +207,8 @@ def _earlier_attempt(token: str, point_id: str) -> dict[str, Any] | None:
     """The start event of an earlier attempt at this point in this sweep (its worker was lost), or None."""
     from distributed import get_client
 
-    for _, msg in get_client().get_events(_topic(token)):
-        if msg.get("point") == point_id:
-            return msg
+    for _, msg in get_client().get_events(_topic(token, point_id)):
+        return msg
     return None
 
 
@@ -348,8 +347,9 @@ def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _topic(token: str) -> str:
-    return f"locality-sweep-{token}"
+def _topic(token: str, point_id: str) -> str:
+    # One topic per point: looking up a point's starts stays cheap in a big sweep.
+    return f"locality-sweep-{token}-{point_id}"
 
 
 def shared_node_with(point_id: str, intervals: dict[str, tuple[str, float, float]]) -> list[str]:
@@ -588,7 +588,7 @@ class _Sweep:
         self._install(pid, staging)
 
     def _store_failure(self, pid: str, exc: BaseException) -> None:
-        started = self._start_events().get(pid)
+        started = self._start_event(pid)
         now = time.time()
         where = ""
         if started is not None:
@@ -629,12 +629,13 @@ class _Sweep:
     def _shared(self, pid: str) -> list[str]:
         return shared_node_with(pid, self.intervals) if pid in self.intervals else []
 
-    def _start_events(self) -> dict[str, dict]:
+    def _start_event(self, pid: str) -> dict | None:
+        """The point's (first) start as logged by its worker, or None."""
         try:
-            events = self.client.get_events(_topic(self.token))
+            events = self.client.get_events(_topic(self.token, pid))
         except Exception:  # noqa: BLE001 - the scheduler may be gone
-            return {}
-        return {msg["point"]: msg for _, msg in events}
+            return None
+        return events[0][1] if events else None
 
     def _finish(self) -> None:
         # Later points may have overlapped earlier stored ones: update their lists.
