@@ -17,14 +17,13 @@ import threading
 import time
 from pathlib import Path
 
+import distributed  # noqa: F401  (a test dependency: missing means failing, not skipping)
+import psutil
 import pytest
 
-pytest.importorskip("distributed")
-psutil = pytest.importorskip("psutil")
-
-from locality.experiment import distributed as dist  # noqa: E402
-from locality.experiment.config import ExperimentConfig, with_overrides  # noqa: E402
-from locality.experiment.sweep import SweepPoint, pending  # noqa: E402
+from locality.experiment import distributed as dist
+from locality.experiment.config import ExperimentConfig, with_overrides
+from locality.experiment.sweep import SweepPoint, pending
 
 SMALL = {
     "workers": 3000,
@@ -373,7 +372,6 @@ def test_shared_node_with_lists_overlaps_on_the_same_host_only():
 
 @pytest.mark.parametrize("kind, exclusive, submit", [("slurm", "#SBATCH --exclusive", "sbatch"), ("pbs", "#PBS -l place=excl", "qsub")])
 def test_jobqueue_job_runs_one_worker_per_exclusive_node(kind, exclusive, submit, tmp_path, monkeypatch):
-    pytest.importorskip("dask_jobqueue")
     if shutil.which(submit) is None:
         # No batch system here: refused in one line instead of waiting for jobs that never start.
         with pytest.raises(dist.ClusterSetupError, match=f"needs `{submit}`"):
