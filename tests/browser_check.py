@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -25,8 +26,7 @@ def require_chromium() -> tuple[str, str]:
     chromium = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
     driver = CHROMEDRIVER if Path(CHROMEDRIVER).exists() else shutil.which("chromedriver")
     if not chromium or not driver:
-        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
-    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
+        skip_or_fail("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
     return chromium, driver
 
 

@@ -15,6 +15,18 @@ if str(TESTS) not in sys.path:  # `from childproc import Child` in any test modu
     sys.path.insert(0, str(TESTS))
 
 
+# CI installs every system package the suite needs (.ci/run), so there a missing
+# one is a broken set-up to fail on, not a reason to skip.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test whose system dependency is missing here; fail it in CI."""
+    if IN_CI:
+        pytest.fail(f"CI must provide this: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 # Run a command as user nobody with no capability but CAP_DAC_READ_SEARCH, which
 # only lets it reach the interpreter under /root (mode 700): no ptrace, no
 # write access to other users' files, so the permission checks are real.
