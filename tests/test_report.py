@@ -7,6 +7,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fixtures_runs import make_probe, make_run
@@ -321,3 +322,20 @@ def test_report_of_a_real_probe_shows_the_touched_file(tmp_path):
     assert series.tolist() == [64 * 4096] * len(t)  # exactly the touched pages, every sample
     html = write_report([run_dir], tmp_path / "r.html").read_text()
     assert parse(html).figures["fig-vma_rss"] == "drawn"
+
+
+def test_pages_state_bits_are_the_runs_state_columns(tmp_path):
+    from locality.experiment import load_run
+    from locality.experiment.config import validate
+    from locality.experiment.runner import run
+
+    config = validate({"workers": 3000, "layout": "hot-cold", "pattern": {"name": "uniform", "p": 0.05}, "steps": 5,
+                       "step_interval": 0.0, "sampling": {"interval": 0.1, "cold_thresholds": [0.1]}, "seed": 1})
+    run_dir = run(config, tmp_path, run_id="hc", progress=False)
+    (data,) = load_runs([run_dir])
+    pages = load_run(run_dir).pages
+    arenas = [i for i, name in enumerate(data.pages.regions) if name.startswith("arena:")]
+    assert sorted(data.pages.regions[i] for i in arenas) == ["arena:cold", "arena:hot"]
+    # hot-cold state = its two arenas, every page of them, nothing else.
+    assert data.pages.state.tolist() == np.isin(pages["region"], arenas).tolist()
+    assert int(data.pages.state.sum()) == data.metrics["state_pages"]

@@ -44,6 +44,7 @@ class Pages:
     region: np.ndarray
     regions: list[str]
     packed: dict[str, np.ndarray] = field(default_factory=dict)
+    state: np.ndarray | None = None  # bool per page: holds worker state (runs since state pages are measured)
     _unpacked: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -181,12 +182,19 @@ def _read_pages(path: Path) -> Pages | None:
                         if m.shape != (t.shape[0], (n_pages + 7) // 8):
                             raise ValueError(f"{name} has shape {m.shape}, expected ({t.shape[0]}, {(n_pages + 7) // 8})")
                         packed[name] = m
+            state = None
+            if "state" in names:
+                bits = np.asarray(z["state"], dtype=np.uint8)
+                if bits.shape != ((n_pages + 7) // 8,):
+                    raise ValueError(f"state has shape {bits.shape}, expected ({(n_pages + 7) // 8},)")
+                state = np.unpackbits(bits, count=n_pages).astype(bool)
             return Pages(
                 t=t,
                 page_addr=page_addr,
                 region=np.asarray(z["region"], dtype=np.int64) if "region" in names else np.zeros(n_pages, np.int64),
                 regions=[str(r) for r in z["regions"]] if "regions" in names else ["tracked"],
                 packed=packed,
+                state=state,
             )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise CorruptRun(f"cannot read {path}: {e}", "re-run it, or leave it out of the report") from None
