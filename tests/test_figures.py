@@ -269,8 +269,10 @@ def test_figures_from_a_real_sweep(tmp_path):
     assert notes == []
     with figs.style():
         fig = figs.render("page_utilization", load_runs(dirs)).figure
-    stored = [json.loads((d / "metrics.json").read_text())["page_utilization"] * 100 for d in dirs]
-    assert [p.get_width() for p in fig.axes[0].patches] == stored
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in dirs]
+    state_panel, whole_panel = fig.axes[0], fig.axes[1]
+    assert [p.get_width() for p in state_panel.patches] == [m["state_page_utilization"] * 100 for m in metrics]
+    assert [p.get_width() for p in whole_panel.patches] == [m["page_utilization"] * 100 for m in metrics]
 
 
 def test_figure_without_data_writes_nothing(stored, tmp_path, capsys):

@@ -264,10 +264,6 @@ def test_bench_sampler_measures_three_modes(cli):
 # --- worker-state pages ---------------------------------------------------------
 
 
-def _state_mask(pages: dict) -> np.ndarray:
-    return np.unpackbits(pages["state"], count=int(pages["n_pages"])).astype(bool)
-
-
 def test_state_pages_written_in_a_window_are_exactly_the_slab_pages_its_activations_write(tmp_path):
     # Replayed activations, so the ids are known; a sampling interval far
     # longer than the run makes it exactly one window (from the first sample,
@@ -305,7 +301,7 @@ def test_state_pages_written_in_a_window_are_exactly_the_slab_pages_its_activati
     arena = [i for i, name in enumerate(pages["regions"]) if name == "arena:slab"]
     assert len(arena) == 1
     in_arena = pages["region"] == arena[0]
-    state = _state_mask(pages)
+    state = pages["state"]
     assert state.tolist() == in_arena.tolist()
     m = r.metrics
     assert m["state_pages"] == m["state_tracked_pages"] == arena_pages == r.manifest["state_pages"]["count"]
@@ -328,7 +324,7 @@ def test_objects_state_pages_are_its_heap_pages_all_tracked(tmp_path):
     r = load_run(run(validate(cfg), tmp_path, run_id="obj", progress=False))
     assert r.status == "complete"
     m, pages, tl = r.metrics, r.pages, r.timeline
-    state = _state_mask(pages)
+    state = pages["state"]
     assert r.manifest["state_pages"]["source"] == "heap_pages"
     # Every page the objects occupied after spawn is tracked: the state columns are that set.
     assert m["state_pages"] == m["state_tracked_pages"] == int(state.sum()) > 0

@@ -50,8 +50,10 @@ def summary(run_dir: Path, m: dict) -> str:
         f"{m['workers']:,} workers, layout {m['layout']}, scheduler {m['scheduler']}, pattern {m['pattern']}, "
         f"{m['steps']:,} steps in {m['duration_s']:.1f} s",
         f"  bytes/worker       {_num(m.get('bytes_per_worker'), ',.0f', ' B')}",
-        f"  page utilization   {_num(m.get('page_utilization'), '.1%')}",
-        f"  WSS per window     {_num(m.get('wss_pages_mean'), ',.0f', ' pages')}",
+        f"  page utilization   {_num(m.get('state_page_utilization'), '.2%')} of worker-state pages, "
+        f"{_num(m.get('page_utilization'), '.2%')} whole process",
+        f"  WSS per window     {_num(m.get('state_wss_pages_mean'), ',.0f', ' pages')} of worker state, "
+        f"{_num(m.get('wss_pages_mean'), ',.0f', ' pages')} whole process",
         f"  cold fraction      {cold or 'n/a'}",
         f"  refault rate       {_num(m.get('refault_rate_pct_per_min'), ',.2f', ' % of WSS/min')}"
         f"  (major faults {_num(m.get('major_faults_per_min'), ',.1f', '/min')})",

@@ -60,6 +60,8 @@ class Run:
         for k in ("written", "resident", "swapped"):
             if k in data:
                 data[k] = np.unpackbits(data[k], axis=1, count=n).astype(bool)
+        if "state" in data:  # one bit per page: does it hold worker state
+            data["state"] = np.unpackbits(data["state"], count=n).astype(bool)
         return data
 
 
