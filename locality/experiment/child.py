@@ -175,6 +175,13 @@ def main() -> None:
         stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
+    # A population outliving a SIGKILLed runner would hold its memory forever.
+    from locality.kernel._platform import die_with_parent
+
+    parent = os.getppid()
+    die_with_parent(signal.SIGKILL)
+    if os.getppid() != parent:  # the runner died before prctl took effect
+        os._exit(1)
     chan = Channel()
 
     m = chan.expect("config")

@@ -179,3 +179,13 @@ def open_proc(pid: int | None, name: str, flags: int = os.O_RDONLY) -> int:
         return os.open(path, flags | os.O_CLOEXEC)
     except OSError as e:
         raise process_error(e.errno, os.getpid() if pid is None else pid, name) from None
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int) -> None:
+    """Have the kernel send ``sig`` to this process when its parent thread exits."""
+    if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
