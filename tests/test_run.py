@@ -364,27 +364,3 @@ def test_state_metrics_use_the_windows_of_the_whole_process_ones():
                 latencies_ns=np.empty(0), cold_thresholds=[], interval=1.0, state_pages=7, state_tracked_pages=0)
     assert m["state_page_utilization"] is None and m["state_wss_pages_mean"] is None
 
-
-def test_population_child_dies_with_a_sigkilled_runner(tmp_path):
-    import psutil
-
-    code = (
-        "import sys\n"
-        "from locality.experiment.config import load_config\n"
-        "from locality.experiment.runner import run\n"
-        "run(load_config(sys.argv[1], ['steps=1000000']), sys.argv[2], progress=False)\n"
-    )
-    root = Path(__file__).resolve().parents[1]
-    runner = subprocess.Popen([sys.executable, "-c", code, str(root / "experiments" / "small.toml"), str(tmp_path)])
-    try:
-        deadline = time.monotonic() + 60
-        children: list[psutil.Process] = []
-        while not children and time.monotonic() < deadline:
-            time.sleep(0.2)
-            children = psutil.Process(runner.pid).children(recursive=True)
-        assert children, "the runner never started its population child"
-    finally:
-        runner.kill()
-        runner.wait()
-    gone, alive = psutil.wait_procs(children, timeout=10)
-    assert not alive, f"population children outlived the runner: {[p.pid for p in alive]}"
