@@ -339,3 +339,17 @@ def test_pages_state_bits_are_the_runs_state_columns(tmp_path):
     # hot-cold state = its two arenas, every page of them, nothing else.
     assert data.pages.state.tolist() == np.isin(pages["region"], arenas).tolist()
     assert int(data.pages.state.sum()) == data.metrics["state_pages"]
+
+
+def test_runs_that_shared_a_node_are_flagged(tmp_path):
+    from locality.experiment import store
+
+    alone = make_run(tmp_path, "alone", "slab")
+    shared = make_run(tmp_path, "shared", "objects")
+    store.update_manifest(alone, node={"hostname": "n1"}, shared_node_with=[])
+    store.update_manifest(shared, node={"hostname": "n2"}, shared_node_with=["layout=slab-x", "layout=grouped-y"])
+    html = render_html(load_runs([alone, shared]))
+    notes = re.findall(r'<p class="note">(.*?)</p>', html, flags=re.S)
+    flagged = [n for n in notes if "shared" in n]
+    assert len(flagged) == 1
+    assert "n2" in flagged[0] and "layout=slab-x, layout=grouped-y" in flagged[0]

@@ -185,6 +185,22 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+def shared_node_notes(runs: list[RunData]) -> list[str]:
+    """Runs of a distributed sweep that ran beside another point on the same node.
+
+    Their memory and CPU figures may be disturbed by the neighbour, so the
+    report says so (manifest ``shared_node_with``, written by --executor dask).
+    """
+    notes = []
+    for r in runs:
+        others = r.manifest.get("shared_node_with") or []
+        if others:
+            host = (r.manifest.get("node") or {}).get("hostname", "the same node")
+            notes.append(f"{r.label} shared {host} with {', '.join(map(str, others))} while it ran: "
+                         "its memory and throughput figures may include their interference.")
+    return notes
+
+
 def render_html(runs: list[RunData], *, title: str | None = None, figure_names: Iterable[str] | None = None,
                 notes: Iterable[str] = ()) -> str:
     if not runs:
@@ -201,7 +217,7 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
         rows=rows,
         setup=setup_of(runs),
         figures=figure_blocks(runs, names),
-        notes=list(notes),
+        notes=[*notes, *shared_node_notes(runs)],
         created=store.utcnow(),
     )
 
