@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from locality.errors import ConfigError
+from locality.population.patterns import PATTERNS
 
 SCHEDULERS = ("lean", "asyncio")
 ARENAS = ("anon", "file")
@@ -52,28 +53,34 @@ class _Model(BaseModel):
 Probability = Annotated[float, Field(gt=0, le=1)]
 
 
+# Defaults come from the pattern classes themselves, so a config that leaves a
+# parameter out runs exactly what `make_pattern` would.
+_DEFAULTS = {name: cls.PARAMS for name, cls in PATTERNS.items()}
+
+
 class UniformPattern(_Model):
     name: Literal["uniform"]
-    p: Probability = 0.01
+    p: Probability = _DEFAULTS["uniform"]["p"]
 
 
 class ZipfPattern(_Model):
     name: Literal["zipf"]
-    s: float = Field(1.1, gt=0)
-    p: Probability = 0.01
+    s: float = Field(_DEFAULTS["zipf"]["s"], gt=0)
+    p: Probability = _DEFAULTS["zipf"]["p"]
 
 
 class SheetPattern(_Model):
     name: Literal["sheet"]
-    p: Probability = 0.01
-    radius: int = Field(3, gt=0)
-    waves: int = Field(1, gt=0)
+    p: Probability = _DEFAULTS["sheet"]["p"]
+    radius: float = Field(_DEFAULTS["sheet"]["radius"], gt=0)
+    waves: int = Field(_DEFAULTS["sheet"]["waves"], ge=0)
+    lifetime: int = Field(_DEFAULTS["sheet"]["lifetime"], ge=1)
 
 
 class BurstyPattern(_Model):
     name: Literal["bursty"]
-    p_on: Probability = 0.05
-    p_off: Probability = 0.5
+    p_on: Probability = _DEFAULTS["bursty"]["p_on"]
+    p_off: Probability = _DEFAULTS["bursty"]["p_off"]
 
 
 class ReplayPattern(_Model):
@@ -92,7 +99,7 @@ Pattern = Annotated[
     Union[UniformPattern, ZipfPattern, SheetPattern, BurstyPattern, ReplayPattern],
     Field(discriminator="name"),
 ]
-PATTERN_NAMES = ("uniform", "zipf", "sheet", "bursty", "replay")
+PATTERN_NAMES = tuple(PATTERNS)
 
 
 class Sampling(_Model):
