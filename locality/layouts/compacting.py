@@ -1,11 +1,17 @@
 """compacting: recently active workers' hot parts move into a dense region, in activation order.
 
-A moving, generational idea.  The hot arena has a home region (slot i =
-worker i, 16 B each) and a dense region after it; an indirection table
-``slot[i]`` says where worker i's hot part is now (``update`` reads it, never
-writes it).
+A moving, generational idea.  The hot arena has a home region (16 B slots)
+and a dense region after it; an indirection table ``slot[i]`` says where
+worker i's hot part is now (``update`` reads it, never writes it).
 
-Cold parts live in a cold arena in id order, plus a small "due" region: a
+The home region is in Hilbert order of the sheet grid, exactly as in
+``clustered`` (``home[i]`` = worker i's home slot, holes included), and so
+is the cold arena's home region (``cold_home[i]``): what the dense region
+cannot predict -- a burst's first step, a travelling wave's new cells -- is
+written at home, and there a radius-3 disc covers ~2 pages (16 x 16
+Hilbert tiles) instead of 7 in id order.
+
+Cold parts live in a cold arena (home region, Hilbert order), plus a small "due" region: a
 cold part is touched by the activation that brings ``count`` to a multiple
 of 64, so the layout knows which dense members' NEXT activation touches
 their cold part (count % 64 == 63) and stages exactly those cold parts in
@@ -34,6 +40,7 @@ from locality.layouts.base import (
     COLD_BYTES, COLD_EVERY, COLD_WORDS, DECAY, HOT_BYTES, HOT_WORDS, NEVER, W_COUNT, W_LAST_STEP, ArenaLayout,
     Region, round_up, touch_cold,
 )
+from locality.layouts.clustered import hilbert_slots
 
 
 class CompactingLayout(ArenaLayout):
@@ -52,13 +59,21 @@ class CompactingLayout(ArenaLayout):
         self.capacity = int(capacity) if capacity else max(1, min(self.n, self.n // 8))
         if not 0 < self.capacity <= self.n:
             raise InvalidArgument(f"compacting: capacity must be in 1..{self.n}, got {capacity}")
+        # home slot -> worker in Hilbert order (-1: a hole off the sheet, never touched)
+        self.home_order = hilbert_slots(self.n).astype(np.int32)
+        self.cold_home_order = self.home_order[self.home_order >= 0]  # cold home slot -> worker
+        self.home = np.empty(self.n, dtype=np.int32)  # worker -> hot home slot
+        used = np.flatnonzero(self.home_order >= 0).astype(np.int32)
+        self.home[self.home_order[used]] = used
+        self.cold_home = np.empty(self.n, dtype=np.int32)  # worker -> cold home slot
+        self.cold_home[self.cold_home_order] = np.arange(self.n, dtype=np.int32)
         # dense region starts on its own page so home and dense never share one
-        self.dense_base = round_up(self.n * HOT_BYTES) // HOT_BYTES
+        self.dense_base = round_up(self.home_order.size * HOT_BYTES) // HOT_BYTES
         self.stage_cold = bool(stage_cold)
         # the due region starts on a page of its own
         self.due_base = -(-round_up(self.n * COLD_BYTES) // COLD_BYTES)
-        self.slot = np.arange(self.n, dtype=np.int32)
-        self.cold_slot = np.arange(self.n, dtype=np.int32)
+        self.slot = self.home.copy()
+        self.cold_slot = self.cold_home.copy()
         self.members = np.zeros(0, dtype=np.int64)  # dense slot k -> worker
         self.due = np.zeros(0, dtype=np.int64)  # due slot k -> worker
         try:
@@ -145,8 +160,9 @@ class CompactingLayout(ArenaLayout):
         in_order[order] = True
         evicted = self.members[~in_order[self.members]]
         if evicted.size:
-            rows[evicted] = rows[slot[evicted]]  # home slot of worker i is i
-            slot[evicted] = evicted
+            home = self.home[evicted]
+            rows[home] = rows[slot[evicted]]
+            slot[evicted] = home
         # only rewrite dense slots whose occupant changes
         new_slots = self.dense_base + np.arange(order.size)
         moved = slot[order] != new_slots
@@ -167,8 +183,9 @@ class CompactingLayout(ArenaLayout):
         staged[due] = True
         leaving = self.due[~staged[self.due]]
         if leaving.size:
-            rows[leaving] = rows[cslot[leaving]]
-            cslot[leaving] = leaving
+            home = self.cold_home[leaving]
+            rows[home] = rows[cslot[leaving]]
+            cslot[leaving] = home
         new_slots = self.due_base + np.arange(due.size)
         moved = cslot[due] != new_slots
         rows[new_slots[moved]] = records[moved]
@@ -177,13 +194,16 @@ class CompactingLayout(ArenaLayout):
         self.relocated_records += int(moved.sum() + leaving.size)
 
     def regions(self) -> list[Region]:
-        home_owner = np.where(self.slot[: self.n] == np.arange(self.n), np.arange(self.n), -1)
+        at_home = self.slot == self.home
+        home_owner = np.where(self.home_order >= 0, self.home_order, 0)
+        home_owner = np.where((self.home_order >= 0) & at_home[home_owner], home_owner, -1)
         dense_owner = np.full(self.capacity, -1, dtype=np.int64)
         dense_owner[: self.members.size] = self.members
-        cold_home = np.where(self.cold_slot == np.arange(self.n), np.arange(self.n), -1)
+        cold_at_home = self.cold_slot == self.cold_home
+        cold_home = np.where(cold_at_home[self.cold_home_order], self.cold_home_order, -1)
         due_owner = np.full(self.capacity, -1, dtype=np.int64)
         due_owner[: self.due.size] = self.due
-        regions = [Region("hot", "hot", 0, HOT_BYTES, HOT_BYTES, self.n, home_owner),
+        regions = [Region("hot", "hot", 0, HOT_BYTES, HOT_BYTES, self.home_order.size, home_owner),
                    Region("hot", "hot", self.dense_base * HOT_BYTES, HOT_BYTES, HOT_BYTES, self.capacity, dense_owner),
                    Region("cold", "cold", 0, COLD_BYTES, COLD_BYTES, self.n, cold_home)]
         if self.stage_cold:
