@@ -206,6 +206,38 @@ def test_compacting_moves_recent_workers_into_the_dense_region():
         layout.close()
 
 
+def test_compacting_home_region_is_in_hilbert_order_like_clustered():
+    side = 256  # 65,536 workers: the sheet is exactly the 2**8 Hilbert grid, so no holes
+    layout = make_layout("compacting", side * side, capacity=1000)
+    clustered = make_layout("clustered", side * side)
+    tracker = WriteTracker(layout.arenas["hot"].address, layout.arenas["hot"].length)
+    try:
+        np.testing.assert_array_equal(layout.home, clustered.pos)  # the same home slots, not a copy of the curve
+        np.testing.assert_array_equal(layout.cold_home, clustered.cold_pos)
+        # an aligned 16 x 16 tile of the sheet, never active: written at home, on exactly one hot page
+        x, y = np.meshgrid(np.arange(32, 48), np.arange(16, 32))
+        tile = (y * side + x).ravel()
+        expected = layout.expected_written(tile)["hot"]
+        tracker.reset()
+        activate(layout, tile, 0)
+        written = tracker.written()
+        np.testing.assert_array_equal(written, expected)
+        assert np.flatnonzero(written).tolist() == [int(clustered.pos[tile[0]]) * HOT_BYTES // PAGE_SIZE]
+        # moved into the dense region, their home bytes have no owner; copied back home, they do again
+        layout.maintain(0, tile)
+        home = layout.arenas["hot"].address + layout.home[tile].astype(np.int64) * HOT_BYTES
+        assert (layout.owners(home) == -1).all()
+        assert (layout.slot[tile] >= layout.dense_base).all()
+        activate(layout, np.array([5]), 1 + layout.window)
+        layout.maintain(1 + layout.window, np.array([5]))
+        assert (layout.slot[tile] == layout.home[tile]).all()
+        assert layout.owners(home).tolist() == tile.tolist()
+    finally:
+        tracker.close()
+        clustered.close()
+        layout.close()
+
+
 def test_clustered_learned_reorders_by_first_activation():
     layout = make_layout("clustered-learned", 1000, warmup=2)
     try:
