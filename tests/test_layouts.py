@@ -199,8 +199,12 @@ def test_compacting_moves_recent_workers_into_the_dense_region():
         layout.maintain(1, np.array([1]))
         activate(layout, np.array([2]), 2)
         layout.maintain(2, np.array([2]))
-        assert layout.members.tolist() == [1, 2]
+        assert layout.members.tolist() == [2, 1]  # this step's worker first, the idle recent one after it
         assert (layout.slot[ids] == layout.home[ids]).all()  # back at their (Hilbert-ordered) home slots
+        activate(layout, np.array([1]), 3)
+        layout.maintain(3, np.array([1]))
+        assert layout.members.tolist() == [1, 2]  # 1 active again: packed first
+        assert layout.slot[[1, 2]].tolist() == [layout.dense_base, layout.dense_base + 1]
         np.testing.assert_array_equal(layout.state(ids)["count"], before[ids]["count"])
     finally:
         layout.close()

@@ -21,10 +21,13 @@ on a few dense pages instead of one page each.  (``stage_cold=False`` turns
 this off: cold parts then never move.)
 
 Every ``every`` steps, ``maintain(step, ids)`` rebuilds the dense region:
-members activated within the last ``window`` steps stay (in their order),
-newly activated workers are appended in the order they were activated, the
-rest are copied back home; the region holds at most ``capacity`` workers
-(the oldest go first).  Then it restages the due cold parts.  The copy time is measured (``relocation_seconds``,
+members activated at this step first (in their order), then newly activated
+workers in the order they were activated, then members idle at this step
+but activated within the last ``window`` steps; the rest are copied back
+home.  Packing this step's workers first keeps a burst that has ended from
+leaving gaps between the active ones (it drifts to the tail, whole pages of
+it untouched).  The region holds at most ``capacity`` workers (idle ones
+go first, then the oldest).  Then it restages the due cold parts.  The copy time is measured (``relocation_seconds``,
 returned per call) and so is what it writes: the benchmark counts pages
 written by relocation separately from pages written by activations.
 """
@@ -87,11 +90,15 @@ class CompactingLayout(ArenaLayout):
         self._cslot = memoryview(self.cold_slot).cast("B").cast("i")
         cold_u32 = self.arenas["cold"].u32
         self._cold_rows = cold_u32[: cold_u32.size // COLD_WORDS * COLD_WORDS].reshape(-1, COLD_WORDS)
+        # the same slots as one opaque item each: a fancy-indexed copy of 16- or 80-byte items is
+        # ~17x faster than of rows of 4-byte words (measured, 45k random 16 B moves: 0.65 vs 11 ms)
+        self._cold_items = self._cold_rows.reshape(-1).view(f"V{COLD_BYTES}")
         self._hu = self.arenas["hot"].words("I")
         self._hf = self.arenas["hot"].words("f")
         self._cu = self.arenas["cold"].words("I")
         self._cf = self.arenas["cold"].words("f")
         self._hot_rows = self.arenas["hot"].u32.reshape(-1, HOT_WORDS)
+        self._hot_items = self.arenas["hot"].u32.view(f"V{HOT_BYTES}")
 
     def hot_word(self, ids: np.ndarray) -> np.ndarray:
         return self.slot[np.asarray(ids, dtype=np.int64)].astype(np.int64) * HOT_WORDS
@@ -121,9 +128,10 @@ class CompactingLayout(ArenaLayout):
         if members.size:
             last = rows[self.slot[members], W_LAST_STEP].astype(np.int64)
             recent = (last != NEVER) & (last > step - self.window)
-            keep = members[recent]
+            now = recent & (last == step)
+            active, idle = members[now], members[recent & ~now]
         else:
-            keep = members
+            active = idle = members
         if ids is not None and len(ids):
             ids = np.asarray(ids, dtype=np.int64)
             _, first = np.unique(ids, return_index=True)
@@ -131,9 +139,13 @@ class CompactingLayout(ArenaLayout):
             fresh = fresh[self.slot[fresh] < self.dense_base]
         else:
             fresh = np.zeros(0, dtype=np.int64)
-        order = np.concatenate([keep, fresh])
-        if order.size > self.capacity:
+        # this step's workers packed first, the idle recent ones after them: a burst that ended
+        # leaves whole pages at the tail instead of gaps between the active ones
+        order = np.concatenate([active, fresh])
+        if order.size >= self.capacity:
             order = order[-self.capacity:]
+        elif idle.size:
+            order = np.concatenate([order, idle[-(self.capacity - order.size):]])
         self._move(order)
         if self.stage_cold:
             self._stage_cold()
@@ -153,7 +165,7 @@ class CompactingLayout(ArenaLayout):
         return dt
 
     def _move(self, order: np.ndarray) -> None:
-        rows = self._hot_rows
+        rows = self._hot_items
         slot = self.slot
         records = rows[slot[order]]  # gather before anything is overwritten
         in_order = np.zeros(self.n, dtype=bool)
@@ -173,7 +185,7 @@ class CompactingLayout(ArenaLayout):
 
     def _stage_cold(self) -> None:
         """Due region := cold parts of dense members whose next activation touches them."""
-        rows = self._cold_rows
+        rows = self._cold_items
         members = self.members
         count = self._hot_rows[self.slot[members], W_COUNT].astype(np.int64)
         due = members[(count + 1) % COLD_EVERY == 0]
