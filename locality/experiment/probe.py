@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +43,7 @@ import numpy as np
 
 from locality.errors import InvalidArgument, LocalityError, NoSuchProcess
 from locality.experiment import store
+from locality.experiment.signals import StopSignals
 from locality.kernel import PAGE_SIZE, clear_refs, faults, pagemap, smaps
 from locality.kernel._platform import check_pid
 
@@ -198,7 +197,7 @@ class _Probe:
         self.pid, self.out, self.manifest = pid, out, manifest
         self.interval, self.duration, self.track_refs, self.ranges = interval, duration, track_refs, ranges
         self.on_sample = on_sample
-        self.signal: int | None = None
+        self.stop = StopSignals()
         # Timeline, columnar: per sample one int64 block (VMAs x _BLOCK_COLUMNS)
         # and its scalars; VMA strings live once in ``regions``. A long probe of
         # a process with thousands of VMAs stays tens of MB, not a dict per row.
@@ -211,30 +210,16 @@ class _Probe:
         self.page_sizes: set[int] = set()
         self.note: str | None = None
 
-    # Ctrl-C / SIGTERM become a flag checked between samples, so no sample
-    # is cut in half and every file can still be written.
-    def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        old = {}
-
-        def on_signal(signum: int, frame: Any) -> None:
-            self.signal = signum
-
-        for s in (signal.SIGINT, signal.SIGTERM):
-            old[s] = signal.signal(s, on_signal)
-        return old
 
     def execute(self) -> Path:
-        old = self._install_signals()
         status, error, raised = "complete", None, None
-        try:
+        with self.stop:
             # From here on, Ctrl-C leaves a whole (interrupted) run, never a half one.
             self.out.mkdir(parents=True, exist_ok=True)
             store.write_manifest(self.out, self.manifest)
             try:
                 self._loop()
-                if self.signal is not None:
+                if self.stop.signum is not None:
                     status = "interrupted"
             except _Interrupted:
                 status = "interrupted"
@@ -245,9 +230,6 @@ class _Probe:
             except Exception as e:
                 status, error, raised = "failed", f"{type(e).__name__}: {e}", e
             self._write(status, error)
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
         if raised is not None:
             raise raised
         if status == "interrupted":
@@ -256,7 +238,7 @@ class _Probe:
 
     def _wait_until(self, deadline: float) -> None:
         while True:
-            if self.signal is not None:
+            if self.stop.signum is not None:
                 raise _Interrupted
             left = deadline - time.monotonic()
             if left <= 0:

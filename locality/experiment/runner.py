@@ -28,6 +28,7 @@ import pandas as pd
 
 from locality.errors import InvalidArgument, LocalityError, Unsupported
 from locality.experiment import store
+from locality.experiment.signals import StopSignals
 from locality.experiment.config import ExperimentConfig
 from locality.experiment.metrics import _tkey, compute
 from locality.experiment.policies import make_policy
@@ -90,7 +91,7 @@ class _Run:
         self.interval = float(config.sampling.interval)
         self.policy = make_policy(config, run_dir.name)
         self.messages: queue.Queue = queue.Queue()
-        self.signal: int | None = None
+        self.stop = StopSignals()
         self.proc: subprocess.Popen | None = None
         self.sampler: Sampler | None = None
         self.rows: list[dict[str, Any]] = []
@@ -108,43 +109,28 @@ class _Run:
         self.bar: Any = None
         self.last_flush = 0.0
 
-    # -- signals: turn Ctrl-C / SIGTERM into a flag the loop checks, so no
-    # sample is cut in half and every file can still be written.
-    def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        old = {}
-
-        def on_signal(signum: int, frame: Any) -> None:
-            self.signal = signum
-
-        for s in (signal.SIGINT, signal.SIGTERM):
-            old[s] = signal.signal(s, on_signal)
-        return old
 
     def execute(self) -> Path:
-        old = self._install_signals()
         latency_path = Path(tempfile.mkstemp(prefix="locality-latency-", suffix=".npy")[1])
         self.state_path = Path(tempfile.mkstemp(prefix="locality-state-pages-", suffix=".npy")[1])
         stderr_file = tempfile.TemporaryFile()
         try:
-            try:
-                with self.policy:
-                    status, error = self._body(stderr_file, latency_path)
-            except LocalityError as e:  # the policy could not be set up or torn down
-                status, error = "failed", str(e)
-            tail = _tail(stderr_file)
-            if status == "failed" and tail:
-                error = f"{error}\nchild stderr (tail):\n{tail}"
-            self._write(status, error, latency_path)
+            with self.stop:
+                try:
+                    with self.policy:
+                        status, error = self._body(stderr_file, latency_path)
+                except LocalityError as e:  # the policy could not be set up or torn down
+                    status, error = "failed", str(e)
+                tail = _tail(stderr_file)
+                if status == "failed" and tail:
+                    error = f"{error}\nchild stderr (tail):\n{tail}"
+                self._write(status, error, latency_path)
         finally:
             stderr_file.close()
             latency_path.unlink(missing_ok=True)
             self.state_path.unlink(missing_ok=True)
             if self.bar is not None:
                 self.bar.close()
-            for s, h in old.items():
-                signal.signal(s, h)
         if status == "interrupted":
             raise KeyboardInterrupt
         if status == "failed":
@@ -157,7 +143,7 @@ class _Run:
             self._start(stderr_file, latency_path)
             self._setup()
             self._loop()
-            return ("interrupted" if self.signal is not None else "complete"), None
+            return ("interrupted" if self.stop.signum is not None else "complete"), None
         except _Stop:
             return "interrupted", None
         except LocalityError as e:
@@ -205,7 +191,7 @@ class _Run:
     def _wait_for(self, kind: str, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            if self.signal is not None:
+            if self.stop.signum is not None:
                 raise _Stop
             m = self._next(min(0.1, max(0.0, deadline - time.monotonic())))
             if m is not None and m.get("msg") == kind:
@@ -301,7 +287,7 @@ class _Run:
         assert self.t0 is not None
         next_sample = self.t0 + self.interval if self.interval > 0 else float("inf")
         while self.child_done is None:
-            if self.signal is not None:
+            if self.stop.signum is not None:
                 self._send("stop")
                 self._drain_until_done(STOP_TIMEOUT_S)
                 break
