@@ -11,7 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from conftest import skip_or_fail
 
 CHROMIUM = "/usr/bin/chromium"

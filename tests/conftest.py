@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -65,3 +66,48 @@ def cli(tmp_path):
         return run_cli(*args, **kw)
 
     return call
+
+
+def zram_swap_active() -> bool:
+    from locality.kernel import swap_active
+
+    return any(a["filename"] == "/dev/zram0" for a in swap_active())
+
+
+@pytest.fixture
+def swap_on():
+    """zram swap on for the test, and ALWAYS off again, leaving the device as found."""
+    from locality.kernel import swap as zram
+
+    if os.geteuid() != 0 or not zram.ZRAM_SYSFS.is_dir():
+        skip_or_fail("zram swap needs root and /sys/block/zram0")
+    if zram_swap_active():
+        pytest.skip("zram swap is already in use on this machine (another run?)")
+    zram.zram_swap_on(512 << 20)  # outside the try: if it fails, someone else's swap stays on
+    try:
+        yield
+    finally:
+        zram.zram_swap_off()
+        assert not zram_swap_active()
+        assert zram._read("disksize") == "0" and not zram.STATE_FILE.exists()
+
+
+@contextlib.contextmanager
+def on_one_cpu(*pids: int):
+    """Pin this process and ``pids`` to one CPU for the block.
+
+    process_madvise(MADV_PAGEOUT) drains only the calling CPU's LRU-add batch:
+    pages a child has just touched on another CPU can still sit in that CPU's
+    batch, cannot be isolated, and are silently skipped. Touch and page out on
+    the same CPU and the ground truth is exact.
+    """
+    cpu = min(os.sched_getaffinity(0))
+    saved = {pid: os.sched_getaffinity(pid) for pid in (0, *pids)}
+    for pid in saved:
+        os.sched_setaffinity(pid, {cpu})
+    try:
+        yield cpu
+    finally:
+        for pid, cpus in saved.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(pid, cpus)

@@ -143,7 +143,6 @@ def experiment(tmp_path: Path, runs_dir: Path, figures: str = "", run_ids: list[
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory):
     """The runs of BASE's grid, stored under the sweep's point ids with the sweep's configs."""
-    from locality.experiment.config import load_config
     from locality.experiment.sweep import points
 
     d = tmp_path_factory.mktemp("stored")

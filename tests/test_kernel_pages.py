@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from childproc import Child
 
-from locality.errors import AccessDenied, InvalidArgument, NoSuchProcess
+from locality.errors import InvalidArgument, NoSuchProcess
 from locality.kernel import PAGE_SIZE, mincore, pagemap
 from locality.kernel.pagemap import residency
 

@@ -13,9 +13,7 @@ from locality.experiment import cgroup
 from locality.experiment.config import validate
 from locality.experiment.policies import CgroupLimit, NoReclaim, PageoutIdle, make_policy
 from locality.experiment.sampler import SWP_PTE_MARKER, Sampler, anonymous_ranges, runs, subtract
-from locality.kernel import swap_active
 from locality.kernel.pagemap import pagemap
-from locality.kernel import swap as zram
 
 
 def written_set(sampler: Sampler, row: int) -> list[int]:
@@ -118,25 +116,6 @@ def test_cgroup_limit_applies_and_is_removed_even_on_error():
                 assert pol.info()["cgroup"]["version"] == version
                 raise RuntimeError("boom")
     assert not path.exists()
-
-
-def _zram_active() -> bool:
-    return any(a["filename"] == "/dev/zram0" for a in swap_active())
-
-
-@pytest.fixture
-def swap_on():
-    """zram swap on for the test, and ALWAYS off again."""
-    if os.geteuid() != 0 or not zram.ZRAM_SYSFS.is_dir():
-        pytest.skip("needs root and /sys/block/zram0")
-    if _zram_active():
-        pytest.skip("zram swap is already in use on this machine (another run?)")
-    try:
-        zram.zram_swap_on(256 << 20)
-        yield
-    finally:
-        zram.zram_swap_off()
-        assert not _zram_active()
 
 
 @pytest.mark.swap

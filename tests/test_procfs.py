@@ -14,7 +14,7 @@ import pytest
 from childproc import Child
 from conftest import UNPRIVILEGED
 
-from locality.errors import AccessDenied, InvalidArgument, NoSuchProcess
+from locality.errors import InvalidArgument, NoSuchProcess
 from locality.kernel import PAGE_SIZE, procfs
 
 N_PAGES = 512

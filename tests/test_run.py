@@ -18,7 +18,6 @@ from locality.experiment import load, load_run
 from locality.experiment.config import validate
 from locality.experiment.runner import RunFailed, run
 from locality.kernel import swap_active
-from locality.kernel import swap as zram
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,25 +165,6 @@ def test_signal_mid_run_leaves_an_interrupted_readable_run(tmp_path, sig):
 # -- reclaim acceptance -------------------------------------------------------------
 
 
-def _zram_active() -> bool:
-    return any(a["filename"] == "/dev/zram0" for a in swap_active())
-
-
-@pytest.fixture
-def swap_on():
-    """zram swap on for the test, and ALWAYS off again."""
-    if os.geteuid() != 0 or not zram.ZRAM_SYSFS.is_dir():
-        pytest.skip("needs root and /sys/block/zram0")
-    if _zram_active():
-        pytest.skip("zram swap is already in use on this machine (another run?)")
-    try:
-        zram.zram_swap_on(512 << 20)
-        yield
-    finally:
-        zram.zram_swap_off()
-        assert not _zram_active()
-
-
 PAGEOUT_WORKERS = 100_000
 
 
@@ -224,7 +204,7 @@ def test_pageout_idle_on_a_sheet_population_is_mostly_cold_and_refaults_are_meas
 
 
 def test_pageout_idle_without_swap_is_refused_before_anything_is_created(tmp_path):
-    if _zram_active() or swap_active():
+    if swap_active():
         pytest.skip("swap is on on this machine")
     cfg = validate(small(reclaim={"policy": "pageout-idle", "idle_seconds": 1}))
     from locality.errors import Unsupported

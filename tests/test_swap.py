@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from childproc import Child
+from conftest import on_one_cpu, zram_swap_active as zram_active
 
 from locality.errors import InvalidArgument, LocalityError, Unsupported
 from locality.kernel import PAGE_SIZE, pagemap, process_pageout, swap_active
@@ -22,25 +23,8 @@ needs_root_and_zram = pytest.mark.skipif(
 )
 
 
-def zram_active() -> bool:
-    return any(a["filename"] == "/dev/zram0" for a in swap_active())
-
-
 def device_is_as_found() -> bool:
     return not zram_active() and zram._read("disksize") == "0" and not zram.STATE_FILE.exists()
-
-
-@pytest.fixture
-def swap_on():
-    """zram swap on for the test, and ALWAYS off again."""
-    if zram_active():
-        pytest.skip("zram swap is already in use on this machine (another run?)")
-    zram.zram_swap_on(256 << 20)  # outside the try: if it fails, someone else's swap stays on
-    try:
-        yield
-    finally:
-        zram.zram_swap_off()
-        assert device_is_as_found()
 
 
 def majflt(pid: int) -> int:
@@ -64,7 +48,7 @@ def test_swap_on_records_prior_state(swap_on):
 @needs_root_and_zram
 def test_anonymous_pageout_swaps_exactly_those_pages_and_touching_brings_them_back(swap_on):
     n = 1024
-    with Child(pages=n) as c:
+    with Child(pages=n) as c, on_one_cpu(c.pid):
         c.touch(range(n))
         evicted = sorted(np.random.default_rng(7).choice(n, size=300, replace=False).tolist())
         ranges = [(c.addr + p * PAGE_SIZE, PAGE_SIZE) for p in evicted]
@@ -92,7 +76,7 @@ def test_swapped_pages_are_told_apart_from_uffd_markers_in_a_tracked_range(swap_
     from locality.kernel import WriteTracker
 
     n = 512
-    with Child(pages=n) as c:
+    with Child(pages=n) as c, on_one_cpu(c.pid):
         touched = list(range(0, n, 2))
         c.touch(touched)
         c.register_write_tracking()
