@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -91,23 +90,3 @@ def swap_on():
         assert not zram_swap_active()
         assert zram._read("disksize") == "0" and not zram.STATE_FILE.exists()
 
-
-@contextlib.contextmanager
-def on_one_cpu(*pids: int):
-    """Pin this process and ``pids`` to one CPU for the block.
-
-    process_madvise(MADV_PAGEOUT) drains only the calling CPU's LRU-add batch:
-    pages a child has just touched on another CPU can still sit in that CPU's
-    batch, cannot be isolated, and are silently skipped. Touch and page out on
-    the same CPU and the ground truth is exact.
-    """
-    cpu = min(os.sched_getaffinity(0))
-    saved = {pid: os.sched_getaffinity(pid) for pid in (0, *pids)}
-    for pid in saved:
-        os.sched_setaffinity(pid, {cpu})
-    try:
-        yield cpu
-    finally:
-        for pid, cpus in saved.items():
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(pid, cpus)

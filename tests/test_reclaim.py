@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
-from conftest import on_one_cpu
 from childproc import Child
 
 from locality.errors import InvalidArgument, NoSuchProcess
@@ -36,17 +37,16 @@ def test_pageout_of_a_file_mapping_leaves_it_non_resident(file_child):
 def test_process_pageout_of_some_file_pages_from_the_parent(file_child):
     touched = subset(2, 120)
     evicted = touched[::3]
-    with on_one_cpu(file_child.pid):
-        file_child.touch(touched)
-        file_child.msync()
-        ranges = [(file_child.addr + p * PAGE_SIZE, PAGE_SIZE) for p in evicted]
-        assert process_pageout(file_child.pid, ranges) == len(evicted) * PAGE_SIZE
+    file_child.touch(touched)
+    file_child.msync()
+    ranges = [(file_child.addr + p * PAGE_SIZE, PAGE_SIZE) for p in evicted]
+    assert process_pageout(file_child.pid, ranges) == len(evicted) * PAGE_SIZE
     assert file_child.mincore() == sorted(set(touched) - set(evicted))
 
 
 def test_process_pageout_batches_more_ranges_than_iov_max(tmp_path):
     n = 2100  # > 2 x IOV_MAX single-page ranges
-    with Child(pages=n, backing="file", directory=tmp_path) as c, on_one_cpu(c.pid):
+    with Child(pages=n, backing="file", directory=tmp_path) as c:
         c.touch(range(n))
         c.msync()
         ranges = [(c.addr + p * PAGE_SIZE, PAGE_SIZE) for p in range(0, n)]
@@ -109,3 +109,4 @@ def test_process_madvise_bad_input():
     assert e.value.pid == pid
     with pytest.raises(InvalidArgument):
         process_cold(-5, [(addr, PAGE_SIZE)])
+

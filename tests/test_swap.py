@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from childproc import Child
-from conftest import on_one_cpu, zram_swap_active as zram_active
+from conftest import zram_swap_active as zram_active
 
 from locality.errors import InvalidArgument, LocalityError, Unsupported
 from locality.kernel import PAGE_SIZE, pagemap, process_pageout, swap_active
@@ -48,7 +48,7 @@ def test_swap_on_records_prior_state(swap_on):
 @needs_root_and_zram
 def test_anonymous_pageout_swaps_exactly_those_pages_and_touching_brings_them_back(swap_on):
     n = 1024
-    with Child(pages=n) as c, on_one_cpu(c.pid):
+    with Child(pages=n) as c:
         c.touch(range(n))
         evicted = sorted(np.random.default_rng(7).choice(n, size=300, replace=False).tolist())
         ranges = [(c.addr + p * PAGE_SIZE, PAGE_SIZE) for p in evicted]
@@ -76,7 +76,7 @@ def test_swapped_pages_are_told_apart_from_uffd_markers_in_a_tracked_range(swap_
     from locality.kernel import WriteTracker
 
     n = 512
-    with Child(pages=n) as c, on_one_cpu(c.pid):
+    with Child(pages=n) as c:
         touched = list(range(0, n, 2))
         c.touch(touched)
         c.register_write_tracking()
@@ -187,3 +187,23 @@ def test_swap_active_parses_proc_swaps():
     areas = swap_active()
     lines = Path("/proc/swaps").read_text().splitlines()[1:]
     assert [a["filename"] for a in areas] == [line.split()[0] for line in lines]
+
+
+@pytest.mark.swap
+@needs_root_and_zram
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_pageout_reaches_pages_still_in_another_cpus_lru_batch(swap_on):
+    # Freshly faulted pages wait in the LRU-add batch of the CPU that touched
+    # them, where reclaim cannot isolate them. The child touches on one CPU and
+    # we page out from another: every page must still be swapped.
+    cpus = sorted(os.sched_getaffinity(0))
+    mine = os.sched_getaffinity(0)
+    with Child(pages=16) as c:
+        os.sched_setaffinity(c.pid, {cpus[-1]})
+        os.sched_setaffinity(0, {cpus[0]})
+        try:
+            c.touch(range(8))
+            assert process_pageout(c.pid, [(c.addr, 8 * PAGE_SIZE)]) == 8 * PAGE_SIZE
+        finally:
+            os.sched_setaffinity(0, mine)
+        assert np.flatnonzero(pagemap(c.pid, c.addr, c.addr + c.length).swapped).tolist() == list(range(8))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 from typing import Iterable, Sequence
 
@@ -19,6 +20,7 @@ from locality.kernel._platform import (
     IOV_MAX,
     MADV_COLD,
     MADV_PAGEOUT,
+    PAGE_SIZE,
     check_pid,
     check_range,
     libc,
@@ -46,8 +48,38 @@ def _madvise(addr: int, length: int, advice: int) -> int:
     return length
 
 
+_scratch: mmap.mmap | None = None
+
+
+def drain_lru_batches() -> None:
+    """Flush every CPU's LRU-add batch, so recently touched pages can be reclaimed.
+
+    A page faulted in first waits in its CPU's small per-CPU batch before it
+    reaches an LRU list, and reclaim cannot isolate it there: MADV_PAGEOUT
+    then skips it silently. madvise drains only the calling CPU's batch, so
+    we madvise a scratch page of our own once from each CPU we may run on.
+    """
+    global _scratch
+    if _scratch is None:
+        _scratch = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        _scratch[0] = 1
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(_scratch))
+    mine = os.sched_getaffinity(0)
+    try:
+        # Every CPU the target may have run on, not only those we may run on now.
+        for cpu in range(os.cpu_count() or 1):
+            try:
+                os.sched_setaffinity(0, {cpu})
+            except OSError:  # offline, or outside our cpuset: nothing of ours there
+                continue
+            _madvise(addr, PAGE_SIZE, MADV_COLD)
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
 def pageout(addr: int, length: int) -> int:
     """Reclaim ``[addr, addr + length)`` of this process now (MADV_PAGEOUT); returns bytes advised."""
+    drain_lru_batches()
     return _madvise(addr, length, MADV_PAGEOUT)
 
 
@@ -97,6 +129,7 @@ def process_pageout(pid: int, ranges: Iterable[Sequence[int]]) -> int:
 
     The kernel may advise fewer bytes than asked when a range disappears meanwhile.
     """
+    drain_lru_batches()
     return _process_madvise(pid, ranges, MADV_PAGEOUT)
 
 
