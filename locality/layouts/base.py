@@ -478,6 +478,22 @@ class Layout:
         return f"<{type(self).__name__} {self.name} n={self.n}>"
 
 
+def touch_hot(u: memoryview, f: memoryview, b: int, step: int) -> float:
+    """The hot part of an activation of the record whose hot part starts at word ``b``.
+
+    Returns the new potential when this activation also touches the cold part
+    (every COLD_EVERY-th), else 0.0 (a potential is always >= 1). The one
+    definition of the record's semantics that every arena layout calls.
+    """
+    c = u[b + 1] + 1
+    u[b + 1] = c
+    p = f[b] * DECAY + 1.0
+    f[b] = p
+    u[b + 2] = step
+    u[b + 3] = u[b + 3] or step + 1
+    return p if c % COLD_EVERY == 0 else 0.0
+
+
 def touch_cold(u: memoryview, f: memoryview, base: int, potential: float) -> None:
     """The cold part of an activation: weights decay toward potential, neighbours rewritten."""
     p = 0.01 * potential

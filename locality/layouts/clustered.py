@@ -28,8 +28,8 @@ import time
 import numpy as np
 
 from locality.layouts.base import (
-    COLD_BYTES, COLD_EVERY, COLD_WORDS, DECAY, HOT_BYTES, HOT_WORDS, NEVER, W_FLAGS, W_LAST_STEP,
-    ArenaLayout, Region, sheet_width, touch_cold,
+    COLD_BYTES, COLD_WORDS, HOT_BYTES, HOT_WORDS, NEVER, W_FLAGS, W_LAST_STEP,
+    ArenaLayout, Region, sheet_width, touch_cold, touch_hot,
 )
 
 
@@ -134,13 +134,8 @@ class _PermutedHotCold(ArenaLayout):
         u = self._hu
         f = self._hf
         b = self._pos[i] * HOT_WORDS
-        c = u[b + 1] + 1
-        u[b + 1] = c
-        p = f[b] * DECAY + 1.0
-        f[b] = p
-        u[b + 2] = step
-        u[b + 3] = u[b + 3] or step + 1
-        if c % COLD_EVERY == 0:
+        p = touch_hot(u, f, b, step)
+        if p:
             touch_cold(self._cu, self._cf, self._cpos[i] * COLD_WORDS, p)
 
     def regions(self) -> list[Region]:

@@ -40,8 +40,8 @@ import numpy as np
 
 from locality.errors import InvalidArgument
 from locality.layouts.base import (
-    COLD_BYTES, COLD_EVERY, COLD_WORDS, DECAY, HOT_BYTES, HOT_WORDS, NEVER, W_COUNT, W_LAST_STEP, ArenaLayout,
-    Region, round_up, touch_cold,
+    COLD_BYTES, COLD_EVERY, COLD_WORDS, HOT_BYTES, HOT_WORDS, NEVER, W_COUNT, W_LAST_STEP, ArenaLayout,
+    Region, round_up, touch_cold, touch_hot,
 )
 from locality.layouts.clustered import hilbert_slots
 
@@ -110,13 +110,8 @@ class CompactingLayout(ArenaLayout):
         u = self._hu
         f = self._hf
         b = self._slot[i] * HOT_WORDS
-        c = u[b + 1] + 1
-        u[b + 1] = c
-        p = f[b] * DECAY + 1.0
-        f[b] = p
-        u[b + 2] = step
-        u[b + 3] = u[b + 3] or step + 1
-        if c % COLD_EVERY == 0:
+        p = touch_hot(u, f, b, step)
+        if p:
             touch_cold(self._cu, self._cf, self._cslot[i] * COLD_WORDS, p)
 
     def maintain(self, step: int, ids: np.ndarray | None = None) -> float:

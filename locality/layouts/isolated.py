@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from locality.layouts.base import (
-    COLD_EVERY, DECAY, HOT_WORDS, N_NEIGHBOURS, N_WEIGHTS, NEVER, PAGE_SIZE, RECORD_BYTES, W_NEIGHBOURS, ArenaLayout,
-    Region, initial_counts, initial_weights, sheet_neighbours, sheet_width, touch_cold,
+    HOT_WORDS, N_NEIGHBOURS, N_WEIGHTS, NEVER, PAGE_SIZE, RECORD_BYTES, W_NEIGHBOURS, ArenaLayout,
+    Region, initial_counts, initial_weights, sheet_neighbours, sheet_width, touch_cold, touch_hot,
 )
 
 PAGE_WORDS = PAGE_SIZE // 4
@@ -68,13 +68,8 @@ class IsolatedLayout(ArenaLayout):
         b = i * PAGE_WORDS
         if not u[b + 3]:
             self._materialise(i, b)
-        c = u[b + 1] + 1
-        u[b + 1] = c
-        p = f[b] * DECAY + 1.0
-        f[b] = p
-        u[b + 2] = step
-        u[b + 3] = u[b + 3] or step + 1
-        if c % COLD_EVERY == 0:
+        p = touch_hot(u, f, b, step)
+        if p:
             touch_cold(u, f, b + HOT_WORDS, p)
 
     def _hot_state(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from locality.layouts.base import (
-    COLD_EVERY, DECAY, HOT_WORDS, RECORD_BYTES, RECORD_WORDS, ArenaLayout, Region, touch_cold,
+    HOT_WORDS, RECORD_BYTES, RECORD_WORDS, ArenaLayout, Region, touch_cold, touch_hot,
 )
 
 
@@ -39,13 +39,8 @@ class SlabLayout(ArenaLayout):
         u = self._u
         f = self._f
         b = i * RECORD_WORDS
-        c = u[b + 1] + 1
-        u[b + 1] = c
-        p = f[b] * DECAY + 1.0
-        f[b] = p
-        u[b + 2] = step
-        u[b + 3] = u[b + 3] or step + 1
-        if c % COLD_EVERY == 0:
+        p = touch_hot(u, f, b, step)
+        if p:
             touch_cold(u, f, b + HOT_WORDS, p)
 
     def regions(self) -> list[Region]:
