@@ -25,15 +25,26 @@ import numpy as np
 
 from locality.cli.swap import SIZE, human
 from locality.errors import InvalidArgument
+from locality.kernel.pagemap import PageMap
 
 GIB4 = 4 << 30
-# DESIGN.md "Targets": residency of 4 GiB with pagemap <= 40 ms; written-set
-# query of 4 GiB at 1% written <= 3 ms. Both walks are linear in the range.
+# DESIGN.md "Targets" and the foundation issue: residency of 4 GiB <= 2 ms with
+# mincore and <= 40 ms with pagemap; written-set query of 4 GiB at 1% written
+# <= 3 ms. All walks are linear in the range.
 TARGETS_MS_AT_4GIB = {
-    "pagemap read+decode": 40.0,
+    "mincore": 2.0,
+    "pagemap residency (read + decode)": 40.0,
     "PAGEMAP_SCAN residency (present+swapped)": 40.0,
     "PAGEMAP_SCAN query (1% written)": 3.0,
 }
+
+
+def residency_of(pm: PageMap) -> tuple[np.ndarray, np.ndarray]:
+    return pm.present, pm.swapped
+
+
+def all_fields_of(pm: PageMap) -> tuple[np.ndarray, ...]:
+    return pm.present, pm.swapped, pm.pfn, pm.exclusive, pm.file_shared, pm.uffd_wp
 
 
 def _round_robin(cases: list[tuple[str, Callable[[], object], Callable[[], object] | None]], repeat: int, tick: Callable[[], None]) -> dict[str, list[float]]:
@@ -143,9 +154,10 @@ def run_benchmark(size: int, repeat: int, progress: bool = True) -> dict:
 
         cases: list = [
             ("mincore", lambda: mincore(addr, size), None),
-            ("pagemap read+decode", lambda: decode(addr, read_entries(None, addr, addr + size)), None),
+            ("pagemap residency (read + decode)", lambda: residency_of(decode(addr, read_entries(None, addr, addr + size))), None),
             ("pagemap kernel read only", lambda: read_entries(None, addr, addr + size), None),
-            ("pagemap decode only", lambda: decode(addr, entries), None),
+            ("pagemap decode present+swapped", lambda: residency_of(decode(addr, entries)), None),
+            ("pagemap decode all fields", lambda: all_fields_of(decode(addr, entries)), None),
             ("PAGEMAP_SCAN residency (present+swapped)", lambda: residency(None, addr, addr + size), None),
         ]
         if procfs is not None:
@@ -172,10 +184,9 @@ def run_benchmark(size: int, repeat: int, progress: bool = True) -> dict:
         m.close()
 
     by_name = {r["name"]: r for r in rows}
-    overhead = None
-    if "pagemap read+decode" in by_name:
-        full_ms = by_name["pagemap read+decode"]["best_ms"]
-        overhead = 100.0 * by_name["pagemap decode only"]["best_ms"] / full_ms
+    read_ms = by_name["pagemap kernel read only"]["best_ms"]
+    overhead = 100.0 * by_name["pagemap decode present+swapped"]["best_ms"] / read_ms
+    overhead_all = 100.0 * by_name["pagemap decode all fields"]["best_ms"] / read_ms
     return {
         "size_bytes": size,
         "pages": n_pages,
@@ -183,6 +194,7 @@ def run_benchmark(size: int, repeat: int, progress: bool = True) -> dict:
         "repeat": repeat,
         "results": rows,
         "pagemap_decode_overhead_pct": overhead,
+        "pagemap_decode_all_fields_overhead_pct": overhead_all,
         "notes": notes,
         "loadavg_1min": [load_before, os.getloadavg()[0]],
         "cpus": os.cpu_count(),
@@ -195,7 +207,8 @@ def _print_table(report: dict) -> None:
         f"all touched, MADV_NOHUGEPAGE; best and median of {report['repeat']}"
     )
     before, after = report["loadavg_1min"]
-    click.echo(f"load average (1 min) {before:.2f} -> {after:.2f} on {report['cpus']} CPUs: above ~1, times include other work")
+    busy = ": times include other work" if max(before, after) > 1 else ""
+    click.echo(f"load average (1 min) {before:.2f} -> {after:.2f} on {report['cpus']} CPUs{busy}")
     header = f"{'instrument':<40} {'best ms':>9} {'median ms':>10} {'Mpages/s':>9} {'target ms':>10} {'best/target':>12}"
     click.echo(header)
     click.echo("-" * len(header))
@@ -205,8 +218,10 @@ def _print_table(report: dict) -> None:
         click.echo(
             f"{r['name']:<40} {r['best_ms']:>9.2f} {r['median_ms']:>10.2f} {r['pages_per_s'] / 1e6:>9.1f} {target:>10} {ratio:>12}"
         )
-    if report["pagemap_decode_overhead_pct"] is not None:
-        click.echo(f"pagemap: numpy decode is {report['pagemap_decode_overhead_pct']:.1f}% of read+decode (the rest is the kernel walk)")
+    pct, pct_all = report["pagemap_decode_overhead_pct"], report["pagemap_decode_all_fields_overhead_pct"]
+    verdict = "met" if pct <= 10 else "NOT met"
+    click.echo(f"pagemap: decoding residency adds {pct:.1f}% to the kernel read (target <= 10%: {verdict}); "
+               f"all fields (pfn, exclusive, file/shared, uffd-wp too) {pct_all:.1f}%")
     click.echo("targets: DESIGN.md, scaled linearly from 4 GiB to this size; best/target <= 1 meets the target")
     for note in report["notes"]:
         click.echo(f"note: {note}")

@@ -19,7 +19,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import numpy as np
@@ -53,23 +54,62 @@ CHUNK_ENTRIES = 1 << 20  # 8 MiB per pread: few syscalls, bounded kernel buffer 
 _PFN_MASK = np.uint64((1 << PM_PFN_BITS) - 1)
 
 
-@dataclass(frozen=True, eq=False)
 class PageMap:
-    """One sample of ``[start, end)``: numpy arrays with one entry per page."""
+    """One sample of ``[start, end)``: numpy arrays with one entry per page.
 
-    start: int
-    end: int
-    page_size: int
-    present: np.ndarray  # bool
-    swapped: np.ndarray  # bool: in swap (uffd-wp markers of never-populated pages excluded)
-    pfn: np.ndarray  # uint64, 0 if not present or not root
-    exclusive: np.ndarray  # bool: mapped by this process only
-    file_shared: np.ndarray  # bool: file page or shared anonymous
-    uffd_wp: np.ndarray  # bool: write-protected by userfaultfd
-    raw: np.ndarray = field(repr=False)  # uint64 entries as the kernel wrote them
+    Fields are decoded from the raw entries on first use and then kept, so a
+    caller that needs only residency pays for one flag, not for all of them.
+    """
+
+    def __init__(self, start: int, end: int, page_size: int, raw: np.ndarray) -> None:
+        self.start = start
+        self.end = end
+        self.page_size = page_size
+        self.raw = raw  # uint64 entries as the kernel wrote them
+        # Bits 56-63 live in byte 7 of each little-endian entry: one strided copy
+        # of that byte, then every flag is a cheap test on a contiguous uint8 array.
+        self._top = raw.view(np.uint8)[7::8].copy()
+
+    def __repr__(self) -> str:
+        return f"PageMap(start={self.start:#x}, end={self.end:#x}, pages={len(self)})"
+
+    def _flag(self, bit: int) -> np.ndarray:
+        return (self._top & np.uint8(1 << (bit - 56))) != 0
+
+    @cached_property
+    def present(self) -> np.ndarray:
+        """bool: in RAM."""
+        return self._flag(PM_PRESENT_BIT)
+
+    @cached_property
+    def swapped(self) -> np.ndarray:
+        """bool: in swap (uffd-wp markers of never-populated pages excluded)."""
+        return _really_swapped(self.raw, self._flag(PM_SWAPPED_BIT))
+
+    @cached_property
+    def pfn(self) -> np.ndarray:
+        """uint64 physical frame number; 0 if not present or not root."""
+        pfn = self.raw & _PFN_MASK
+        pfn *= self.present  # when swapped, the low bits hold swap type/offset, not a PFN
+        return pfn
+
+    @cached_property
+    def exclusive(self) -> np.ndarray:
+        """bool: mapped by this process only."""
+        return self._flag(PM_EXCLUSIVE_BIT)
+
+    @cached_property
+    def file_shared(self) -> np.ndarray:
+        """bool: file page or shared anonymous."""
+        return self._flag(PM_FILE_SHARED_BIT)
+
+    @cached_property
+    def uffd_wp(self) -> np.ndarray:
+        """bool: write-protected by userfaultfd."""
+        return self._flag(PM_UFFD_WP_BIT)
 
     def __len__(self) -> int:
-        return len(self.present)
+        return len(self.raw)
 
     @property
     def addresses(self) -> np.ndarray:
@@ -146,29 +186,8 @@ def read_entries(pid: int | None, start: int, end: int) -> np.ndarray:
 
 
 def decode(start: int, entries: np.ndarray) -> PageMap:
-    """Decode raw pagemap entries of pages starting at ``start``."""
-    # Bits 56-63 live in byte 7 of each little-endian entry: one strided copy of that
-    # byte, then every flag is a cheap test on a contiguous uint8 array.
-    top = entries.view(np.uint8)[7::8].copy()
-
-    def flag(bit: int) -> np.ndarray:
-        return (top & np.uint8(1 << (bit - 56))) != 0
-
-    present = flag(PM_PRESENT_BIT)
-    pfn = entries & _PFN_MASK
-    pfn *= present  # when swapped, the low bits hold swap type/offset, not a PFN
-    return PageMap(
-        start=start,
-        end=start + len(entries) * PAGE_SIZE,
-        page_size=PAGE_SIZE,
-        present=present,
-        swapped=_really_swapped(entries, flag(PM_SWAPPED_BIT)),
-        pfn=pfn,
-        exclusive=flag(PM_EXCLUSIVE_BIT),
-        file_shared=flag(PM_FILE_SHARED_BIT),
-        uffd_wp=flag(PM_UFFD_WP_BIT),
-        raw=entries,
-    )
+    """Decode raw pagemap entries of pages starting at ``start`` (fields on first use)."""
+    return PageMap(start=start, end=start + len(entries) * PAGE_SIZE, page_size=PAGE_SIZE, raw=entries)
 
 
 def pagemap(pid: int | None, start: int, end: int) -> PageMap:
