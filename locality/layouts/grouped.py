@@ -14,16 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 from locality.errors import InvalidArgument
-from locality.layouts.base import (
-    COLD_BYTES, COLD_EVERY, COLD_WORDS, DECAY, HOT_BYTES, HOT_WORDS, N_WEIGHTS, W_NEIGHBOURS, ArenaLayout, Region,
-    touch_cold, touch_hot,
-)
+from locality.layouts.base import COLD_EVERY, COLD_WORDS, DECAY, HOT_WORDS, N_WEIGHTS, W_NEIGHBOURS
+from locality.layouts.hotcold import HotColdLayout
 
 
-class GroupedLayout(ArenaLayout):
+class GroupedLayout(HotColdLayout):
+    """hot-cold's arenas and per-worker ``update``, plus a vectorised ``update_group``."""
+
     name = "grouped"
-    hot_arena = "hot"
-    cold_arena = "cold"
 
     def __init__(self, n: int, *, group_size: int = 256, **kw) -> None:
         if int(group_size) < 1:
@@ -31,13 +29,6 @@ class GroupedLayout(ArenaLayout):
         super().__init__(n, **kw)
         self.group_size = int(group_size)
         self.n_groups = -(-self.n // self.group_size)
-        try:
-            self._arena("hot", self.n * HOT_BYTES)
-            self._arena("cold", self.n * COLD_BYTES)
-            self._init_records()
-        except BaseException:
-            self._close_on_error()
-            raise
         hot_u = self.arenas["hot"].u32[: self.n * HOT_WORDS].reshape(self.n, HOT_WORDS)
         hot_f = hot_u.view(np.float32)
         cold_u = self.arenas["cold"].u32[: self.n * COLD_WORDS].reshape(self.n, COLD_WORDS)
@@ -47,20 +38,10 @@ class GroupedLayout(ArenaLayout):
         self._flags = hot_u[:, 3]
         self._weights = cold_u.view(np.float32)[:, :N_WEIGHTS]
         self._neighbours = cold_u[:, W_NEIGHBOURS:]
-        self._hu = self.arenas["hot"].words("I")
-        self._hf = self.arenas["hot"].words("f")
-        self._cu = self.arenas["cold"].words("I")
-        self._cf = self.arenas["cold"].words("f")
 
     def block(self, g: int) -> slice:
         """Worker ids of block g, as a slice of the state arrays."""
         return slice(g * self.group_size, min(self.n, (g + 1) * self.group_size))
-
-    def hot_word(self, ids: np.ndarray) -> np.ndarray:
-        return np.asarray(ids, dtype=np.int64) * HOT_WORDS
-
-    def cold_word(self, ids: np.ndarray) -> np.ndarray:
-        return np.asarray(ids, dtype=np.int64) * COLD_WORDS
 
     def update_group(self, g: int, ids, step: int) -> None:
         ids = np.asarray(ids, dtype=np.int64)
@@ -76,15 +57,3 @@ class GroupedLayout(ArenaLayout):
             d = ids[due]
             self._weights[d] = self._weights[d] * np.float32(0.99) + np.float32(0.01) * p[due, None]
             self._neighbours[d] = self._neighbours[d]
-
-    def update(self, i: int, step: int) -> None:
-        u = self._hu
-        f = self._hf
-        b = i * HOT_WORDS
-        p = touch_hot(u, f, b, step)
-        if p:
-            touch_cold(self._cu, self._cf, i * COLD_WORDS, p)
-
-    def regions(self) -> list[Region]:
-        return [Region("hot", "hot", 0, HOT_BYTES, HOT_BYTES, self.n),
-                Region("cold", "cold", 0, COLD_BYTES, COLD_BYTES, self.n)]
