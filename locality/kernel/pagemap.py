@@ -153,8 +153,8 @@ def _really_swapped(entries: np.ndarray, swapped_bit: np.ndarray) -> np.ndarray:
     return swapped
 
 
-def read_entries(pid: int | None, start: int, end: int) -> np.ndarray:
-    """The raw pagemap entries of ``[start, end)`` of ``pid`` (None: this process)."""
+def _checked(pid: int | None, start: int, end: int) -> int:
+    """Validate a pagemap request; returns the range's length rounded up to pages."""
     if not isinstance(start, int) or not isinstance(end, int):
         raise InvalidArgument(f"start and end must be integers, got {start!r}, {end!r}")
     if end <= start:
@@ -162,6 +162,12 @@ def read_entries(pid: int | None, start: int, end: int) -> np.ndarray:
     length = check_range(start, end - start)
     if pid is not None:
         check_pid(pid)
+    return length
+
+
+def read_entries(pid: int | None, start: int, end: int) -> np.ndarray:
+    """The raw pagemap entries of ``[start, end)`` of ``pid`` (None: this process)."""
+    length = _checked(pid, start, end)
     n = length >> PAGE_SHIFT
     entries = np.empty(n, dtype="<u8")
     buf = memoryview(entries).cast("B")
@@ -304,13 +310,7 @@ def residency(pid: int | None, start: int, end: int, *, max_regions: int = DEFAU
     pages instead of one 8-byte entry per page: far less kernel work when
     only residency is needed. Needs Linux >= 6.7; no registration needed.
     """
-    if not isinstance(start, int) or not isinstance(end, int):
-        raise InvalidArgument(f"start and end must be integers, got {start!r}, {end!r}")
-    if end <= start:
-        raise InvalidArgument(f"empty or negative range: start {start:#x}, end {end:#x}")
-    length = check_range(start, end - start)
-    if pid is not None:
-        check_pid(pid)
+    length = _checked(pid, start, end)
     if max_regions < 1:
         raise InvalidArgument(f"max_regions must be >= 1, got {max_regions}")
     n = length >> PAGE_SHIFT
