@@ -61,7 +61,7 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def measure(n: int, scheduler: str, layout_name: str | None, steps: int, activity: float, seed: int,
-            rounds: int = 3) -> dict[str, Any]:
+            rounds: int = 3, collector: bool = True) -> dict[str, Any]:
     """One measurement in this (fresh) process."""
     import gc
 
@@ -85,6 +85,11 @@ def measure(n: int, scheduler: str, layout_name: str | None, steps: int, activit
     spawn_s = time.perf_counter() - t1
     layout_s = t1 - t0
     rss_after = proc.memory_info().rss
+    if not collector:
+        # The cyclic GC is off while stepping: asyncio allocates Futures and
+        # Handles per wake-up, and with a million Tasks the collections it
+        # triggers cost more than the wake-ups themselves.
+        gc.disable()
     pop.run(2)  # warm-up: first wakes allocate caches and specialise the code
     # Rounds alternate timed and untimed so both see the same machine load;
     # each round wakes at least MIN_ROUND_ACTIVATIONS workers so one
@@ -121,6 +126,7 @@ def measure(n: int, scheduler: str, layout_name: str | None, steps: int, activit
         "clock_ns": timed.timing_overhead_ns,
         "rss_peak": proc.memory_info().rss,
         "numpy": np.__version__,
+        "gc_during_steps": collector,
     }
     return out
 
@@ -136,9 +142,9 @@ def _child_main() -> None:
 
 
 def run_child(n: int, scheduler: str, layout_name: str | None, steps: int, activity: float, seed: int,
-              rounds: int) -> dict[str, Any]:
+              rounds: int, collector: bool = True) -> dict[str, Any]:
     args = json.dumps({"n": n, "scheduler": scheduler, "layout_name": layout_name, "steps": steps,
-                       "activity": activity, "seed": seed, "rounds": rounds})
+                       "activity": activity, "seed": seed, "rounds": rounds, "collector": collector})
     code = "from locality.bench.population import _child_main; _child_main()"
     p = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if p.returncode != 0 or not p.stdout.strip():
@@ -161,7 +167,7 @@ def _slab_available() -> tuple[bool, str]:
 
 
 def run_benchmark(sizes: list[int], schedulers: list[str], steps: int, activity: float, seed: int,
-                  with_slab: bool, progress: bool, rounds: int = 3) -> dict[str, Any]:
+                  with_slab: bool, progress: bool, rounds: int = 3, collector: bool = True) -> dict[str, Any]:
     notes: list[str] = []
     plan: list[tuple[int, str, str | None]] = [(n, s, None) for n in sizes for s in schedulers]
     if with_slab:
@@ -177,9 +183,10 @@ def run_benchmark(sizes: list[int], schedulers: list[str], steps: int, activity:
               leave=False) as bar:
         for n, sched, layout in plan:
             bar.set_postfix_str(f"{n:,} {sched}{'+' + layout if layout else ''}")
-            rows.append(run_child(n, sched, layout, steps, activity, seed, rounds))
+            rows.append(run_child(n, sched, layout, steps, activity, seed, rounds, collector))
             bar.update()
-    return {"steps": steps, "rounds": rounds, "activity": activity, "seed": seed, "rows": rows, "notes": notes,
+    return {"steps": steps, "rounds": rounds, "activity": activity, "seed": seed, "gc": collector, "rows": rows,
+            "notes": notes,
             "comparison": compare(rows), "targets": targets(rows)}
 
 
@@ -237,7 +244,7 @@ def targets(rows: list[dict]) -> list[dict]:
 def _print_report(doc: dict) -> None:
     echo = click.echo
     echo(f"uniform activation at {doc['activity']:.2%} per step, seed {doc['seed']}; each row a fresh process "
-         f"(GC frozen); act/s = median of {doc['rounds']} rounds of >= {doc['steps']} steps "
+         f"(GC frozen after spawn, {'on' if doc['gc'] else 'off'} while stepping); act/s = median of {doc['rounds']} rounds of >= {doc['steps']} steps "
          f"and >= {MIN_ROUND_ACTIVATIONS:,} activations, timed and untimed alternating")
     head = f"{'workers':>10} {'scheduler':<14} {'spawn s':>8} {'layout s':>8} {'B/idle worker':>14} {'act/s':>12} " \
            f"{'untimed act/s':>14} {'p50 us':>8} {'p99 us':>8}"
@@ -287,9 +294,12 @@ def _print_report(doc: dict) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the activation pattern.")
 @click.option("--slab/--no-slab", default=True, show_default=True,
               help="Also measure lean with a 96-byte state per worker in a slab layout.")
+@click.option("--gc", "collector", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="Cyclic garbage collector while stepping (objects made at spawn are frozen either way). "
+                   "'off' matches DESIGN.md's asyncio baseline; asyncio at 1M runs several times faster without it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table (no progress bar).")
 def command(sizes: str, schedulers: str, steps: int, rounds: int, activity: float, seed: int, slab: bool,
-            as_json: bool) -> None:
+            collector: str, as_json: bool) -> None:
     """Bytes per idle worker, spawn time, activations/s and latency of each scheduler.
 
     Each (size, scheduler) is measured in a fresh child process; the 1M
@@ -305,7 +315,8 @@ def command(sizes: str, schedulers: str, steps: int, rounds: int, activity: floa
     for s in names:
         if s not in KNOWN:
             raise InvalidArgument(f"--schedulers: unknown scheduler {s!r}", f"use any of: {', '.join(KNOWN)}")
-    doc = run_benchmark(size_list, names, steps, activity, seed, slab, progress=not as_json, rounds=rounds)
+    doc = run_benchmark(size_list, names, steps, activity, seed, slab, progress=not as_json, rounds=rounds,
+                        collector=collector == "on")
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
