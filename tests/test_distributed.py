@@ -26,7 +26,7 @@ from locality.experiment.config import ExperimentConfig, with_overrides
 from locality.experiment.sweep import SweepPoint, pending
 
 SMALL = {
-    "workers": 3000,
+    "workers": 20_000,  # large enough that PSS noise of a few pages stays well under 10% per worker
     "layout": "slab",
     "steps": 20,
     "step_interval": 0.005,
