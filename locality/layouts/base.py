@@ -533,6 +533,23 @@ class ArenaLayout(Layout):
         for a in self.arenas.values():
             a.close()
 
+    def _create_arenas(self, lengths: dict[str, int], *, init_records: bool = True) -> None:
+        """Map the named arenas, write every worker's initial record, and bind the
+        u32/f32 word views of the hot and cold arenas (``_hu``, ``_hf``, ``_cu``,
+        ``_cf``) that ``update`` writes through. Nothing stays mapped on error."""
+        try:
+            for name, length in lengths.items():
+                self._arena(name, length)
+            if init_records:
+                self._init_records()
+        except BaseException:
+            self._close_on_error()
+            raise
+        self._hu = self.arenas[self.hot_arena].words("I")
+        self._hf = self.arenas[self.hot_arena].words("f")
+        self._cu = self.arenas[self.cold_arena].words("I")
+        self._cf = self.arenas[self.cold_arena].words("f")
+
     def hot_word(self, ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 

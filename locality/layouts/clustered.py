@@ -92,17 +92,7 @@ class _PermutedHotCold(ArenaLayout):
     def __init__(self, n: int, hot_order: np.ndarray, cold_order: np.ndarray | None = None, **kw) -> None:
         super().__init__(n, **kw)
         self._set_order(hot_order, cold_order)
-        try:
-            self._arena("hot", self.hot_order.size * HOT_BYTES)
-            self._arena("cold", self.n * COLD_BYTES)
-            self._init_records()
-        except BaseException:
-            self._close_on_error()
-            raise
-        self._hu = self.arenas["hot"].words("I")
-        self._hf = self.arenas["hot"].words("f")
-        self._cu = self.arenas["cold"].words("I")
-        self._cf = self.arenas["cold"].words("f")
+        self._create_arenas({"hot": self.hot_order.size * HOT_BYTES, "cold": self.n * COLD_BYTES})
 
     @property
     def order(self) -> np.ndarray:

@@ -21,17 +21,7 @@ class HotColdLayout(ArenaLayout):
 
     def __init__(self, n: int, **kw) -> None:
         super().__init__(n, **kw)
-        try:
-            self._arena("hot", self.n * HOT_BYTES)
-            self._arena("cold", self.n * COLD_BYTES)
-            self._init_records()
-        except BaseException:
-            self._close_on_error()
-            raise
-        self._hu = self.arenas["hot"].words("I")
-        self._hf = self.arenas["hot"].words("f")
-        self._cu = self.arenas["cold"].words("I")
-        self._cf = self.arenas["cold"].words("f")
+        self._create_arenas({"hot": self.n * HOT_BYTES, "cold": self.n * COLD_BYTES})
 
     def hot_word(self, ids: np.ndarray) -> np.ndarray:
         return np.asarray(ids, dtype=np.int64) * HOT_WORDS

@@ -28,15 +28,9 @@ class IsolatedLayout(ArenaLayout):
     def __init__(self, n: int, **kw) -> None:
         super().__init__(n, **kw)
         self._width = sheet_width(self.n)
-        try:
-            self._arena("isolated", self.n * PAGE_SIZE)
-        except BaseException:
-            self._close_on_error()
-            raise
         # A zero-filled page is a record never activated: flags (first
         # activation step + 1) is 0 exactly until the first activation.
-        self._u = self.arenas["isolated"].words("I")
-        self._f = self.arenas["isolated"].words("f")
+        self._create_arenas({"isolated": self.n * PAGE_SIZE}, init_records=False)
 
     def hot_word(self, ids: np.ndarray) -> np.ndarray:
         return np.asarray(ids, dtype=np.int64) * PAGE_WORDS
@@ -47,8 +41,8 @@ class IsolatedLayout(ArenaLayout):
     def _materialise(self, i: int, b: int) -> None:
         """Write worker i's initial record into its (still untouched) page."""
         ids = np.array([i])
-        u = self._u
-        f = self._f
+        u = self._hu
+        f = self._hf
         u[b + 1] = int(initial_counts(self.n, self.seed, ids, self.warm)[0])
         u[b + 2] = NEVER
         w = initial_weights(self.n, self.seed, ids)[0].tolist()
@@ -63,8 +57,8 @@ class IsolatedLayout(ArenaLayout):
             u[b + HOT_WORDS + W_NEIGHBOURS + k] = nb[k] & 0xFFFFFFFF
 
     def update(self, i: int, step: int) -> None:
-        u = self._u
-        f = self._f
+        u = self._hu
+        f = self._hf
         b = i * PAGE_WORDS
         if not u[b + 3]:
             self._materialise(i, b)

@@ -20,14 +20,7 @@ class SlabLayout(ArenaLayout):
 
     def __init__(self, n: int, **kw) -> None:
         super().__init__(n, **kw)
-        try:
-            self._arena("slab", self.n * RECORD_BYTES)
-            self._init_records()
-        except BaseException:
-            self._close_on_error()
-            raise
-        self._u = self.arenas["slab"].words("I")
-        self._f = self.arenas["slab"].words("f")
+        self._create_arenas({"slab": self.n * RECORD_BYTES})
 
     def hot_word(self, ids: np.ndarray) -> np.ndarray:
         return np.asarray(ids, dtype=np.int64) * RECORD_WORDS
@@ -36,8 +29,8 @@ class SlabLayout(ArenaLayout):
         return np.asarray(ids, dtype=np.int64) * RECORD_WORDS + HOT_WORDS
 
     def update(self, i: int, step: int) -> None:
-        u = self._u
-        f = self._f
+        u = self._hu
+        f = self._hf
         b = i * RECORD_WORDS
         p = touch_hot(u, f, b, step)
         if p:
