@@ -61,6 +61,7 @@ class SmapsEntry(Vma):
     swap: int = 0
     anon_huge: int = 0  # AnonHugePages
     kernel_page_size: int = 0
+    file_pmd_mapped: int = 0  # FilePmdMapped: file pages mapped as 2 MiB
 
 
 _HEADER = re.compile(
@@ -77,6 +78,7 @@ _SMAPS_FIELDS = {
     "anonymous": b"Anonymous",
     "anon_huge": b"AnonHugePages",
     "swap": b"Swap",
+    "file_pmd_mapped": b"FilePmdMapped",
 }
 _KEY_TO_FIELD = {key: name for name, key in _SMAPS_FIELDS.items()}
 _KV = re.compile(rb"^(\w+):\s+(\d+) kB$", re.M)

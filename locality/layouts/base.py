@@ -36,6 +36,7 @@ from typing import ClassVar, Iterable
 import numpy as np
 
 from locality.errors import InvalidArgument, LocalityError
+from locality.kernel.procfs import smaps
 
 PAGE_SIZE = mmap.PAGESIZE
 HOT_BYTES = 16
@@ -260,28 +261,14 @@ class Arena:
 
 
 def _smaps_page_sizes(start: int, end: int) -> dict[str, int]:
-    kps, huge, filepmd, found = 0, 0, 0, False
-    inside = False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split(None, 1)[0]
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                inside = lo < end and hi > start
-                found |= inside
-                continue
-            if not inside:
-                continue
-            key, _, rest = line.partition(":")
-            if key == "KernelPageSize":
-                kps = max(kps, int(rest.split()[0]) * 1024)
-            elif key == "AnonHugePages":
-                huge += int(rest.split()[0]) * 1024
-            elif key == "FilePmdMapped":
-                filepmd += int(rest.split()[0]) * 1024
-    if not found:
+    vmas = [v for v in smaps(os.getpid()) if v.start < end and v.end > start]
+    if not vmas:
         raise LocalityError(f"no VMA found for arena at {start:#x}", "the arena was closed")
-    return {"kernel_page_size": kps, "anon_huge_bytes": huge, "file_pmd_mapped_bytes": filepmd}
+    return {
+        "kernel_page_size": max(v.kernel_page_size for v in vmas),
+        "anon_huge_bytes": sum(v.anon_huge for v in vmas),
+        "file_pmd_mapped_bytes": sum(v.file_pmd_mapped for v in vmas),
+    }
 
 
 @dataclass
