@@ -118,20 +118,15 @@ def _clip(start: int, end: int, ranges: list[tuple[int, int]] | None) -> list[tu
     return [(max(start, a), min(end, b)) for a, b in ranges if a < end and b > start]
 
 
-def _comm(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return None
+def _identity(pid: int) -> tuple[str | None, list[str] | None]:
+    """The target's name and command line, for the manifest (None where unreadable)."""
+    import psutil
 
-
-def _cmdline(pid: int) -> list[str] | None:
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [os.fsdecode(a) for a in f.read().split(b"\0") if a]
-    except OSError:
-        return None
+        proc = psutil.Process(pid)
+        return proc.name(), proc.cmdline()
+    except psutil.Error:
+        return None, None
 
 
 def preflight(pid: int, *, interval: float, duration: float, track_refs: bool,
@@ -181,8 +176,9 @@ def probe(pid: int, out: str | os.PathLike, *, interval: float = 1.0, duration: 
     from locality.kernel import capabilities
 
     caps = capabilities()
+    comm, cmdline = _identity(pid)
     config = {
-        "pid": pid, "comm": _comm(pid), "cmdline": _cmdline(pid), "interval": interval, "duration": duration,
+        "pid": pid, "comm": comm, "cmdline": cmdline, "interval": interval, "duration": duration,
         "track_refs": track_refs, "ranges": [[a, b] for a, b in ranges] if ranges else None,
     }
     manifest = store.start_manifest("probe", out.name, config, caps)
