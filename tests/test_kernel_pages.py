@@ -169,7 +169,14 @@ def test_bench_instruments_measures_every_instrument_on_the_mapping():
     for r in report["results"]:
         assert 0 < r["best_ms"] <= r["median_ms"]
         assert (r["target_ms"] is not None) == (r["name"] in TARGETS_MS_AT_4GIB)
-    assert 0 < report["pagemap_decode_overhead_pct"] <= report["pagemap_decode_all_fields_overhead_pct"]
+    # The two overheads are timings of different work, so their order is noise at 16 MiB;
+    # what must hold exactly is that they are derived from the rows printed beside them.
+    best = {r["name"]: r["best_ms"] for r in report["results"]}
+    read_ms = best["pagemap kernel read only"]
+    assert report["pagemap_decode_overhead_pct"] == pytest.approx(
+        100.0 * best["pagemap decode present+swapped"] / read_ms)
+    assert report["pagemap_decode_all_fields_overhead_pct"] == pytest.approx(
+        100.0 * best["pagemap decode all fields"] / read_ms)
 
 
 def test_bench_cli_unknown_benchmark_exits_2():
