@@ -196,6 +196,12 @@ def test_pageout_idle_on_a_sheet_population_is_mostly_cold_and_refaults_are_meas
     sw, res = r.pages["swapped"], r.pages["resident"]
     back = (sw[:-1] & res[1:]).sum(axis=1)
     assert (r.timeline["refaulted_pages"].iloc[1:].to_numpy() >= back).all()
+    # The policy's MADV_PAGEOUT is timed in its own column, not as the sampler's cost.
+    tl = r.timeline.iloc[1:]
+    assert (tl.loc[tl["pageout_bytes"] > 0, "policy_ms"] > 0).all()
+    wall_s = r.timeline["t"].iloc[-1] - r.timeline["t"].iloc[0]
+    assert m["sampler_overhead_pct"] == pytest.approx(100 * tl["sample_ms"].sum() / 1e3 / wall_s)
+    assert m["reclaim_overhead_pct"] == pytest.approx(100 * tl["policy_ms"].sum() / 1e3 / wall_s)
 
     d = run(validate(sheet_pageout({"policy": "none"})), tmp_path, run_id="none", progress=False)
     n = load_run(d)

@@ -25,7 +25,11 @@ recompute them from a stored run alone.
 - sampler_overhead_pct = time the sampler spent sampling / wall time of the
   sampled phase (its duty cycle: the child is never stopped, so this bounds
   the CPU taken from it on a busy machine). The throughput cost on the child
-  is measured side by side by `locality bench sampler`.
+  is measured side by side by `locality bench sampler`. The reclaim policy's
+  own work is not part of it.
+- reclaim_overhead_pct = time the reclaim policy spent choosing and paging
+  out pages (timeline column policy_ms) / wall time of the sampled phase;
+  its cost to the workers shows up as refaults and latency.
 """
 
 from __future__ import annotations
@@ -145,10 +149,13 @@ def compute(
     out["activations_per_cpu_s"] = acts / (cpu_ns / 1e9) if cpu_ns else None
     out["relocation_ms_per_step"] = int(child.get("relocation_ns", 0)) / 1e6 / steps if steps else None
 
-    if resident_sampled and "sample_ms" in timeline and minutes > 0:
-        out["sampler_overhead_pct"] = 100.0 * float(timeline["sample_ms"].iloc[1:].sum() / 1e3) / (minutes * 60)
-    else:
-        out["sampler_overhead_pct"] = None
+    def duty_pct(column: str) -> float | None:
+        if not (resident_sampled and column in timeline and minutes > 0):
+            return None
+        return 100.0 * float(timeline[column].iloc[1:].sum() / 1e3) / (minutes * 60)
+
+    out["sampler_overhead_pct"] = duty_pct("sample_ms")
+    out["reclaim_overhead_pct"] = duty_pct("policy_ms")
     out["sampler_overhead_kind"] = OVERHEAD_KIND
     return out
 

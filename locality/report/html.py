@@ -44,6 +44,7 @@ METRICS: list[tuple[str, str, float, int, bool]] = [
     ("relocation_ms_per_step", "relocation (ms / step)", 1.0, 3, True),
     ("swapped_pages_max", "swapped pages (max)", 1.0, 6, True),
     ("sampler_overhead_pct", "sampler overhead (%)", 1.0, 3, False),
+    ("reclaim_overhead_pct", "reclaim policy time (% of wall)", 1.0, 3, False),
 ]
 
 # The HTML page is wider than a thesis column and its text stays text.
