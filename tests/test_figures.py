@@ -112,6 +112,19 @@ def test_memory_saved_from_resident_pages(tmp_path):
     assert figs.memory_saved_pct(run) == pytest.approx((0 + 50 + 75) / 3)
 
 
+def test_pareto_with_more_runs_than_colours_keeps_every_entry_distinct_and_off_the_data(tmp_path):
+    # The thesis Pareto figure has 14 runs (7 layouts x 2 policies); the palette has 8 colours.
+    paths = [make_run(tmp_path, f"r{k}", f"layout{k}", samples=4, regions=(("arena", 10),), refault_rate=float(k))
+             for k in range(14)]
+    with figs.style():
+        fig = figs.render("pareto", load_runs(paths)).figure
+    ax = fig.axes[0]
+    keys = {(tuple(c.get_facecolor()[0]), c.get_paths()[0].vertices.tobytes()) for c in ax.collections}
+    assert len(ax.collections) == 14 and len(keys) == 14
+    assert ax.get_legend() is None and len(fig.legends) == 1
+    assert len(fig.legends[0].get_texts()) == 14
+
+
 def test_latency_cdf_is_the_stored_sample(runs):
     with figs.style():
         fig = figs.render("latency_cdf", runs).figure

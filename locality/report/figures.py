@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")  # before any canvas is made; the report never opens a window
 import matplotlib.style  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
 
 from locality.report.data import RunData, baseline_index  # noqa: E402
 
@@ -70,6 +72,23 @@ def _colors(n: int) -> list[str]:
 def _linestyle(i: int) -> str:
     # After the palette repeats, the line style keeps runs apart (and in greyscale print).
     return ("-", "--", ":", "-.")[(i // 8) % 4]
+
+
+def _marker(i: int) -> str:
+    # The scatter counterpart of _linestyle.
+    return ("o", "^", "s", "D")[(i // 8) % 4]
+
+
+def _legend(fig: Figure, ax, *, loc: str = "best") -> None:
+    """A legend inside the axes while it is short; below them once it would cover the data."""
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries <= 8:
+        ax.legend(loc=loc)
+    else:
+        # The figure grows by the legend's rows, so the axes keep their height.
+        row_in = FontProperties(size=matplotlib.rcParams["legend.fontsize"]).get_size_in_points() * 1.6 / 72
+        fig.set_figheight(fig.get_figheight() + row_in * math.ceil(entries / 2))
+        fig.legend(loc="outside lower center", ncols=2)
 
 
 def _figure(rows: int = 1, row_height: float | None = None) -> Figure:
@@ -186,7 +205,7 @@ def draw_wss_over_time(runs: list[RunData], left_out: list[str]) -> Figure:
     ax.set_xlabel("time (s)")
     ax.set_ylabel("working set per sample (MiB)")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="best")
+    _legend(fig, ax)
     return fig
 
 
@@ -214,7 +233,7 @@ def draw_pareto(runs: list[RunData], left_out: list[str]) -> Figure:
     fig = _figure()
     ax = fig.add_subplot()
     for (i, run), (x, y) in zip(kept, points):
-        ax.scatter([x], [y], color=colors[i], label=run.label, zorder=3)
+        ax.scatter([x], [y], color=colors[i], marker=_marker(i), label=run.label, zorder=3)
     # Pareto front: no other run saves more memory with fewer refaults.
     order = np.lexsort((-points[:, 1], points[:, 0]))
     front, best = [], -np.inf
@@ -226,7 +245,7 @@ def draw_pareto(runs: list[RunData], left_out: list[str]) -> Figure:
     ax.step(front[:, 0], front[:, 1], where="post", color="0.5", linewidth=0.8, zorder=2)
     ax.set_xlabel("refault rate (% of WSS per min)")
     ax.set_ylabel("memory saved (%)")
-    ax.legend(loc="best")
+    _legend(fig, ax)
     return fig
 
 
@@ -381,7 +400,7 @@ def draw_page_age(runs: list[RunData], left_out: list[str]) -> Figure:
     ax.set_xlim(0, never_x + (edges[1] - edges[0]))
     ax.set_xlabel("time since last write (s)")
     ax.set_ylabel("resident pages (%)")
-    ax.legend(loc="best")
+    _legend(fig, ax)
     return fig
 
 
@@ -399,7 +418,7 @@ def draw_latency_cdf(runs: list[RunData], left_out: list[str]) -> Figure:
     ax.set_xlabel("activation latency (µs)")
     ax.set_ylabel("activations (%)")
     ax.set_ylim(0, 100)
-    ax.legend(loc="lower right")
+    _legend(fig, ax, loc="lower right")
     return fig
 
 
