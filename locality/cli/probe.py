@@ -10,21 +10,12 @@ from pathlib import Path
 
 import click
 
+from locality import units
 from locality.errors import InvalidArgument
 
-_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*(ms|s|min|m|h)?\s*")
-
-
 def parse_duration(text: str, option: str) -> float:
-    """'1s', '500ms', '2m', '1.5h', '30' (seconds) -> seconds; must be > 0."""
-    m = _DURATION.fullmatch(str(text))
-    if not m:
-        raise InvalidArgument(f"{option}: {text!r} is not a duration", "use a number with a unit: 500ms, 1s, 2m, 1h")
-    seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    if seconds <= 0:
-        raise InvalidArgument(f"{option} must be > 0, not {text!r}", "use a positive duration such as 500ms, 1s or 2m")
-    return seconds
+    """'1s', '500ms', '2m', '1.5h', '30' (seconds) -> seconds; must be > 0 (``locality.units``)."""
+    return units.parse_duration(text, option)
 
 
 def _address(text: str, what: str, spec: str) -> int:

@@ -176,7 +176,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     # A population outliving a SIGKILLed runner would hold its memory forever.
-    from locality.kernel._platform import die_with_parent
+    from locality.kernel import die_with_parent
 
     parent = os.getppid()
     die_with_parent(signal.SIGKILL)

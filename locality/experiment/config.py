@@ -13,7 +13,6 @@ that names the key path and, where there is a closed set, the allowed values:
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Union
@@ -27,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from locality.errors import ConfigError
+from locality import units
+from locality.errors import ConfigError, InvalidArgument
 from locality.population.patterns import PATTERNS
 
 SCHEDULERS = ("lean", "asyncio")
@@ -119,20 +119,12 @@ class Sampling(_Model):
     heap: bool = True
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
-
-
 def parse_size(value: int | str) -> int:
-    """'512M', '1.5G', '4096' or an int -> bytes (binary units)."""
-    if isinstance(value, bool):
-        raise ValueError("must be a size like 512M or a number of bytes")
-    if isinstance(value, int):
-        return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise ValueError(f"must be a size like 512M or a number of bytes (got {value!r})")
-    unit = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-    return int(float(m.group(1)) * unit)
+    """'512M', '1.5G', '4096' or an int -> bytes (binary units, ``locality.units``)."""
+    try:
+        return units.parse_size(value)
+    except InvalidArgument:
+        raise ValueError(f"must be a size like 512M or a number of bytes (got {value!r})") from None
 
 
 class Reclaim(_Model):

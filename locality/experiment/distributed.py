@@ -96,7 +96,6 @@ _TASK_DONE = threading.Condition(_RUNNING_LOCK)
 _MARKER = ".locality-shared-{token}"
 _STAGING = ".locality-staging-{token}-{point}"
 _ERROR = "point-error.txt"
-_PR_SET_PDEATHSIG = 1
 
 
 def preflight_on_node(config: Any, run_fn: RunFunction | None) -> tuple[dict[str, dict], str | None]:
@@ -258,13 +257,13 @@ def _run_point_process(point: Any, parent: Path, token: str, run_fn: RunFunction
 
 def _point_process_main() -> None:
     """Entry point of the point process: read (run_fn, config, out, run_id) from stdin and run it."""
-    import ctypes
-
     import cloudpickle
+
+    from locality.kernel import die_with_parent
 
     # Die with the Dask worker that started us (SIGTERM lets the runner mark
     # the run interrupted and stop its own child).
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    die_with_parent(signal.SIGTERM)
     if str(os.getppid()) != os.environ.get("LOCALITY_POINT_PARENT"):
         sys.exit(1)  # the worker died before prctl took effect
     signal.signal(signal.SIGTERM, _raise_interrupt)

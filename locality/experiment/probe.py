@@ -44,8 +44,8 @@ import numpy as np
 from locality.errors import InvalidArgument, LocalityError, NoSuchProcess
 from locality.experiment import store
 from locality.experiment.signals import StopSignals
-from locality.kernel import PAGE_SIZE, clear_refs, faults, pagemap, smaps
-from locality.kernel._platform import check_pid
+from locality.kernel import PAGE_SIZE, check_pid, clear_refs, faults, pagemap, smaps
+from locality.units import parse_duration
 
 TIMELINE_COLUMNS = [
     "t", "sample", "vma", "start", "end", "perms", "path",
@@ -81,16 +81,6 @@ _USER_END = 1 << 56
 
 class _Interrupted(Exception):
     pass
-
-
-def _check_positive(name: str, value: float) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{name} must be a number of seconds, not {value!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidArgument(f"{name} must be > 0 seconds, not {value:g}")
-    return value
 
 
 def check_ranges(ranges: Sequence[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
@@ -137,8 +127,8 @@ def preflight(pid: int, *, interval: float, duration: float, track_refs: bool,
     it clears the target's referenced bits once (the write permission check).
     """
     check_pid(pid)
-    interval = _check_positive("--interval", interval)
-    duration = _check_positive("--duration", duration)
+    interval = parse_duration(interval, "--interval")
+    duration = parse_duration(duration, "--duration")
     if duration < interval:
         raise InvalidArgument(f"--duration {duration:g}s is shorter than --interval {interval:g}s",
                               "the probe needs at least two samples: make the duration at least one interval")

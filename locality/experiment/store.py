@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from locality.kernel import PAGE_SIZE
+
 STATUSES = ("running", "complete", "interrupted", "failed")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -102,7 +104,7 @@ def machine() -> dict[str, Any]:
         "arch": platform.machine(),
         "cpus": os.cpu_count(),
         "memory_bytes": psutil.virtual_memory().total,
-        "page_size": os.sysconf("SC_PAGE_SIZE"),
+        "page_size": PAGE_SIZE,
     }
 
 

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from locality.errors import InvalidArgument, LocalityError
 from locality.experiment import store
 from locality.experiment.config import ExperimentConfig, parse_value, with_overrides
+from locality.units import format_bytes
 
 MARGIN = 1.25
 CALIBRATION_WORKERS = 10_000
@@ -188,7 +189,7 @@ def estimate_bytes(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict | 
     """Estimated peak memory of a point (formula in the module docstring) and how it was derived."""
     bpw, empty, source = measured_footprint(cfg, out, {} if cache is None else cache)
     est = int(empty + MARGIN * cfg.workers * bpw)
-    how = f"{cfg.workers:,} workers x {bpw:,.0f} B/worker x {MARGIN} + {_fmt(empty)} empty interpreter ({source})"
+    how = f"{cfg.workers:,} workers x {bpw:,.0f} B/worker x {MARGIN} + {format_bytes(empty)} empty interpreter ({source})"
     return est, how
 
 
@@ -201,17 +202,9 @@ def check_budget(pts: Sequence[SweepPoint], out: str | os.PathLike, cache: dict 
         avail = psutil.virtual_memory().available
         if est > avail:
             raise MemoryBudgetExceeded(
-                f"sweep point {p.point_id} needs about {_fmt(est)} ({how}) but only {_fmt(avail)} is available",
+                f"sweep point {p.point_id} needs about {format_bytes(est)} ({how}) but only {format_bytes(avail)} is available",
                 "lower workers or run it on a bigger machine (--executor dask)",
             )
-
-
-def _fmt(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:,.1f} {unit}" if unit != "B" else f"{n:,.0f} B"
-        n /= 1024
-    return str(n)
 
 
 # -- running -------------------------------------------------------------------
