@@ -51,9 +51,10 @@ def parse_range(spec: str) -> tuple[int, int]:
               help="Only VMAs intersecting this hex address range (as in /proc/PID/maps); repeatable.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory to create [default: runs/probe-PID-TIME].")
+@click.option("--replace", is_flag=True, help="Replace an existing run directory --out (not one still being written).")
 @click.option("--json", "as_json", is_flag=True, help="No live lines; print a JSON summary at the end.")
 def probe(pid: int, interval: str, duration: str, track_refs: bool, ranges: tuple[str, ...],
-          out: Path | None, as_json: bool) -> None:
+          out: Path | None, replace: bool, as_json: bool) -> None:
     """Sample process PID per VMA: resident and swapped pages (pagemap, page
     by page), rss/pss/swap (smaps), faults, and with --track-refs the bytes
     referenced in each interval.
@@ -87,7 +88,7 @@ def probe(pid: int, interval: str, duration: str, track_refs: bool, ranges: tupl
 
     try:
         run_dir = run_probe(pid, out, interval=interval_s, duration=duration_s, track_refs=track_refs,
-                            on_sample=on_sample, ranges=parsed_ranges)
+                            on_sample=on_sample, ranges=parsed_ranges, replace=replace)
     except KeyboardInterrupt:
         if (out / "manifest.json").exists():
             m = read_manifest(out)
