@@ -184,7 +184,7 @@ class _Run:
 
     def _track(self, name: str, start: int, length: int, now: float) -> None:
         if self.sampler is not None:
-            self.sampler.add_region(name, int(start), int(length), now, writes=self.config.sampling.writes)
+            self.sampler.add_region(name, int(start), int(length), now, writes=self.config.write_tracking)
 
     def _setup(self, state_path: Path) -> None:
         from locality.kernel import rollup
@@ -199,7 +199,7 @@ class _Run:
         self.register_failures += m.get("failed", [])
         self.manifest["regions"] = m["regions"]
         now = time.monotonic()
-        if self.interval > 0:
+        if self.config.sampled:
             self.sampler = Sampler(self.chan.pid, self.config.sampling.cold_thresholds, keep_pages=self.config.sampling.pages)
             for r in m["regions"]:
                 self._track(r["name"], r["start"], r["length"], now)
@@ -230,7 +230,7 @@ class _Run:
 
     def _loop(self) -> None:
         assert self.t0 is not None and self.chan is not None
-        next_sample = self.t0 + self.interval if self.interval > 0 else float("inf")
+        next_sample = self.t0 + self.interval if self.config.sampled else float("inf")
         while self.child_done is None:
             if self.life.stopping:
                 self.life.cut()
@@ -260,13 +260,13 @@ class _Run:
     def _ask_for_new_vmas(self) -> None:
         from locality.kernel import vmas
 
-        if self.sampler is None or self.sampler.pending or self.chan is None or not self.config.sampling.heap:
+        if self.sampler is None or self.sampler.pending or self.chan is None or not self.config.heap_tracking:
             return
         try:
             new = self.sampler.untracked(vmas(self.chan.pid))
         except LocalityError:
             return
-        if new and not self.config.sampling.writes:
+        if new and not self.config.write_tracking:
             now = time.monotonic()  # residency only: nothing to register in the child
             for name, s, ln in new:
                 self._track(name, s, ln, now)
