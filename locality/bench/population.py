@@ -38,11 +38,6 @@ TARGET_SPAWN_1M_S = 5.0
 MIN_ROUND_ACTIVATIONS = 20_000
 
 
-def parse_sizes(text: str) -> list[int]:
-    """'10k,100k,1M' -> [10000, 100000, 1000000]."""
-    return parse_counts(text, "--sizes")
-
-
 # -- child --------------------------------------------------------------------
 
 
@@ -296,7 +291,7 @@ def command(sizes: str, schedulers: str, steps: int, rounds: int, activity: floa
     """
     from locality.population import SCHEDULERS as KNOWN
 
-    size_list = parse_sizes(sizes)
+    size_list = parse_counts(sizes, "--sizes")
     names = [s.strip() for s in schedulers.split(",") if s.strip()]
     for s in names:
         if s not in KNOWN:

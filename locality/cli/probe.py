@@ -10,13 +10,8 @@ from pathlib import Path
 
 import click
 
-from locality import units
 from locality.errors import InvalidArgument
-
-def parse_duration(text: str, option: str) -> float:
-    """'1s', '500ms', '2m', '1.5h', '30' (seconds) -> seconds; must be > 0 (``locality.units``)."""
-    return units.parse_duration(text, option)
-
+from locality.units import parse_duration
 
 def _address(text: str, what: str, spec: str) -> int:
     negative = text.startswith("-")
