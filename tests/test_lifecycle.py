@@ -238,3 +238,79 @@ def test_run_id_check():
     for bad in ("", ".", "..", "../x", "/abs", "a/b", ".hidden", " a", "a\0b", None):
         with pytest.raises(InvalidArgument):
             store.check_run_id(bad)
+
+
+def test_resume_over_a_manifest_that_is_not_an_object_reruns_the_point(tmp_path, monkeypatch):
+    from locality.experiment.config import validate
+    from locality.experiment.sweep import points, run_sweep
+
+    cfg = validate({"workers": 10, "steps": 1})
+    (p,) = points(cfg, {"seed": [1]})
+    (tmp_path / p.point_id).mkdir()
+    (tmp_path / p.point_id / "manifest.json").write_text("[1, 2]")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "manifest.json").write_text("[]")
+    (tmp_path / "other" / "metrics.json").write_text("[]")
+
+    def fake_run(config, out, *, run_id=None, progress=True, **kw):
+        with RunLifecycle("run", out, run_id, config.model_dump(mode="json"), **kw):
+            pass
+
+    monkeypatch.setattr("locality.experiment.runner.run", fake_run)
+    monkeypatch.setattr("locality.experiment.sweep.measured_footprint", lambda *a: (100.0, 1 << 20, "test"))
+    run_sweep(cfg, {"seed": [1]}, tmp_path, resume=True, progress=False)
+    assert store.read_manifest(tmp_path / p.point_id)["status"] == "complete"
+
+
+def test_a_second_probe_into_the_same_out_is_refused(tmp_path):
+    from childproc import Child
+    from locality.experiment.probe import probe
+
+    with Child(pages=4) as c:
+        d = probe(c.pid, tmp_path / "p", interval=0.05, duration=0.1)
+        first = store.read_manifest(d)
+        with pytest.raises(InvalidArgument, match="already exists"):
+            probe(c.pid, tmp_path / "p", interval=0.05, duration=0.1)
+        assert store.read_manifest(d) == first
+        assert probe(c.pid, tmp_path / "p", interval=0.05, duration=0.1, replace=True) == d
+    assert store.read_manifest(d)["created"] >= first["created"] and store.read_manifest(d)["runner"] == first["runner"]
+
+
+def _fake_compare(monkeypatch, after_layout=None, in_report=False):
+    from fixtures_runs import make_run
+
+    def fake_run(config, out, *, run_id=None, progress=True, **kw):
+        d = make_run(Path(out), run_id, config.layout, config=config.model_dump(mode="json"))
+        if config.layout == after_layout:
+            os.kill(os.getpid(), signal.SIGINT)  # after this layout's run, before the next starts
+        return d
+
+    monkeypatch.setattr("locality.experiment.runner.run", fake_run)
+    monkeypatch.setattr("locality.report.figures.default_names", lambda runs: ["bytes_per_worker"])
+    if in_report:
+        import locality.report.html as html
+
+        original = html.write_report
+
+        def interrupted_report(*a, **kw):
+            os.kill(os.getpid(), signal.SIGINT)  # while the report is being drawn
+            return original(*a, **kw)
+
+        monkeypatch.setattr(html, "write_report", interrupted_report)
+
+
+@pytest.mark.parametrize("after_layout, in_report, finished", [("objects", False, ["objects"]),
+                                                                 (None, True, ["objects", "slab", "isolated"])])
+def test_a_signal_between_layouts_or_in_the_report_phase_still_writes_the_report(
+        tmp_path, monkeypatch, capsys, after_layout, in_report, finished):
+    from locality.cli import main
+
+    _fake_compare(monkeypatch, after_layout, in_report)
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--workers", "1000", "--layouts", "objects,slab,isolated", "--steps", "3",
+              "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "c.html"), "--json"])
+    assert e.value.code == 130
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["runs"]) == finished and (tmp_path / "c.html").exists()
+    if after_layout:
+        assert out["interrupted_at"] == "slab" and out["not_run"] == ["slab", "isolated"]

@@ -156,7 +156,8 @@ def compare(
     notes = [f"Same workload for every layout: {workers:,} workers, pattern {pattern}, {steps} steps "
              f"{step_interval:g} s apart, seed {SEED}, sampled every {interval:g} s, no reclaim."]
     if interrupted_at:
-        notes.append(f"Interrupted (Ctrl-C) during {interrupted_at}; this report shows only the runs that had finished."
+        when = "during" if ran_interrupted else "before"
+        notes.append(f"Interrupted (Ctrl-C) {when} {interrupted_at}; this report shows only the runs that had finished."
                      + (f" Not run: {', '.join(not_run)}." if not_run else ""))
     if not done:
         raise CompareInterrupted(f"interrupted during {interrupted_at} before any run finished", f"runs so far are in {run_root}")

@@ -162,7 +162,9 @@ def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dic
             c = store.read_manifest(d.parent)
         except (OSError, ValueError):
             continue
-        cc = c.get("config", {})
+        if not isinstance(c, dict) or not isinstance(m, dict):
+            continue  # not a run this module wrote
+        cc = c.get("config") or {}
         if c.get("status") == "complete" and m.get("bytes_per_worker") and (
             cc.get("layout"), cc.get("scheduler"), cc.get("arena"), cc.get("hugepages")
         ) == key:
