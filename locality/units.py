@@ -21,7 +21,7 @@ import click
 from locality.errors import InvalidArgument
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+DURATION_UNITS = {"": 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 COUNT_UNITS = {"": 1, "k": 1_000, "m": 1_000_000}
 
 SIZE_FORMS = "a byte count or a number with K, M, G or T (binary, optional B/iB), e.g. 4096, 512M, 1.5GiB"
@@ -34,38 +34,34 @@ _DURATION = re.compile(rf"\s*{_NUMBER}\s*(ms|s|min|m|h)?\s*")
 _COUNT = re.compile(rf"\s*{_NUMBER}\s*([km]?)\s*", re.I)
 
 
+def _scaled(value: Any, what: str, noun: str, pattern: re.Pattern[str], units: dict[str, float], forms: str) -> float:
+    """A number as typed (``1.5G``) times its unit; refuses bools, nan and inf."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        m = pattern.fullmatch(str(value)) if not isinstance(value, bool) else None
+        if m is None:
+            raise InvalidArgument(f"{what}: {value!r} is not a {noun}", f"use {forms}")
+        number = float(m.group(1)) * units[(m.group(2) or "").lower()]
+    if not math.isfinite(number):
+        raise InvalidArgument(f"{what}: {value!r} is not a {noun}", f"use {forms}")
+    return number
+
+
 def parse_size(value: int | str, what: str = "size") -> int:
     """'512M', '1.5GiB', '2k', '4096' or an int -> bytes (binary units); must be >= 1 byte."""
-    if isinstance(value, bool):
-        raise InvalidArgument(f"{what}: {value!r} is not a size", f"use {SIZE_FORMS}")
-    if isinstance(value, int):
-        n = value
-    else:
-        m = _SIZE.fullmatch(str(value))
-        if not m:
-            raise InvalidArgument(f"{value!r} is not a size", f"use {SIZE_FORMS}")
-        n = int(float(m.group(1)) * SIZE_UNITS[m.group(2).lower()])
+    n = int(_scaled(value, what, "size", _SIZE, SIZE_UNITS, SIZE_FORMS))
     if n < 1:
-        raise InvalidArgument(f"{value!r} is not a positive size", f"use {SIZE_FORMS}")
+        raise InvalidArgument(f"{what}: {value!r} is not a positive size", f"use {SIZE_FORMS}")
     return n
 
 
 def parse_duration(value: float | str, what: str = "duration") -> float:
     """'500ms', '1s', '2m', '3min', '1.5h', '30' (seconds) or a number -> seconds; must be finite and > 0."""
-    if isinstance(value, bool):
-        raise InvalidArgument(f"{what}: {value!r} is not a duration", f"use {DURATION_FORMS}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-        if not math.isfinite(seconds):
-            raise InvalidArgument(f"{what}: {value!r} is not a duration", f"use {DURATION_FORMS}")
+    if isinstance(value, str) and _DURATION.fullmatch(value.replace("-", "", 1)) and value.strip().startswith("-"):
+        seconds = -1.0  # a negative duration: refused below, naming the value
     else:
-        text = str(value)
-        m = _DURATION.fullmatch(text)
-        if not m:
-            if re.fullmatch(rf"\s*-\s*{_NUMBER}\s*(ms|s|min|m|h)?\s*", text):
-                raise InvalidArgument(f"{what} must be > 0, not {text!r}", f"use {DURATION_FORMS}")
-            raise InvalidArgument(f"{what}: {text!r} is not a duration", f"use {DURATION_FORMS}")
-        seconds = float(m.group(1)) * DURATION_UNITS[m.group(2) or "s"]
+        seconds = _scaled(value, what, "duration", _DURATION, DURATION_UNITS, DURATION_FORMS)
     if seconds <= 0:
         raise InvalidArgument(f"{what} must be > 0, not {value!r}", f"use {DURATION_FORMS}")
     return seconds
@@ -73,15 +69,8 @@ def parse_duration(value: float | str, what: str = "duration") -> float:
 
 def parse_count(value: int | str, what: str = "count") -> int:
     """'250k', '1M', '1_000', '5000' or an int -> a whole number > 0 (decimal units)."""
-    if isinstance(value, bool):
-        raise InvalidArgument(f"{what}: {value!r} is not a count", f"use {COUNT_FORMS}")
-    if isinstance(value, int):
-        n = value
-    else:
-        m = _COUNT.fullmatch(str(value).replace("_", ""))
-        if not m:
-            raise InvalidArgument(f"{what}: {value!r} is not a count", f"use {COUNT_FORMS}")
-        n = int(float(m.group(1)) * COUNT_UNITS[m.group(2).lower()])
+    text = value.replace("_", "") if isinstance(value, str) else value
+    n = int(_scaled(text, what, "count", _COUNT, COUNT_UNITS, COUNT_FORMS))
     if n <= 0:
         raise InvalidArgument(f"{what}: {value!r} must be > 0", f"use {COUNT_FORMS}")
     return n
