@@ -38,7 +38,7 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     """
     from locality.errors import InvalidArgument
     from locality.experiment.config import load_config
-    from locality.experiment.store import read_manifest
+    from locality.experiment.store import effective_status, read_manifest
     from locality.experiment.sweep import file_grid, parse_grid, run_sweep
 
     cfg = load_config(config, overrides)
@@ -54,8 +54,8 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     for d in dirs:
         try:
             m = read_manifest(d)
-            status, error = m.get("status"), m.get("error")
-        except (OSError, ValueError):
+            status, error = effective_status(m) or "unreadable", m.get("error")
+        except (OSError, ValueError, AttributeError):
             status, error = "missing", None
         failed += status != "complete"
         if as_json:
