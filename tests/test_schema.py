@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pandas as pd
 import pytest
@@ -13,6 +12,12 @@ from locality.experiment import schema, store
 from locality.experiment.config import validate
 from locality.experiment.probe import probe
 from locality.experiment.runner import run
+
+
+@pytest.fixture(autouse=True)
+def strict_schema(monkeypatch):
+    """Here an undeclared column or key is an error (elsewhere a warning, which pytest lists)."""
+    monkeypatch.setenv("LOCALITY_STRICT_SCHEMA", "1")
 
 
 def metrics_problems(kind: str, metrics: dict) -> list[str]:
@@ -58,7 +63,6 @@ def test_a_probe_writes_exactly_what_the_schema_declares(tmp_path):
 
 
 def test_an_undeclared_column_or_key_is_an_error_in_tests():
-    assert os.environ.get("LOCALITY_STRICT_SCHEMA")
     with pytest.raises(schema.SchemaError, match="threads not declared"):
         store.row("run", {"t": 0.0, "threads": 3})
     with pytest.raises(schema.SchemaError, match="speedup not declared"):

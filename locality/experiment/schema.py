@@ -1,9 +1,9 @@
 """The store schema: every timeline column and metrics key of each kind of run, once.
 
 Writers build their rows with ``row(kind, values)`` and check their metrics
-with ``check_metrics(kind, metrics)``; an undeclared name is an error under
-tests (``LOCALITY_STRICT_SCHEMA=1``, set by tests/conftest.py) and a warning
-otherwise. docs/internals.md's store tables are rendered from here
+with ``check_metrics(kind, metrics)``; an undeclared name is an error with
+``LOCALITY_STRICT_SCHEMA=1`` (tests/test_schema.py runs a run, a probe and a
+VM run so) and a warning otherwise. docs/internals.md's store tables are rendered from here
 (``python -m locality.experiment.schema --docs`` rewrites them; a test checks
 the committed file equals the rendering).
 
