@@ -317,3 +317,26 @@ def test_a_signal_between_layouts_or_in_the_report_phase_still_writes_the_report
     assert list(out["runs"]) == finished and (tmp_path / "c.html").exists()
     if after_layout:
         assert out["interrupted_at"] == "slab" and out["not_run"] == ["slab", "isolated"]
+
+
+def test_a_sigkilled_probe_keeps_its_timeline_and_reads_as_crashed(tmp_path):
+    from childproc import Child
+
+    with Child(pages=4) as c:
+        c.touch([0, 1])
+        proc = subprocess.Popen([sys.executable, "-m", "locality", "probe", str(c.pid), "--interval", "100ms",
+                                 "--duration", "60s", "--out", str(tmp_path / "p"), "--json"],
+                                env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        timeline = tmp_path / "p" / "timeline.csv"
+        deadline = time.monotonic() + 60
+        # The timeline is appended every few seconds while sampling, then the manifest counts the samples.
+        while not (timeline.exists() and store.read_manifest(tmp_path / "p")["samples"]):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+    manifest = store.read_manifest(tmp_path / "p")
+    assert manifest["status"] == "running" and store.effective_status(tmp_path / "p") == "crashed"
+    rows = pd.read_csv(timeline)
+    assert manifest["samples"] >= 10 and rows["sample"].nunique() == manifest["samples"]
+    assert rows["sample"].tolist() == sorted(rows["sample"])

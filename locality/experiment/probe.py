@@ -26,7 +26,8 @@ process are not observable without its cooperation.
 
 Ctrl-C / SIGTERM stop after the current sample; every file is then written
 whole (atomically), the run is marked ``interrupted`` and KeyboardInterrupt
-is re-raised. A target that exits mid-probe ends the probe with status
+is re-raised. While sampling, the timeline is appended to timeline.csv every
+few seconds, so a probe killed outright keeps it (and reads as ``crashed``). A target that exits mid-probe ends the probe with status
 ``complete`` and a note in the manifest.
 """
 
@@ -70,6 +71,7 @@ class ProbeSample:
     sample_ms: float  # time the sampler spent on this sample
 
 
+FLUSH_EVERY_S = 5.0  # a probe killed with SIGKILL loses at most this much of its timeline
 _MERGE_GAP = 256 * PAGE_SIZE  # read across gaps up to 1 MiB (2 KiB of pagemap)
 # pagemap covers the user address space only ([vsyscall] lies above it); the
 # bound is the largest x86_64/aarch64 user address with 5-level page tables.
@@ -194,6 +196,8 @@ class _Probe:
         self.region_bounds: list[tuple[int, int]] = []
         self.page_sizes: set[int] = set()
         self.note: str | None = None
+        self.flushed = 0  # samples already appended to timeline.csv
+        self.last_flush = time.monotonic()
 
     def execute(self) -> None:
         try:
@@ -227,6 +231,8 @@ class _Probe:
                 return
             if self.on_sample is not None:
                 self.on_sample(summary)
+            if time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
+                self._flush()
 
     def _region(self, e: Any) -> int:
         key = (e.start, e.end, e.perms, e.offset, e.inode, e.path)
@@ -311,14 +317,26 @@ class _Probe:
         return counts
 
     # -- files
-    def _timeline(self) -> "Any":
+    def _flush(self) -> None:
+        """Append the samples taken since the last flush to timeline.csv, so a killed probe keeps them
+        (the end rewrites the whole file atomically)."""
+        if len(self.blocks) > self.flushed:
+            self._timeline(self.flushed).to_csv(self.out / "timeline.csv", mode="a", header=not self.flushed, index=False)
+            self.flushed = len(self.blocks)
+            self.manifest["samples"] = len(self.times)
+            self.life.save()
+        self.last_flush = time.monotonic()
+
+    def _timeline(self, first: int = 0) -> "Any":
+        """The timeline of samples ``first``, ``first`` + 1, ... as a DataFrame."""
         import pandas as pd
 
-        if not self.blocks:
+        blocks = self.blocks[first:]
+        if not blocks:
             return pd.DataFrame(columns=TIMELINE_COLUMNS)
-        data = np.concatenate(self.blocks)
-        per_sample = [len(b) for b in self.blocks]
-        meta = list(zip(*self.sample_meta))
+        data = np.concatenate(blocks)
+        per_sample = [len(b) for b in blocks]
+        meta = list(zip(*self.sample_meta[first:]))
         keys = list(self.regions)
         vma = data[:, 0]
         columns: dict[str, Any] = {
