@@ -340,3 +340,13 @@ def test_a_sigkilled_probe_keeps_its_timeline_and_reads_as_crashed(tmp_path):
     rows = pd.read_csv(timeline)
     assert manifest["samples"] >= 10 and rows["sample"].nunique() == manifest["samples"]
     assert rows["sample"].tolist() == sorted(rows["sample"])
+
+
+def test_an_unwritable_out_is_one_line(tmp_path, monkeypatch):
+    def denied(*a, **kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(store, "claim_run_dir", denied)
+    with pytest.raises(InvalidArgument, match="cannot create a run directory under .*: Permission denied .pass a writable --out."):
+        with RunLifecycle("run", tmp_path / "ro", "x", {}):
+            pass

@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from locality.errors import LocalityError
+from locality.errors import InvalidArgument, LocalityError
 from locality.experiment import store
 from locality.experiment.channel import Interrupted
 from locality.experiment.signals import StopSignals
@@ -84,7 +84,11 @@ class RunLifecycle:
         self._signals.__enter__()
         try:
             self.manifest.update(runner=store.runner_info(), load_average={"start": load_average(), "end": None})
-            self.dir = self._claim()
+            try:
+                self.dir = self._claim()
+            except OSError as e:
+                raise InvalidArgument(f"cannot create a run directory under {os.fspath(self.out)!r}: {e.strerror or e}",
+                                      "pass a writable --out") from None
         except BaseException:
             self._signals.__exit__(None, None, None)
             raise
