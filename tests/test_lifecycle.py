@@ -350,3 +350,17 @@ def test_an_unwritable_out_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(InvalidArgument, match="cannot create a run directory under .*: Permission denied .pass a writable --out."):
         with RunLifecycle("run", tmp_path / "ro", "x", {}):
             pass
+
+
+def test_two_resumes_of_one_sweep_share_the_work(tmp_path):
+    (tmp_path / "c.toml").write_text('workers = 20000\nduration = 1.5\nstep_interval = 0.01\n[pattern]\nname = "uniform"\n'
+                                     '[sampling]\ninterval = 0.2\n')
+    cmd = [sys.executable, "-m", "locality", "sweep", "c.toml", "--grid", "seed=1,2,3,4,5,6", "--out", "runs", "--resume", "--json"]
+    sweeps = [subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in sweeps]
+    assert [p.returncode for p in sweeps] == [0, 0], [err[-2000:] for _, err in outs]
+    manifests = [store.read_manifest(d) for d in sorted((tmp_path / "runs").iterdir())]
+    assert len(manifests) == 6 and all(m["status"] == "complete" for m in manifests)
+    runners = {m["runner"]["pid"] for m in manifests}
+    assert runners == {p.pid for p in sweeps}  # each ran some points, none ran one twice (a claim is exclusive)

@@ -34,7 +34,9 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     validated before the first runs. With the local executor, a point whose
     estimated memory (workers x measured bytes/worker, see
     locality.experiment.sweep) exceeds the free memory is refused up front.
-    Exits 1 if any point failed.
+    Two `--resume`s of one OUT share the work: a point another one is running
+    is skipped (listed as running). Exits 1 if any point failed, was
+    interrupted or crashed.
     """
     from locality.errors import InvalidArgument
     from locality.experiment.config import load_config
@@ -57,7 +59,7 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
             status, error = effective_status(m) or "unreadable", m.get("error")
         except (OSError, ValueError, AttributeError):
             status, error = "missing", None
-        failed += status != "complete"
+        failed += status not in ("complete", "running")  # running: another `--resume` holds it
         if as_json:
             click.echo(json.dumps({"point_id": d.name, "status": status, "run_dir": str(d), "error": error}))
         else:
