@@ -82,8 +82,9 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(d, manifest, metrics, load(d), latency)
 
 
-def run(config: Any, out: Any, *, run_id: str | None = None, progress: bool = True) -> Path:
+def run(config: Any, out: Any, *, run_id: str | None = None, progress: bool = True, replace: bool = False,
+        resume: bool = False) -> Path:
     """See ``locality.experiment.runner.run``."""
     from locality.experiment.runner import run as _run
 
-    return _run(config, out, run_id=run_id, progress=progress)
+    return _run(config, out, run_id=run_id, progress=progress, replace=replace, resume=resume)
