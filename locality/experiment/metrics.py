@@ -76,7 +76,7 @@ def compute(
     out["bytes_per_worker"] = (pss_spawned - pss_empty) / n if pss_empty is not None and pss_spawned is not None else None
 
     resident_sampled = interval > 0 and "written_pages" in timeline and len(timeline) > 1
-    sampled = resident_sampled and config.write_tracking  # written sets measured
+    sampled = resident_sampled and bool(config.sampling.writes)  # written sets measured
     windows = timeline.iloc[1:] if resident_sampled else timeline.iloc[0:0]
     written_total = int(windows["written_pages"].sum()) if sampled else 0
     useful = int(child.get("useful_bytes", 0))
