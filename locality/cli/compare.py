@@ -71,7 +71,7 @@ def compare(workers: int, layouts: str, pattern: str, steps: int, step_interval:
             took = result.seconds.get(r.label)
             click.echo(f"{r.status:<11} {r.label:<18} {f'{took:6.1f} s' if took is not None else '':>8}  {r.path}")
         if result.interrupted_at:
-            click.echo(f"interrupted during {result.interrupted_at}; report of the finished runs:", err=True)
+            click.echo(f"interrupted {result.interruption}; report of the finished runs:", err=True)
         elif signalled:
             click.echo("interrupted after the last run; its report was written", err=True)
         click.echo(f"report: {rendered.report}")

@@ -40,6 +40,14 @@ class CompareResult:
     seconds: dict[str, float] = field(default_factory=dict)
     interrupted_at: str | None = None
     not_run: list[str] = field(default_factory=list)
+    interrupted_running: bool = False  # the signal cut interrupted_at's run (else it came before that run began)
+
+    @property
+    def interruption(self) -> str | None:
+        """'during slab' / 'before slab', or None when every layout ran."""
+        if self.interrupted_at is None:
+            return None
+        return f"{'during' if self.interrupted_running else 'before'} {self.interrupted_at}"
 
 
 def layout_names() -> list[str]:
@@ -162,7 +170,7 @@ def compare(
     if not done:
         raise CompareInterrupted(f"interrupted during {interrupted_at} before any run finished", f"runs so far are in {run_root}")
     title = f"locality compare: {len(done)} layouts, {workers:,} workers, {pattern}"
-    return CompareResult(run_root, done, title, notes, seconds, interrupted_at, not_run)
+    return CompareResult(run_root, done, title, notes, seconds, interrupted_at, not_run, ran_interrupted)
 
 
 class CompareInterrupted(LocalityError):
