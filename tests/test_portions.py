@@ -1,0 +1,111 @@
+"""Portions: every page of a child in the portion its known objects put it in.
+
+Ground truth: tests/portions_child.py allocates a slab arena, a lean
+population's coroutines and list, 100k floats, an 8 MiB bytearray and a
+sleeping thread, and tells us their addresses; the portion map built from its
+walk and its VMAs must put every page of each in its portion, and the
+portions' resident bytes must add up to its smaps Rss.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from locality.experiment import portions
+from locality.experiment.sampler import Sampler, anonymous_ranges
+from locality.kernel import PAGE_SIZE, rollup, smaps, vmas
+from locality.population.portions import CODE, PORTIONS
+
+PS = int(PAGE_SIZE)
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def child(tmp_path_factory):
+    path = tmp_path_factory.mktemp("portions") / "walk.npz"
+    proc = subprocess.Popen([sys.executable, str(HERE / "portions_child.py"), str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, "the child died before reporting"
+        facts = json.loads(line)
+        pmap = portions.start(proc.pid, _sampler(proc.pid, facts), path)
+        yield proc, facts, pmap
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _sampler(pid: int, facts: dict) -> Sampler:
+    sampler = Sampler(pid, [1.0], keep_pages=False)
+    now = time.monotonic()
+    for start, length in facts["arenas"]:
+        sampler.add_region("arena", start, length, now, writes=False)
+    for name, start, length in anonymous_ranges(vmas(pid), exclude=[tuple(a) for a in facts["arenas"]]):
+        sampler.add_region(name, start, length, now, writes=False)
+    return sampler
+
+
+def _pages(ranges) -> np.ndarray:
+    """Every page any of the [start, end) byte ranges has a byte on."""
+    r = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+    first, last = r[:, 0] // PS, (r[:, 1] - 1) // PS
+    return np.unique(np.concatenate([np.arange(f, l + 1) for f, l in zip(first, last)])) * PS
+
+
+def _portions_of(pmap: portions.PortionMap, pages: np.ndarray) -> dict[str, int]:
+    codes = np.concatenate([pmap.map.classify(int(p), 1)[0] for p in pages])
+    return {PORTIONS[c]: int(n) for c, n in zip(*np.unique(codes, return_counts=True))}
+
+
+def test_every_page_of_each_known_allocation_is_in_its_portion(child):
+    _, facts, counter = child
+    arena_pages = _pages([[s, s + ln] for s, ln in facts["arenas"]])
+    assert _portions_of(counter, arena_pages) == {"worker_state": arena_pages.size}
+    coro_pages = _pages(facts["coroutines"])
+    assert _portions_of(counter, coro_pages) == {"coroutine_frames": coro_pages.size}
+    items, length = facts["scheduler_items"]
+    inner = _pages([[items, items + length]])[1:-1]  # the ends share pages with other malloc chunks
+    assert _portions_of(counter, inner) == {"scheduler": inner.size}
+    float_pages = _pages(facts["floats"])
+    assert _portions_of(counter, float_pages) == {"runtime_heap": float_pages.size}
+    blob, length = facts["blob"]
+    blob_pages = _pages([[blob, blob + length]])[1:-1]
+    assert _portions_of(counter, blob_pages) == {"native_heap": blob_pages.size}
+    low, high = facts["thread_stack"]
+    stack_pages = _pages([[low, high]])
+    assert _portions_of(counter, stack_pages) == {"stacks": stack_pages.size}
+    main_stack = next(v for v in vmas(child[0].pid) if v.path == "[stack]")
+    assert counter.map.vma_portion(main_stack.start) == CODE["stacks"]
+    assert counter.map.vma_portion(facts["code"]) == CODE["code"]
+
+
+def test_tracked_columns_get_the_portion_of_their_page(child):
+    _, facts, counter = child
+    sampler = counter.sampler
+    assert counter.portion.size == sampler.n_cols
+    blob, length = facts["blob"]
+    addr = np.concatenate([r.start + np.arange(r.n_pages, dtype=np.int64) * PS for r in sampler.regions])
+    inside = (addr > blob) & (addr + PS < blob + length)
+    assert inside.sum() >= length // PS - 2
+    assert set(counter.portion[inside].tolist()) == {CODE["native_heap"]}
+
+
+def test_portions_resident_bytes_add_up_to_smaps_rss(child):
+    proc, _, counter = child
+    counter.sampler.sample(time.monotonic())
+    by_portion = portions.resident_bytes(proc.pid, counter.sampler, counter, counter.map)
+    rss = sum(e.rss for e in smaps(proc.pid))
+    assert rss == pytest.approx(rollup(proc.pid)["rss"], rel=0.02)
+    assert sum(by_portion.values()) == pytest.approx(rss, rel=0.02)
+    for name in ("worker_state", "coroutine_frames", "scheduler", "runtime_heap", "native_heap", "code", "stacks"):
+        assert by_portion[name] > 0, name
+    # The 8 MiB bytearray alone is resident native heap.
+    assert by_portion["native_heap"] >= 8 << 20
