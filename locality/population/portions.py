@@ -156,20 +156,20 @@ def _scheduler_ranges(out: Ranges, sched: Any) -> None:
 
 def page_bytes(ranges: Ranges, page_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(page address, portion code, bytes) for every page a known portion has bytes on."""
-    pages, codes, counts = [], [], []
+    import pandas as pd
+
+    keys, counts = [], []
     for portion, parts in ranges.parts.items():
         for s, ln in parts:
-            for lo in range(0, s.size, 1 << 20):  # bounded temporaries at 25M ranges
-                p, b = _split_by_page(s[lo : lo + (1 << 20)], ln[lo : lo + (1 << 20)], page_size)
-                pages.append(p)
-                counts.append(b)
-                codes.append(np.full(p.size, CODE[portion], np.int8))
-    if not pages:
+            page, b = _split_by_page(s, ln, page_size)
+            keys.append(page * len(PORTIONS) + CODE[portion])
+            counts.append(b)
+    if not keys:
         return np.empty(0, np.uint64), np.empty(0, np.int8), np.empty(0, np.int64)
-    page, code, count = np.concatenate(pages), np.concatenate(codes), np.concatenate(counts)
-    key = page * len(PORTIONS) + code
-    uniq, inverse = np.unique(key, return_inverse=True)
-    total = np.bincount(inverse, weights=count).astype(np.int64)
+    # A hash table, not a sort: the objects layout has 28M heap blocks at 1M workers.
+    index, uniq = pd.factorize(np.concatenate(keys), sort=False)
+    total = np.bincount(index, weights=np.concatenate(counts)).astype(np.int64)
+    uniq = np.asarray(uniq, dtype=np.int64)
     return (uniq // len(PORTIONS) * page_size).astype(np.uint64), (uniq % len(PORTIONS)).astype(np.int8), total
 
 
