@@ -109,3 +109,35 @@ def test_portions_resident_bytes_add_up_to_smaps_rss(child):
         assert by_portion[name] > 0, name
     # The 8 MiB bytearray alone is resident native heap.
     assert by_portion["native_heap"] >= 8 << 20
+
+
+def test_a_run_stores_one_portion_per_tracked_page_and_portion_figures_that_add_up(tmp_path):
+    import pandas as pd
+
+    from locality.experiment.config import validate
+    from locality.experiment.runner import run
+
+    config = validate({"workers": 5000, "layout": "slab", "scheduler": "lean", "pattern": {"name": "sheet"},
+                       "steps": 12, "step_interval": 0.05, "sampling": {"interval": 0.2, "cold_thresholds": [0.2]}})
+    run_dir = run(config, tmp_path, run_id="p", progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    figures = metrics["portions"]
+    assert sorted(figures) == sorted(PORTIONS)
+    assert sum(f["resident_bytes"] for f in figures.values()) == pytest.approx(metrics["portions_rss_bytes"], rel=0.02)
+    # Each written tracked page is in exactly one portion: the portions' WSS is the process's.
+    assert sum(f["wss_pages_mean"] for f in figures.values()) == pytest.approx(metrics["wss_pages_mean"], rel=1e-9)
+    assert figures["worker_state"]["page_utilization"] == pytest.approx(metrics["state_page_utilization"], rel=1e-9)
+    assert metrics["portion_dominating_wss"] == max(figures, key=lambda n: figures[n]["wss_bytes_mean"])
+    table = pd.read_csv(run_dir / "portions.csv")
+    timeline = pd.read_csv(run_dir / "timeline.csv")
+    per_sample = table.groupby("sample")[["written_pages", "resident_pages", "tracked_pages"]].sum()
+    assert per_sample["written_pages"].tolist() == timeline["written_pages"].tolist()
+    assert per_sample["resident_pages"].tolist() == timeline["resident_pages"].tolist()
+    with np.load(run_dir / "pages.npz") as z:
+        assert [str(n) for n in z["portion_names"]] == list(PORTIONS)
+        portion, regions, region = z["portion"], [str(r) for r in z["regions"]], z["region"]
+        assert portion.shape == (int(z["n_pages"]),)
+        arena = np.isin(region, [i for i, r in enumerate(regions) if r.startswith("arena:")])
+        assert arena.any() and set(portion[arena].tolist()) == {CODE["worker_state"]}
+        assert set(portion[~arena].tolist()) >= {CODE["coroutine_frames"], CODE["runtime_heap"], CODE["native_heap"]}
+    assert 0 < metrics["portions_walk_s"] < 60
