@@ -56,7 +56,7 @@ return out;
 
 
 def test_portion_stacked_bars_show_each_portion_of_each_run(tmp_path):
-    from locality.report.portion_figures import COLORS
+    from locality.report.portions import COLORS
 
     mib = 1 << 20
     runs = [

@@ -559,7 +559,7 @@ def default_names(runs: list[RunData]) -> list[str]:
     return [n for n, s in FIGURES.items() if (per_vma or not s.probe_only) and (s.when is None or s.when(runs))]
 
 
-# Registered last: portion_figures draws with the helpers above.
-from locality.report.portion_figures import FIGURE_DEFS, portion_band  # noqa: E402
+# Registered last: report.portions draws with the helpers above.
+from locality.report.portions import FIGURE_DEFS, portion_band  # noqa: E402
 
 FIGURES.update({name: FigureSpec(name, title, caption, draw, when=when) for name, title, caption, draw, when in FIGURE_DEFS})

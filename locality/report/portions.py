@@ -1,4 +1,4 @@
-"""Portions of the footprint in the report: stacked bars, the heatmap's band, the verdict.
+"""Portions of the footprint in the report: stacked bars, the heatmap's band, a table, the verdict.
 
 Drawn from stored runs alone: metrics.json ``portions`` (resident bytes and
 WSS per portion) and pages.npz ``portion`` (one portion per tracked page).
@@ -114,6 +114,32 @@ def verdict(run: RunData) -> str | None:
 
 def verdicts(runs: list[RunData]) -> list[str]:
     return [v for v in map(verdict, runs) if v]
+
+
+def _fmt(v: Any, scale: float = 1.0, digits: int = 3) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        return "—"
+    return f"{v * scale:,.{digits}g}"
+
+
+def table(runs: list[RunData]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Headings and one row per (run, portion) of every run with portions, in PORTIONS order."""
+    colds = sorted({k for r in runs for f in portion_figures(r).values() if isinstance(f, dict)
+                    for k in (f.get("cold_fraction") or {})}, key=float)
+    headings = ["resident (MiB)", "share of RSS (%)", "mean WSS (MiB)", "page utilization (%)",
+                *[f"cold after {c} s (%)" for c in colds], "paged out (pages, max)", "refaulted (pages)"]
+    rows = []
+    for run in runs:
+        figures = portion_figures(run)
+        names = [p for p in PORTIONS if p in figures] + sorted(set(figures) - set(PORTIONS))
+        for name in names:
+            f = figures[name] if isinstance(figures[name], dict) else {}
+            cold = f.get("cold_fraction") or {}
+            rows.append({"run": run.label, "portion": name, "cells": [
+                _fmt(f.get("resident_bytes"), 1 / MIB, 4), _fmt(f.get("rss_share"), 100), _fmt(f.get("wss_bytes_mean"), 1 / MIB, 4),
+                _fmt(f.get("page_utilization"), 100), *[_fmt(cold.get(c), 100) for c in colds],
+                _fmt(f.get("paged_out_pages_max"), 1, 9), _fmt(f.get("refaulted_pages"), 1, 9)]})
+    return headings, rows
 
 
 # (name, title, caption, draw, when): figures.py makes FigureSpecs of them.
