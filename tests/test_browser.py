@@ -50,6 +50,8 @@ for (const id of ['fig-portion_resident', 'fig-portion_wss']) {
   }
   out[id] = fills;
 }
+out.table = Array.from(document.querySelectorAll('#portions-table tbody tr')).map(
+  tr => tr.dataset.run + ' ' + tr.dataset.portion);
 out.verdicts = Array.from(document.querySelectorAll('#portion-verdicts li')).map(li => li.textContent);
 return out;
 """
@@ -81,4 +83,6 @@ def test_portion_stacked_bars_show_each_portion_of_each_run(tmp_path):
         "clustered: coroutine_frames dominates the working set, 3 MiB of the 4.5 MiB written per sample window (67%); "
         "the largest resident portion is coroutine_frames (57% of RSS); 3 tracked pages hold more than one portion.",
     ]
+    assert seen["script"]["table"] == ["objects worker_state", "objects coroutine_frames", "objects code",
+                                       "clustered worker_state", "clustered coroutine_frames", "clustered native_heap"]
     assert seen["figures"]["fig-heatmap"]["class"] == "drawn"

@@ -141,3 +141,26 @@ def test_a_run_stores_one_portion_per_tracked_page_and_portion_figures_that_add_
         assert arena.any() and set(portion[arena].tolist()) == {CODE["worker_state"]}
         assert set(portion[~arena].tolist()) >= {CODE["coroutine_frames"], CODE["runtime_heap"], CODE["native_heap"]}
     assert 0 < metrics["portions_walk_s"] < 60
+
+
+@pytest.mark.swap
+def test_paged_out_and_refaulted_pages_are_split_by_portion(tmp_path, swap_on):
+    import pandas as pd
+
+    from locality.experiment.config import validate
+    from locality.experiment.runner import run
+
+    config = validate({"workers": 20000, "layout": "slab", "scheduler": "lean", "duration": 6, "step_interval": 0.5,
+                       "seed": 1, "pattern": {"name": "sheet", "p": 0.01, "radius": 3, "waves": 1},
+                       "sampling": {"interval": 0.25, "cold_thresholds": [1.0]},
+                       "reclaim": {"policy": "pageout-idle", "idle_seconds": 1}})
+    run_dir = run(config, tmp_path, run_id="po", progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    table = pd.read_csv(run_dir / "portions.csv")
+    timeline = pd.read_csv(run_dir / "timeline.csv")
+    per_sample = table.groupby("sample")[["paged_out_pages", "refaulted_pages", "swapped_pages"]].sum()
+    for column in ("paged_out_pages", "refaulted_pages", "swapped_pages"):
+        assert per_sample[column].tolist() == timeline[column].tolist(), column
+    figures = metrics["portions"]
+    assert sum(f["refaulted_pages"] for f in figures.values()) == metrics["refaulted_pages"] > 0
+    assert figures["worker_state"]["paged_out_pages_max"] > 0
