@@ -26,10 +26,12 @@ child is not walked again: that would cost it time per step).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -174,6 +176,8 @@ class PortionCounter:
         self.mixed = np.empty(0, bool)
         self.seen_regions = 0
         self.rows: list[dict[str, Any]] = []
+        self.resident: dict[str, int] | None = None  # by finish()
+        self.rss: int | None = None
         self.sync()
 
     def sync(self) -> None:
@@ -204,9 +208,27 @@ class PortionCounter:
         for i, name in enumerate(PORTIONS):
             self.rows.append({"sample": len(s.times) - 1, "t": t, "portion": name, **{k: int(v[i]) for k, v in counts.items()}})
 
+    def finish(self, pid: int) -> None:
+        """After the last sample: resident bytes per portion, and the RSS they should add up to."""
+        from locality.kernel import rollup
+
+        self.sync()
+        self.resident = resident_bytes(pid, self.sampler, self, self.map)
+        self.rss = rollup(pid)["rss"]
+
+    def metrics(self, timeline: pd.DataFrame, config: Any, useful_bytes: int) -> dict[str, Any]:
+        """The metrics.json keys of this run's portions (``metrics`` below)."""
+        return metrics(
+            self.table(), timeline, interval=float(config.sampling.interval), page_size=self.map.ps,
+            useful_bytes=useful_bytes, resident=self.resident, rss_bytes=self.rss,
+            mixed_pages=int(np.count_nonzero(self.mixed)), walk_seconds=self.map.walk.seconds,
+            cold_thresholds=list(config.sampling.cold_thresholds), reclaim=config.reclaim.policy != "none",
+        )
+
     def npz_arrays(self) -> dict[str, np.ndarray]:
         """pages.npz arrays: ``portion`` (int8 index into ``portion_names``) and
         ``portion_mixed`` (packed bits) per tracked page, in column order."""
+        self.sync()
         return {"portion": self.portion, "portion_names": np.asarray(PORTIONS, dtype=str),
                 "portion_mixed": np.packbits(self.mixed)}
 
@@ -300,3 +322,17 @@ def start(pid: int, sampler: Any, walk_path: str | Path) -> PortionCounter:
     except LocalityError:
         sps = []
     return PortionCounter(sampler, PortionMap(vmas(pid), walk, sps, int(PAGE_SIZE)))
+
+
+def request(send: Callable[..., None], wait_for: Callable[[str, float], dict[str, Any]], pid: int, sampler: Any,
+            timeout: float) -> tuple[PortionCounter, dict[str, Any]]:
+    """Ask the child for its walk (child protocol ``portions``) and classify the
+    tracked pages; returns the counter and the manifest's ``portions`` entry."""
+    fd, path = tempfile.mkstemp(prefix="locality-portions-", suffix=".npz")
+    os.close(fd)
+    try:
+        send("portions", path=path)
+        m = wait_for("portions", timeout)
+        return start(pid, sampler, path), {k: m.get(k) for k in ("seconds", "pages", "pools")}
+    finally:
+        os.unlink(path)

@@ -34,7 +34,7 @@ from locality.experiment.metrics import _tkey, compute
 from locality.experiment.policies import make_policy
 from locality.experiment.sampler import Sampler
 
-RUN_FILES = ("timeline.csv", "pages.npz", "latency.csv", "metrics.json")
+RUN_FILES = ("timeline.csv", "pages.npz", "latency.csv", "metrics.json", "portions.csv")
 SETUP_TIMEOUT_S = 3600.0  # spawning a million asyncio Tasks takes seconds, not hours
 STOP_TIMEOUT_S = 10.0
 STDERR_TAIL = 2000
@@ -107,7 +107,6 @@ class _Run:
         self.state_path: Path | None = None
         self.state_info: dict[str, Any] | None = None  # the child's state page set: count, source, seconds
         self.portions: Any = None  # experiment.portions.PortionCounter once the child walked its portions
-        self.portion_resident: tuple[dict[str, int], int] | None = None  # (bytes per portion, RSS) at the end
         self.bar: Any = None
         self.last_flush = 0.0
 
@@ -115,7 +114,6 @@ class _Run:
     def execute(self) -> Path:
         latency_path = Path(tempfile.mkstemp(prefix="locality-latency-", suffix=".npy")[1])
         self.state_path = Path(tempfile.mkstemp(prefix="locality-state-pages-", suffix=".npy")[1])
-        self.portions_path = Path(tempfile.mkstemp(prefix="locality-portions-", suffix=".npz")[1])
         stderr_file = tempfile.TemporaryFile()
         try:
             with self.stop:
@@ -132,7 +130,6 @@ class _Run:
             stderr_file.close()
             latency_path.unlink(missing_ok=True)
             self.state_path.unlink(missing_ok=True)
-            self.portions_path.unlink(missing_ok=True)
             if self.bar is not None:
                 self.bar.close()
         if status == "interrupted":
@@ -263,7 +260,9 @@ class _Run:
             for r in m["regions"]:
                 self._track(r["name"], r["start"], r["length"], now)
             self._state_pages()
-            self._portions()
+            from locality.experiment.portions import request
+
+            self.portions, self.manifest["portions"] = request(self._send, self._wait_for, self.proc.pid, self.sampler, SETUP_TIMEOUT_S)
         if self.progress:
             from tqdm import tqdm
 
@@ -288,15 +287,6 @@ class _Run:
                            "tracked": self.sampler.state_tracked_pages}
         self.manifest["state_pages"] = self.state_info
 
-    def _portions(self) -> None:
-        """Ask the child for the portions only it can name (once); the rest is classified by VMA."""
-        from locality.experiment import portions
-
-        self._send("portions", path=str(self.portions_path))
-        m = self._wait_for("portions", SETUP_TIMEOUT_S)
-        self.portions = portions.start(self.proc.pid, self.sampler, self.portions_path)
-        self.manifest["portions"] = {k: m.get(k) for k in ("seconds", "pages", "pools")}
-
     def _loop(self) -> None:
         assert self.t0 is not None
         next_sample = self.t0 + self.interval if self.interval > 0 else float("inf")
@@ -317,11 +307,7 @@ class _Run:
         if self.child_done is not None:
             self._sample(time.monotonic())
             if self.portions is not None:
-                from locality.experiment.portions import resident_bytes
-                from locality.kernel import rollup
-
-                by_portion = resident_bytes(self.proc.pid, self.sampler, self.portions, self.portions.map)
-                self.portion_resident = (by_portion, rollup(self.proc.pid)["rss"])
+                self.portions.finish(self.proc.pid)
 
     def _drain_until_done(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -426,18 +412,6 @@ class _Run:
             proc.wait()
 
     # -- store ---------------------------------------------------------------
-    def _portion_metrics(self, timeline: pd.DataFrame, child: dict[str, Any]) -> dict[str, Any]:
-        from locality.experiment.portions import metrics as portion_metrics
-        from locality.kernel import PAGE_SIZE
-
-        resident, rss = self.portion_resident or (None, None)
-        return portion_metrics(
-            self.portions.table(), timeline, interval=self.interval, page_size=int(PAGE_SIZE),
-            useful_bytes=int(child.get("useful_bytes", 0)), resident=resident, rss_bytes=rss,
-            mixed_pages=int(np.count_nonzero(self.portions.mixed)), walk_seconds=self.portions.map.walk.seconds,
-            cold_thresholds=list(self.config.sampling.cold_thresholds), reclaim=self.config.reclaim.policy != "none",
-        )
-
     def _write(self, status: str, error: str | None, latency_path: Path) -> None:
         d = self.run_dir
         timeline = pd.DataFrame(self.rows)
@@ -451,7 +425,6 @@ class _Run:
             lat = np.empty(0, np.int64)
         store.atomic_write_csv(d / "latency.csv", pd.DataFrame({"latency_ns": lat.astype(np.int64)}))
         if self.portions is not None:
-            self.portions.sync()
             store.atomic_write_csv(d / "portions.csv", self.portions.table())
         if self.sampler is not None and self.config.sampling.pages and self.sampler.times:
             extra = self.portions.npz_arrays() if self.portions is not None else {}
@@ -475,7 +448,7 @@ class _Run:
             )
             metrics["spawn_s"] = self.spawn_s
             if self.portions is not None:
-                metrics.update(self._portion_metrics(timeline, child))
+                metrics.update(self.portions.metrics(timeline, self.config, int(child.get("useful_bytes", 0))))
             metrics["pageout_bytes"] = self.pageout_bytes
             store.atomic_write_json(d / "metrics.json", metrics)
         self.manifest.update(
