@@ -82,11 +82,17 @@ class PortionMap:
     """Classifies page addresses of one process: VMA rules plus the child's walk."""
 
     def __init__(self, vmas: list[Any], walk: ChildWalk, stack_pointers: Iterable[int], page_size: int) -> None:
-        self.vmas = sorted(vmas, key=lambda v: v.start)
-        self.starts = [v.start for v in self.vmas]
         self.walk = walk
         self.ps = int(page_size)
         self.stack_pointers = list(stack_pointers)
+        self.refresh(vmas)
+
+    def refresh(self, vmas: list[Any]) -> None:
+        """Classify by these VMAs from now on (the process maps more as it runs)."""
+        self.vmas = sorted(vmas, key=lambda v: v.start)
+        self.starts = [v.start for v in self.vmas]
+        self.vstarts = np.array(self.starts, dtype=np.uint64)
+        self.vends = np.array([v.end for v in self.vmas], dtype=np.uint64)
         executable = {v.path for v in self.vmas if "x" in v.perms and v.path.startswith("/")}
         self.vma_code = np.array([self._vma_portion(i, executable) for i in range(len(self.vmas))], dtype=np.int8)
         # Where a pymalloc pool header counts: private anonymous memory (mmap
@@ -134,10 +140,8 @@ class PortionMap:
     def _background(self, start: int, n_pages: int, addr: np.ndarray) -> np.ndarray:
         """The VMA rule per page, with anonymous pages inside a pymalloc pool as runtime_heap."""
         out = np.empty(n_pages, np.int64)
-        vstarts = np.array([v.start for v in self.vmas], dtype=np.uint64)
-        vends = np.array([v.end for v in self.vmas], dtype=np.uint64)
-        k = np.searchsorted(vstarts, addr, side="right") - 1
-        inside = (k >= 0) & (addr < vends[np.maximum(k, 0)])
+        k = np.searchsorted(self.vstarts, addr, side="right") - 1
+        inside = (k >= 0) & (addr < self.vends[np.maximum(k, 0)])
         out[:] = CODE["other"]
         out[inside] = self.vma_code[k[inside]]
         pools = self.walk.pools
@@ -182,7 +186,15 @@ class PortionCounter:
 
     def sync(self) -> None:
         """Classify the columns of regions the sampler added since the last call."""
-        for r in self.sampler.regions[self.seen_regions:]:
+        new = self.sampler.regions[self.seen_regions:]
+        if any(self.map.vma_portion(r.start) == CODE["other"] for r in new):
+            from locality.kernel import vmas
+
+            try:
+                self.map.refresh(vmas(self.sampler.pid))  # a region of a VMA mapped after the walk
+            except LocalityError:
+                pass
+        for r in new:
             code, mixed = self.map.classify(r.start, r.n_pages)
             self.portion = np.concatenate([self.portion, code])
             self.mixed = np.concatenate([self.mixed, mixed])
@@ -250,7 +262,9 @@ def resident_bytes(pid: int, sampler: Any, counter: PortionCounter, portion_map:
     for r in alive:
         out += np.bincount(counter.portion[r.cols][present[r.cols]], minlength=len(PORTIONS)) * ps
     holes = [(r.start, r.length) for r in alive]
-    for v in vmas(pid):
+    now = vmas(pid)
+    portion_map.refresh(now)
+    for v in now:
         if v.perms.startswith("---"):
             continue  # no access: never resident
         for s, e in subtract((v.start, v.end), holes):

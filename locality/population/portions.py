@@ -3,7 +3,7 @@
 Every page of a run belongs to one portion (PORTIONS). The parent can tell
 code, stacks and heaps apart by their VMAs, but only the process knows
 which of its objects are the workers' coroutines, which are the scheduler's
-tables and where the layout keeps worker state. ``known_page_bytes`` walks
+tables and where the layout keeps worker state. ``walk`` goes over
 those once after spawn -- ``id()`` is an address, sizes come from
 ``sys.getsizeof`` or from one object of a kind all share -- and returns, per
 page, the bytes each portion has on it. ``pymalloc_pools`` finds the
@@ -42,22 +42,31 @@ POOL_ALIGN = 16
 SMALL_MAX = 512  # larger requests go to malloc
 POOL_CLASSES = SMALL_MAX // POOL_ALIGN
 _CPYTHON = sys.implementation.name == "cpython"
+OBJECT_CHUNK = 8192  # workers of the objects layout walked at a time
 
 
 @dataclass
 class Ranges:
-    """Byte ranges [start, start + length) per known portion, gathered in pieces."""
+    """Bytes per (page, known portion) of the byte ranges added, summed as they
+    come: the objects layout has 28M heap blocks at 1M workers, and holding
+    them all before summing would grow the measured process by gigabytes."""
 
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    page_size: int
+    keys: list[np.ndarray] = field(default_factory=list)  # page number * len(PORTIONS) + portion code
+    counts: list[np.ndarray] = field(default_factory=list)
 
     def add(self, portion: str, starts: Any, lengths: Any) -> None:
+        """Byte ranges [start, start + length) of one portion."""
         s = np.atleast_1d(np.asarray(starts, dtype=np.int64))
         ln = np.broadcast_to(np.asarray(lengths, dtype=np.int64), s.shape)
         # A small object owns its whole pymalloc block: the size rounded up to 16.
         ln = np.where(ln <= SMALL_MAX, (ln + POOL_ALIGN - 1) // POOL_ALIGN * POOL_ALIGN, ln) if _CPYTHON else ln
         keep = (s > 0) & (ln > 0)
         if keep.any():
-            self.parts.setdefault(portion, []).append((s[keep], ln[keep]))
+            page, count = _split_by_page(s[keep], ln[keep], self.page_size)
+            key, count = _sum_by_key(page * len(PORTIONS) + CODE[portion], count)
+            self.keys.append(key)
+            self.counts.append(count)
 
     def add_objects(self, portion: str, objs: Iterable[object], *, basic: bool = False) -> None:
         """Objects, each contiguous. One getsizeof serves all when a sample of them
@@ -90,10 +99,10 @@ def _span(obj: object, basic: bool = False) -> tuple[int, int]:
     return head, head + (type(obj).__basicsize__ if basic else obj.__sizeof__())
 
 
-def population_ranges(pop: Any, layout: Any) -> Ranges:
+def population_ranges(pop: Any, layout: Any, page_size: int) -> Ranges:
     """What the process knows of its population: the layout's state, the
     workers' coroutines with their frames, and the scheduler's structures."""
-    out = Ranges()
+    out = Ranges(page_size)
     _layout_ranges(out, layout)
     sched = getattr(pop, "_scheduler", None)
     if sched is not None:
@@ -112,8 +121,8 @@ def _layout_ranges(out: Ranges, layout: Any) -> None:
     object_ranges = getattr(layout, "object_ranges", None)
     if not arenas and object_ranges is not None:
         n = int(getattr(layout, "n", 0))
-        for lo in range(0, n, 65536):
-            s, ln, _ = object_ranges(np.arange(lo, min(n, lo + 65536)))
+        for lo in range(0, n, OBJECT_CHUNK):  # small chunks: their temporaries are reused, not kept
+            s, ln, _ = object_ranges(np.arange(lo, min(n, lo + OBJECT_CHUNK)))
             out.add("worker_state", s, ln)
         workers = getattr(layout, "workers", None)
         if isinstance(workers, list):
@@ -154,23 +163,20 @@ def _scheduler_ranges(out: Ranges, sched: Any) -> None:
         out.add_list("scheduler", lst)
 
 
-def page_bytes(ranges: Ranges, page_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def page_bytes(ranges: Ranges) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(page address, portion code, bytes) for every page a known portion has bytes on."""
-    import pandas as pd
-
-    keys, counts = [], []
-    for portion, parts in ranges.parts.items():
-        for s, ln in parts:
-            page, b = _split_by_page(s, ln, page_size)
-            keys.append(page * len(PORTIONS) + CODE[portion])
-            counts.append(b)
-    if not keys:
+    if not ranges.keys:
         return np.empty(0, np.uint64), np.empty(0, np.int8), np.empty(0, np.int64)
-    # A hash table, not a sort: the objects layout has 28M heap blocks at 1M workers.
-    index, uniq = pd.factorize(np.concatenate(keys), sort=False)
-    total = np.bincount(index, weights=np.concatenate(counts)).astype(np.int64)
-    uniq = np.asarray(uniq, dtype=np.int64)
-    return (uniq // len(PORTIONS) * page_size).astype(np.uint64), (uniq % len(PORTIONS)).astype(np.int8), total
+    key, total = _sum_by_key(np.concatenate(ranges.keys), np.concatenate(ranges.counts))
+    return (key // len(PORTIONS) * ranges.page_size).astype(np.uint64), (key % len(PORTIONS)).astype(np.int8), total
+
+
+def _sum_by_key(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import pandas as pd  # the child has it loaded already (locality.experiment)
+
+    # A hash table, not a sort: linear in the number of pieces.
+    index, uniq = pd.factorize(keys, sort=False)
+    return np.asarray(uniq, dtype=np.int64), np.bincount(index, weights=counts).astype(np.int64)
 
 
 def _split_by_page(starts: np.ndarray, lengths: np.ndarray, page_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +228,7 @@ def pymalloc_pools(ranges: Iterable[tuple[int, int]]) -> np.ndarray:
 def walk(pop: Any, layout: Any, anon_ranges: Iterable[tuple[int, int]], page_size: int) -> dict[str, np.ndarray]:
     """Everything the child reports, as arrays for np.savez, plus ``seconds`` (the walk's cost)."""
     t0 = time.perf_counter()
-    page, code, count = page_bytes(population_ranges(pop, layout), page_size)
+    page, code, count = page_bytes(population_ranges(pop, layout, page_size))
     pools = pymalloc_pools(anon_ranges)
     return {
         "page": page, "portion": code, "bytes": count, "pools": pools,
