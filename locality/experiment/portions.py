@@ -37,11 +37,12 @@ import numpy as np
 import pandas as pd
 
 from locality.errors import LocalityError
-from locality.population.portions import CODE, KNOWN, POOL_HEADER, POOL_SIZE, PORTIONS
+from locality.population.portions import CODE, POOL_HEADER, POOL_SIZE, PORTIONS
 
 ALLOCATOR_SLACK = 64
 _ANON_PATHS = ("", "[heap]")
-COUNT_FIELDS = ("written_pages", "resident_pages", "populated_pages", "swapped_pages", "paged_out_pages", "refaulted_pages")
+COUNT_FIELDS = ("written_pages", "resident_pages", "populated_pages", "swapped_pages", "paged_out_pages", "refaulted_pages",
+                "tracked_pages")
 
 
 class PortionError(LocalityError):

@@ -31,8 +31,6 @@ PORTIONS: tuple[str, ...] = (
     "worker_state", "coroutine_frames", "scheduler", "runtime_heap", "native_heap", "code", "stacks", "other",
 )
 CODE = {name: np.int8(i) for i, name in enumerate(PORTIONS)}
-# Portions only the process can name; the other ones the parent finds by VMA.
-KNOWN = ("worker_state", "coroutine_frames", "scheduler")
 
 # CPython's small-object allocator (3.10+, 64-bit): 16 KiB pools, a 48-byte
 # header, size classes of 16 bytes up to 512.
