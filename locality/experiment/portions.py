@@ -303,7 +303,7 @@ def metrics(table: pd.DataFrame, timeline: pd.DataFrame, *, interval: float, pag
         total = int(later["written_pages"].sum()) if len(later) else 0
         fig: dict[str, Any] = {
             "resident_bytes": None if resident is None else int(resident[name]),
-            "rss_share": resident[name] / rss_bytes if resident is not None and rss_bytes else None,
+            "share_of_rss": resident[name] / rss_bytes if resident is not None and rss_bytes else None,
             "tracked_pages": int(rows["tracked_pages"].iloc[-1]) if len(rows) else 0,
             "wss_pages_mean": wss,
             "wss_bytes_mean": wss * page_size if wss is not None else None,

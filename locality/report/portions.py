@@ -8,6 +8,7 @@ portions, so reports of older runs do not gain empty boxes.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -29,10 +30,24 @@ def portion_figures(run: RunData) -> dict[str, dict[str, Any]]:
     return value if isinstance(value, dict) else {}
 
 
+def _wss(fig: dict[str, Any]) -> Any:
+    """Mean WSS per sample window; a VM run (beam) gives ``wss_bytes`` per window length: the shortest."""
+    if "wss_bytes_mean" in fig or not isinstance(fig.get("wss_bytes"), dict) or not fig["wss_bytes"]:
+        return fig.get("wss_bytes_mean")
+    windows = fig["wss_bytes"]
+    return windows[min(windows, key=_seconds)]
+
+
+def _seconds(key: Any) -> float:
+    """A window or idle-age key ('5', '5.0', '5 s', '5s') as seconds; unknown forms sort last."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|seconds)?\s*", str(key))
+    return float(m.group(1)) if m else float("inf")
+
+
 def _values(run: RunData, key: str) -> dict[str, float]:
     out = {}
     for name, fig in portion_figures(run).items():
-        v = fig.get(key) if isinstance(fig, dict) else None
+        v = (_wss(fig) if key == "wss_bytes_mean" else fig.get(key)) if isinstance(fig, dict) else None
         if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
             out[name] = float(v)
     return out
@@ -125,7 +140,7 @@ def _fmt(v: Any, scale: float = 1.0, digits: int = 3) -> str:
 def table(runs: list[RunData]) -> tuple[list[str], list[dict[str, Any]]]:
     """Headings and one row per (run, portion) of every run with portions, in PORTIONS order."""
     colds = sorted({k for r in runs for f in portion_figures(r).values() if isinstance(f, dict)
-                    for k in (f.get("cold_fraction") or {})}, key=float)
+                    for k in (f.get("cold_fraction") or {})}, key=_seconds)
     headings = ["resident (MiB)", "share of RSS (%)", "mean WSS (MiB)", "page utilization (%)",
                 *[f"cold after {c} s (%)" for c in colds], "paged out (pages, max)", "refaulted (pages)"]
     rows = []
@@ -136,7 +151,7 @@ def table(runs: list[RunData]) -> tuple[list[str], list[dict[str, Any]]]:
             f = figures[name] if isinstance(figures[name], dict) else {}
             cold = f.get("cold_fraction") or {}
             rows.append({"run": run.label, "portion": name, "cells": [
-                _fmt(f.get("resident_bytes"), 1 / MIB, 4), _fmt(f.get("rss_share"), 100), _fmt(f.get("wss_bytes_mean"), 1 / MIB, 4),
+                _fmt(f.get("resident_bytes"), 1 / MIB, 4), _fmt(f.get("share_of_rss"), 100), _fmt(_wss(f), 1 / MIB, 4),
                 _fmt(f.get("page_utilization"), 100), *[_fmt(cold.get(c), 100) for c in colds],
                 _fmt(f.get("paged_out_pages_max"), 1, 9), _fmt(f.get("refaulted_pages"), 1, 9)]})
     return headings, rows
