@@ -181,6 +181,7 @@ class PortionCounter:
         self.mixed = np.empty(0, bool)
         self.seen_regions = 0
         self.rows: list[dict[str, Any]] = []
+        self.per_region: dict[int, np.ndarray] = {}
         self.resident: dict[str, int] | None = None  # by finish()
         self.rss: int | None = None
         self.sync()
@@ -206,20 +207,23 @@ class PortionCounter:
         self.sync()
         s = self.sampler
         p = len(PORTIONS)
-        alive = np.zeros(s.n_cols, bool)
-        for r in s.regions:
-            alive[r.cols] = r.alive
         masks = {
             "written_pages": s.last_w, "resident_pages": s.present, "swapped_pages": s.last_swapped,
             "populated_pages": s.last_populated, "paged_out_pages": s.paged_out, "refaulted_pages": s.last_refaulted,
-            "tracked_pages": alive,
         }
         counts = {k: np.bincount(self.portion[m], minlength=p) for k, m in masks.items()}
+        counts["tracked_pages"] = sum((self._region_counts(r) for r in s.regions if r.alive), np.zeros(p, np.int64))
         age = s.times[-1] - s.last_written
         for th in s.thresholds:
             counts[f"cold_pages_{th:g}"] = np.bincount(self.portion[s.last_populated & (age >= th)], minlength=p)
         for i, name in enumerate(PORTIONS):
             self.rows.append({"sample": len(s.times) - 1, "t": t, "portion": name, **{k: int(v[i]) for k, v in counts.items()}})
+
+    def _region_counts(self, region: Any) -> np.ndarray:
+        """Pages per portion of one region (fixed once classified)."""
+        if region.index not in self.per_region:
+            self.per_region[region.index] = np.bincount(self.portion[region.cols], minlength=len(PORTIONS))
+        return self.per_region[region.index]
 
     def finish(self, pid: int) -> None:
         """After the last sample: resident bytes per portion, and the RSS they should add up to."""
