@@ -74,10 +74,6 @@ class ChildWalk:
         np.add.at(known, (inv, code), count)
         return cls(uniq, known, pools[np.argsort(pools[:, 0])] if pools.size else pools, seconds)
 
-    @classmethod
-    def empty(cls) -> "ChildWalk":
-        return cls(np.empty(0, np.uint64), np.zeros((0, len(PORTIONS)), np.int64), np.empty((0, 2), np.int64), 0.0)
-
 
 class PortionMap:
     """Classifies page addresses of one process: VMA rules plus the child's walk."""
@@ -130,7 +126,7 @@ class PortionMap:
         idx = ((self.walk.page[lo:hi] - np.uint64(start)) // np.uint64(ps)).astype(np.int64)
         byte[idx] = self.walk.known[lo:hi]
         background = self._background(start, n_pages, addr)
-        slack = self._pool_overhead(addr, background)
+        slack = self._pool_overhead(addr)
         rest = ps - byte.sum(axis=1) - slack
         rest[rest < ALLOCATOR_SLACK] = 0
         byte[np.arange(n_pages), background] += rest
@@ -154,7 +150,7 @@ class PortionMap:
             out[np.flatnonzero(heap)[in_pool]] = CODE["runtime_heap"]
         return out
 
-    def _pool_overhead(self, addr: np.ndarray, background: np.ndarray) -> np.ndarray:
+    def _pool_overhead(self, addr: np.ndarray) -> np.ndarray:
         """Bytes of pool header and tail on each page (no portion's)."""
         slack = np.zeros(addr.size, np.int64)
         pools = self.walk.pools
