@@ -199,13 +199,13 @@ class PortionCounter:
         self.seen_regions = len(self.sampler.regions)
 
     def count(self, t: float) -> None:
-        """One row per portion from the sampler's last sample (call right after it)."""
+        """One row per portion from the sampler's last sample (its masks as they were at the sample)."""
         self.sync()
         s = self.sampler
         p = len(PORTIONS)
         masks = {
             "written_pages": s.last_w, "resident_pages": s.present, "swapped_pages": s.last_swapped,
-            "populated_pages": s.last_populated, "paged_out_pages": s.paged_out, "refaulted_pages": s.last_refaulted,
+            "populated_pages": s.last_populated, "paged_out_pages": s.last_paged_out, "refaulted_pages": s.last_refaulted,
         }
         counts = {k: np.bincount(self.portion[m], minlength=p) for k, m in masks.items()}
         counts["tracked_pages"] = sum((self._region_counts(r) for r in s.regions if r.alive), np.zeros(p, np.int64))
