@@ -78,6 +78,7 @@ def test_portion_stacked_bars_show_each_portion_of_each_run(tmp_path):
     wss = seen["script"]["fig-portion_wss"]
     assert {c: wss.get(c) for c in color.values()} == {COLORS[0]: 3, COLORS[1]: 3, COLORS[4]: 2, COLORS[5]: 1}
     assert seen["script"]["verdicts"] == [
+        "Across 2 runs the working set is dominated by coroutine_frames in 2 (objects, clustered).",
         "objects: coroutine_frames dominates the working set, 9 MiB of the 15 MiB written per sample window (60%); "
         "the largest resident portion is worker_state (44% of RSS); 3 tracked pages hold more than one portion.",
         "clustered: coroutine_frames dominates the working set, 3 MiB of the 4.5 MiB written per sample window (67%); "

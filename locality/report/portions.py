@@ -110,11 +110,11 @@ def portion_band(ax: Any, run: RunData, bins: int) -> None:
 
 def verdict(run: RunData) -> str | None:
     """Which portion dominates the run's working set, from its metrics."""
+    top = dominant(run)
+    if top is None:
+        return None
     wss = _values(run, "wss_bytes_mean")
     total = sum(wss.values())
-    if run.failed or not total:
-        return None
-    top = max(wss, key=wss.get)
     text = (f"{run.label}: {top} dominates the working set, {wss[top] / MIB:,.3g} MiB of the "
             f"{total / MIB:,.3g} MiB written per sample window ({100 * wss[top] / total:.0f}%)")
     resident = _values(run, "resident_bytes")
@@ -127,8 +127,22 @@ def verdict(run: RunData) -> str | None:
     return text + "."
 
 
+def dominant(run: RunData) -> str | None:
+    wss = _values(run, "wss_bytes_mean")
+    return max(wss, key=wss.get) if not run.failed and sum(wss.values()) > 0 else None
+
+
 def verdicts(runs: list[RunData]) -> list[str]:
-    return [v for v in map(verdict, runs) if v]
+    """One sentence per run; with several runs, first which portion dominates in how many."""
+    lines = [v for v in map(verdict, runs) if v]
+    by: dict[str, list[str]] = {}
+    for run in runs:
+        if (top := dominant(run)) is not None:
+            by.setdefault(top, []).append(run.label)
+    if len(lines) > 1:
+        parts = [f"{name} in {len(labels)} ({', '.join(labels)})" for name, labels in sorted(by.items(), key=lambda kv: -len(kv[1]))]
+        lines.insert(0, f"Across {sum(map(len, by.values()))} runs the working set is dominated by " + "; ".join(parts) + ".")
+    return lines
 
 
 def _fmt(v: Any, scale: float = 1.0, digits: int = 3) -> str:
