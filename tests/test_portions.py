@@ -164,3 +164,30 @@ def test_paged_out_and_refaulted_pages_are_split_by_portion(tmp_path, swap_on):
     figures = metrics["portions"]
     assert sum(f["refaulted_pages"] for f in figures.values()) == metrics["refaulted_pages"] > 0
     assert figures["worker_state"]["paged_out_pages_max"] > 0
+
+
+def test_the_asyncio_walk_names_every_task_coroutine_event_future_and_deque_block():
+    import ctypes
+
+    from locality.layouts import make_layout
+    from locality.population import Population, make_pattern
+    from locality.population.portions import page_bytes, population_ranges
+    from locality.population.schedulers import object_span
+
+    n = 2000
+    layout = make_layout("slab", n)
+    pop = Population(n, scheduler="asyncio", pattern=make_pattern("uniform", n), layout=layout)
+    pop.spawn()
+    try:
+        page, code, count = page_bytes(population_ranges(pop, layout, PS))
+        sched = pop._scheduler
+        coros = [t.get_coro() for t in sched._tasks]
+        waits = [c.cr_await for c in coros]
+        frames_bytes = sum(-(-(object_span(o)[1] - object_span(o)[0]) // 16) * 16 for o in coros + waits)
+        assert int(count[code == CODE["coroutine_frames"]].sum()) == frames_bytes
+        blocks = [ctypes.c_void_p.from_address(id(e._waiters) + 24).value for e in sched._events]
+        spans = [object_span(o) for o in sched._tasks + sched._events + [t._fut_waiter for t in sched._tasks]]
+        wanted = set(_pages(spans + [[b, b + 528] for b in blocks]).tolist())
+        assert wanted <= set(page[code == CODE["scheduler"]].tolist())
+    finally:
+        pop.close()
