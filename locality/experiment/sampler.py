@@ -22,11 +22,6 @@ import numpy as np
 
 from locality.errors import LocalityError
 
-# A page registered for write tracking but never populated holds a uffd-wp
-# PTE marker, which /proc/PID/pagemap reports as "swapped" with swap type
-# SWP_PTE_MARKER: always the last 5-bit type, 31 (include/linux/swap.h). It is
-# not in swap; only real swap entries (types < MAX_SWAPFILES) count.
-SWP_PTE_MARKER = 31
 SPAN_GAP = 256  # pages: regions closer than this share one pagemap read
 
 # Mappings that are the process's working memory, not code, files or kernel pages.
@@ -101,6 +96,7 @@ class Sample:
     cold_pages: dict[float, int]
     sample_s: float
     written_state_pages: int | None = None  # written pages holding worker state (None: state unknown)
+    discarded_pages: int = 0  # read as written but dropped since the last sample (MADV_DONTNEED): not in written_pages
 
 
 class Sampler:
@@ -225,18 +221,20 @@ class Sampler:
 
     def _residency(self) -> tuple[np.ndarray, np.ndarray]:
         """(present, swapped) per column from /proc/PID/pagemap, read span by span."""
-        from locality.kernel.pagemap import read_entries
+        from locality.kernel import pagemap
 
         present = np.zeros(self.n_cols, dtype=bool)
         swapped = np.zeros(self.n_cols, dtype=bool)
         for start, end, regs in self._spans():
             try:
-                p, w = _decode(read_entries(self.pid, start, end))
+                pm = pagemap(self.pid, start, end)
+                p, w = pm.present, pm.swapped  # uffd-wp markers are neither (kernel/markers.py)
             except LocalityError:
                 # Region by region, so one vanished range does not hide the rest.
                 for r in regs:
                     try:
-                        present[r.cols], swapped[r.cols] = _decode(read_entries(self.pid, r.start, r.end))
+                        pm = pagemap(self.pid, r.start, r.end)
+                        present[r.cols], swapped[r.cols] = pm.present, pm.swapped
                     except LocalityError as e:
                         self._drop(r, e)
                 continue
@@ -250,10 +248,12 @@ class Sampler:
         """One sample at monotonic time ``now``: written (and re-protect), present, swapped."""
         t0 = time.perf_counter()
         w = np.zeros(self.n_cols, dtype=bool)
+        discarded = 0
         for r in self.regions:
             if r.alive and r.tracker is not None:
                 try:
-                    w[r.cols] = r.tracker.written_and_reset()
+                    w[r.cols], d = r.tracker.scan(reset=True)
+                    discarded += int(np.count_nonzero(d))
                 except LocalityError as e:
                     self._drop(r, e)
         present, swp = self._residency()
@@ -283,6 +283,7 @@ class Sampler:
             cold_pages=cold,
             sample_s=time.perf_counter() - t0,
             written_state_pages=int(np.count_nonzero(w & self.state)) if self.state_addrs is not None else None,
+            discarded_pages=discarded,
         )
 
     def idle_ranges(self, now: float, idle_seconds: float) -> list[tuple[int, int]]:
@@ -342,17 +343,6 @@ class Sampler:
             # Which columns hold worker state (packed like a matrix row); absent if the child did not say.
             **({"state": np.packbits(self.state)} if self.state_addrs is not None else {}),
         }
-
-
-def _decode(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(present, really swapped) from raw pagemap entries (bit layout: kernel/pagemap.py)."""
-    from locality.kernel._platform import PM_PRESENT_BIT, PM_SWAP_TYPE_BITS, PM_SWAPPED_BIT
-
-    top = entries.view(np.uint8)[7::8]
-    present = (top & np.uint8(1 << (PM_PRESENT_BIT - 56))) != 0
-    swapped = (top & np.uint8(1 << (PM_SWAPPED_BIT - 56))) != 0
-    swapped &= (entries & np.uint64((1 << PM_SWAP_TYPE_BITS) - 1)) != SWP_PTE_MARKER
-    return present, swapped
 
 
 def runs(mask: np.ndarray) -> list[tuple[int, int]]:
