@@ -356,6 +356,7 @@ class _Run:
             self.pageout_bytes += advised
             row.update(
                 written_pages=s.written_pages,
+                discarded_pages=s.discarded_pages,
                 resident_pages=s.resident_pages,
                 swapped_pages=s.swapped_pages,
                 populated_pages=s.populated_pages,
