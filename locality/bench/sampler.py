@@ -29,6 +29,8 @@ from typing import Any
 
 import click
 
+from locality import tempfiles
+
 TARGET_DROP_PCT = 2.0
 MODES = ("off", "residency", "full")
 
@@ -74,7 +76,7 @@ def measure(workers: int, interval: float, duration: float, repeat: int, layout:
     rates: dict[str, list[float]] = {m: [] for m in MODES}
     cpu_rates: dict[str, list[float]] = {m: [] for m in MODES}
     extra: dict[str, list[dict]] = {m: [] for m in MODES}
-    with tempfile.TemporaryDirectory(prefix="locality-bench-sampler-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=tempfiles.prefix("bench-sampler")) as tmp:
         for i in range(repeat):
             order = MODES[i % len(MODES):] + MODES[: i % len(MODES)]
             for mode in order:

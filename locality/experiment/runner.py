@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from locality import tempfiles
 from locality.errors import InvalidArgument, LocalityError, Unsupported
-from locality.experiment import store
+from locality.experiment import leftovers, store
 from locality.experiment.signals import StopSignals
 from locality.experiment.config import ExperimentConfig
 from locality.experiment.metrics import _tkey, compute
@@ -111,8 +112,9 @@ class _Run:
 
 
     def execute(self) -> Path:
-        latency_path = Path(tempfile.mkstemp(prefix="locality-latency-", suffix=".npy")[1])
-        self.state_path = Path(tempfile.mkstemp(prefix="locality-state-pages-", suffix=".npy")[1])
+        leftovers.clean()  # what killed runs left behind (their owners are dead)
+        latency_path = Path(tempfile.mkstemp(prefix=tempfiles.prefix("latency"), suffix=".npy")[1])
+        self.state_path = Path(tempfile.mkstemp(prefix=tempfiles.prefix("state-pages"), suffix=".npy")[1])
         stderr_file = tempfile.TemporaryFile()
         try:
             with self.stop:
