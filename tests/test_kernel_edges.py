@@ -91,6 +91,37 @@ def test_pages_dropped_since_the_reset_are_discarded_not_written(child):
         assert pages(t.written()) == [4]
 
 
+DROPPED = textwrap.dedent(
+    """
+    import ctypes, json, mmap, os
+    import numpy as np
+    from locality.kernel import PAGE_SIZE, WriteTracker
+    from locality.kernel._platform import MADV_DONTNEED, libc
+    m = mmap.mmap(-1, 64 * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m.madvise(mmap.MADV_NOHUGEPAGE)
+    a = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    for p in range(32):
+        m[p * PAGE_SIZE] = 1
+    t = WriteTracker(a, 64 * PAGE_SIZE)
+    for p in (0, 1, 2, 3):
+        m[p * PAGE_SIZE] = 2
+    for p in (2, 3, 4, 5, 40, 41):
+        assert libc.madvise(ctypes.c_void_p(a + p * PAGE_SIZE), PAGE_SIZE, MADV_DONTNEED) == 0
+    w, d = t.scan(reset=True)
+    w2, d2 = t.scan()
+    f = lambda x: np.flatnonzero(x).tolist()
+    print(json.dumps(dict(uid=os.geteuid(), written=f(w), discarded=f(d), after=f(w2) + f(d2))))
+    """
+)
+
+
+@pytest.mark.parametrize("run", [in_this_process, pytest.param(as_nobody, marks=root_only)], ids=["self", "nobody"])
+def test_dropped_pages_read_alike_for_any_user(run):
+    out = run(DROPPED)
+    assert out["uid"] == (65534 if run is as_nobody else os.geteuid())
+    assert (out["written"], out["discarded"], out["after"]) == ([0, 1], [2, 3, 4, 5, 40, 41], [])
+
+
 def test_the_run_sampler_counts_discarded_pages_apart(child):
     from locality.experiment.sampler import Sampler
 
