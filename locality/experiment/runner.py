@@ -359,6 +359,7 @@ class _Run:
             row.update(
                 written_pages=s.written_pages,
                 discarded_pages=s.discarded_pages,
+                unresolved_pages=s.unresolved_pages,
                 resident_pages=s.resident_pages,
                 swapped_pages=s.swapped_pages,
                 populated_pages=s.populated_pages,

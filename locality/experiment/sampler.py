@@ -97,6 +97,7 @@ class Sample:
     sample_s: float
     written_state_pages: int | None = None  # written pages holding worker state (None: state unknown)
     discarded_pages: int = 0  # read as written but dropped since the last sample (MADV_DONTNEED): not in written_pages
+    unresolved_pages: int = 0  # in swap or a uffd-wp marker, undecidable without CAP_SYS_ADMIN: neither resident nor swapped
 
 
 class Sampler:
@@ -133,6 +134,7 @@ class Sampler:
         # not told), and per column whether the page is one of them.
         self.state_addrs: np.ndarray | None = None
         self.state = np.empty(0, dtype=bool)
+        self.unresolved = 0  # pages of the last residency read that pagemap leaves undecided
 
     # -- regions ----------------------------------------------------------------
     def add_region(self, name: str, start: int, length: int, now: float, *, writes: bool = True) -> Region | None:
@@ -225,16 +227,18 @@ class Sampler:
 
         present = np.zeros(self.n_cols, dtype=bool)
         swapped = np.zeros(self.n_cols, dtype=bool)
+        self.unresolved = 0
         for start, end, regs in self._spans():
             try:
                 pm = pagemap(self.pid, start, end)
-                p, w = pm.present, pm.swapped  # uffd-wp markers are neither (kernel/markers.py)
+                p, w, u = pm.present, pm.swapped, pm.unresolved  # uffd-wp markers are none of them
             except LocalityError:
                 # Region by region, so one vanished range does not hide the rest.
                 for r in regs:
                     try:
                         pm = pagemap(self.pid, r.start, r.end)
                         present[r.cols], swapped[r.cols] = pm.present, pm.swapped
+                        self.unresolved += int(np.count_nonzero(pm.unresolved))
                     except LocalityError as e:
                         self._drop(r, e)
                 continue
@@ -242,6 +246,7 @@ class Sampler:
                 a = (r.start - start) // self.page_size
                 present[r.cols] = p[a : a + r.n_pages]
                 swapped[r.cols] = w[a : a + r.n_pages]
+                self.unresolved += int(np.count_nonzero(u[a : a + r.n_pages]))
         return present, swapped
 
     def sample(self, now: float) -> Sample:
@@ -284,6 +289,7 @@ class Sampler:
             sample_s=time.perf_counter() - t0,
             written_state_pages=int(np.count_nonzero(w & self.state)) if self.state_addrs is not None else None,
             discarded_pages=discarded,
+            unresolved_pages=self.unresolved,
         )
 
     def idle_ranges(self, now: float, idle_seconds: float) -> list[tuple[int, int]]:

@@ -24,6 +24,8 @@ So for an unprivileged reader an entry is decided as follows:
   pages swap through the page cache), so there they are markers. What is
   left (some but not all of a VMA's ambiguous pages are in swap) cannot be
   decided per page: it is reported as unresolved, never as swapped.
+  pagemap and smaps are two reads; counts that do not add up (the process
+  swapped between them) leave the pages unresolved too.
 """
 
 from __future__ import annotations
