@@ -13,7 +13,7 @@ from locality.experiment import cgroup
 from locality.experiment.config import validate
 from locality.experiment.policies import CgroupLimit, NoReclaim, PageoutIdle, make_policy
 from locality.experiment.sampler import Sampler, anonymous_ranges, runs, subtract
-from locality.kernel._platform import SWP_PTE_MARKER
+from locality.kernel import SWP_PTE_MARKER
 from locality.kernel.pagemap import pagemap
 
 

@@ -22,7 +22,6 @@ per-repetition ratios are printed.
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import tempfile
 from typing import Any
@@ -30,11 +29,10 @@ from typing import Any
 import click
 
 from locality import tempfiles
+from locality.units import parse_count, parse_duration
 
 TARGET_DROP_PCT = 2.0
 MODES = ("off", "residency", "full")
-
-
 NOT_MEASURABLE = "not measurable at this size"
 
 
@@ -61,20 +59,6 @@ def judge(drops_pct: list[float], target_pct: float) -> tuple[str, float | None]
     if hi <= target_pct and noise < target_pct:
         return "within", noise
     return NOT_MEASURABLE, noise
-
-
-def _count(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a count like 1M or 100k")
-    return int(float(m.group(1)) * {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2).lower()])
-
-
-def _seconds(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*", text)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a duration like 1s or 500ms")
-    return float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
 
 
 def mode_configs(workers: int, interval: float, duration: float, layout: str, pattern: str) -> dict[str, Any]:
@@ -149,7 +133,7 @@ def command(workers: str, interval: str, duration: str, repeat: int, layout: str
     written pages); prints the medians and the ratios to `off` (target: at
     most a 2% drop).
     """
-    r = measure(_count(workers), _seconds(interval), _seconds(duration), repeat, layout, pattern, progress=not as_json)
+    r = measure(parse_count(workers, "--workers"), parse_duration(interval, "--interval"), parse_duration(duration, "--duration"), repeat, layout, pattern, progress=not as_json)
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return
