@@ -91,17 +91,28 @@ def test_pages_dropped_since_the_reset_are_discarded_not_written(child):
         assert pages(t.written()) == [4]
 
 
-DROPPED = textwrap.dedent(
-    """
-    import ctypes, json, mmap, os
-    import numpy as np
-    from locality.kernel import PAGE_SIZE, WriteTracker
+def scenario(n: int, populated: int, body: str) -> str:
+    """A script that maps ``n`` private anonymous pages at ``a`` (``m``), stores to the first
+    ``populated`` of them, then runs ``body``; ``f(mask)`` lists a mask's pages."""
+    prelude = textwrap.dedent(
+        f"""
+        import ctypes, json, mmap, os
+        import numpy as np
+        from locality.kernel import PAGE_SIZE
+        m = mmap.mmap(-1, {n} * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        m.madvise(mmap.MADV_NOHUGEPAGE)
+        a = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        for p in range({populated}):
+            m[p * PAGE_SIZE] = 1
+        f = lambda x: np.flatnonzero(x).tolist()
+        """
+    )
+    return prelude + textwrap.dedent(body)
+
+
+DROPPED = scenario(64, 32, """
+    from locality.kernel import WriteTracker
     from locality.kernel._platform import MADV_DONTNEED, libc
-    m = mmap.mmap(-1, 64 * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    m.madvise(mmap.MADV_NOHUGEPAGE)
-    a = ctypes.addressof(ctypes.c_char.from_buffer(m))
-    for p in range(32):
-        m[p * PAGE_SIZE] = 1
     t = WriteTracker(a, 64 * PAGE_SIZE)
     for p in (0, 1, 2, 3):
         m[p * PAGE_SIZE] = 2
@@ -109,10 +120,8 @@ DROPPED = textwrap.dedent(
         assert libc.madvise(ctypes.c_void_p(a + p * PAGE_SIZE), PAGE_SIZE, MADV_DONTNEED) == 0
     w, d = t.scan(reset=True)
     w2, d2 = t.scan()
-    f = lambda x: np.flatnonzero(x).tolist()
     print(json.dumps(dict(uid=os.geteuid(), written=f(w), discarded=f(d), after=f(w2) + f(d2))))
-    """
-)
+""")
 
 
 @pytest.mark.parametrize("run", [in_this_process, pytest.param(as_nobody, marks=root_only)], ids=["self", "nobody"])
@@ -143,33 +152,23 @@ def test_the_run_sampler_counts_discarded_pages_apart(child):
 
 # --- uffd-wp markers read by an ordinary user ----------------------------------------------
 
-MARKERS = textwrap.dedent(
-    """
-    import ctypes, json, mmap, os
-    import numpy as np
-    from locality.kernel import PAGE_SIZE, WriteTracker, pagemap, pageout, residency
+MARKERS = """
+    from locality.kernel import WriteTracker, pagemap, pageout, residency
     N = {n}
-    m = mmap.mmap(-1, N * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    m.madvise(mmap.MADV_NOHUGEPAGE)
-    a = ctypes.addressof(ctypes.c_char.from_buffer(m))
-    for p in range({populated}):
-        m[p * PAGE_SIZE] = 1
     t = WriteTracker(a, N * PAGE_SIZE)
     for p in {write}:
         m[p * PAGE_SIZE] = 2
     if {pageout}:
         pageout(a, {pageout} * PAGE_SIZE)
     pm, r = pagemap(None, a, a + N * PAGE_SIZE), residency(None, a, a + N * PAGE_SIZE)
-    f = lambda x: np.flatnonzero(x).tolist()
     print(json.dumps(dict(uid=os.geteuid(), present=f(pm.present), swapped=f(pm.swapped), unresolved=f(pm.unresolved),
                           marker=f(pm.uffd_marker), r_present=f(r.present), r_swapped=f(r.swapped),
                           r_unresolved=f(r.unresolved))))
-    """
-)
+"""
 
 
 def markers(run, n: int, populated: int, write=(), pageout: int = 0) -> dict:
-    out = run(MARKERS.format(n=n, populated=populated, write=list(write), pageout=pageout))
+    out = run(scenario(n, populated, MARKERS.format(n=n, write=list(write), pageout=pageout)))
     assert (out["r_present"], out["r_swapped"], out["r_unresolved"]) == (out["present"], out["swapped"], out["unresolved"])
     return out
 
@@ -347,16 +346,9 @@ def test_a_partly_unmapped_range_reads_as_not_written(child):
         assert pages(t.written()) == []
 
 
-SAMPLED = textwrap.dedent(
-    """
-    import ctypes, json, mmap, os
+SAMPLED = scenario(16, 8, """
     from locality.experiment.sampler import Sampler
-    from locality.kernel import PAGE_SIZE, pageout, register_write_tracking
-    m = mmap.mmap(-1, 16 * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    m.madvise(mmap.MADV_NOHUGEPAGE)
-    a = ctypes.addressof(ctypes.c_char.from_buffer(m))
-    for p in range(8):
-        m[p * PAGE_SIZE] = 1
+    from locality.kernel import pageout, register_write_tracking
     register_write_tracking(a, 16 * PAGE_SIZE)
     sampler = Sampler(os.getpid(), [], keep_pages=False)
     sampler.add_region("arena", a, 16 * PAGE_SIZE, 0.0)
@@ -365,8 +357,7 @@ SAMPLED = textwrap.dedent(
     s = sampler.sample(1.0)
     print(json.dumps(dict(written=s.written_pages, resident=s.resident_pages, swapped=s.swapped_pages,
                           unresolved=s.unresolved_pages)))
-    """
-)
+""")
 
 
 @pytest.mark.swap
