@@ -161,9 +161,11 @@ MARKERS = """
     if {pageout}:
         pageout(a, {pageout} * PAGE_SIZE)
     pm, r = pagemap(None, a, a + N * PAGE_SIZE), residency(None, a, a + N * PAGE_SIZE)
+    # Every page claimed "held", wrongly for the markers: the smaps count must catch it.
+    h = pagemap(None, a, a + N * PAGE_SIZE, held=np.ones(N, bool))
     print(json.dumps(dict(uid=os.geteuid(), present=f(pm.present), swapped=f(pm.swapped), unresolved=f(pm.unresolved),
                           marker=f(pm.uffd_marker), r_present=f(r.present), r_swapped=f(r.swapped),
-                          r_unresolved=f(r.unresolved))))
+                          r_unresolved=f(r.unresolved), h_swapped=f(h.swapped), h_unresolved=f(h.unresolved))))
 """
 
 
@@ -192,9 +194,11 @@ def test_swapped_protected_pages_beside_markers(swap_on):
     # the markers read alike and the VMA holds some of each: reported unresolved, never as swapped.
     out = markers(as_nobody, 16, populated=8, write=[0, 1], pageout=4)
     assert (out["swapped"], out["unresolved"], out["marker"]) == ([0, 1], [2, 3, *range(8, 16)], [])
+    assert (out["h_swapped"], out["h_unresolved"]) == ([0, 1], [2, 3, *range(8, 16)])  # the wrong hint is refused
     # With no markers in the VMA, smaps' Swap count decides every page.
     out = markers(as_nobody, 16, populated=16, write=[0, 1], pageout=4)
     assert (out["swapped"], out["unresolved"], out["marker"]) == ([0, 1, 2, 3], [], [])
+    assert (out["h_swapped"], out["h_unresolved"]) == ([0, 1, 2, 3], [])  # a true hint agrees
     assert out["present"] == list(range(4, 16))
 
 
@@ -352,6 +356,8 @@ SAMPLED = scenario(16, 8, """
     register_write_tracking(a, 16 * PAGE_SIZE)
     sampler = Sampler(os.getpid(), [], keep_pages=False)
     sampler.add_region("arena", a, 16 * PAGE_SIZE, 0.0)
+    if {seen_before}:  # a sample that sees pages 0-7 present before they go out
+        sampler.sample(0.5)
     m[0], m[PAGE_SIZE] = 2, 2
     pageout(a, 4 * PAGE_SIZE)
     s = sampler.sample(1.0)
@@ -366,5 +372,9 @@ def test_the_run_sampler_counts_unresolved_pages_apart(swap_on):
     # The scenario above, sampled. The sampler re-protects written pages before it reads
     # residency, so 0 and 1 carry the uffd-wp bit too: as nobody all 4 pages in swap and
     # the 8 markers read alike, and the sample says so instead of guessing.
-    assert in_this_process(SAMPLED) == dict(written=2, resident=4, swapped=4, unresolved=0)
-    assert as_nobody(SAMPLED) == dict(written=2, resident=4, swapped=0, unresolved=12)
+    first = SAMPLED.format(seen_before=False)
+    assert in_this_process(first) == dict(written=2, resident=4, swapped=4, unresolved=0)
+    assert as_nobody(first) == dict(written=2, resident=4, swapped=0, unresolved=12)
+    # A sampler that saw 0-3 present (and not dropped) knows they hold no marker: exact as nobody.
+    seen = SAMPLED.format(seen_before=True)
+    assert in_this_process(seen) == as_nobody(seen) == dict(written=2, resident=4, swapped=4, unresolved=0)

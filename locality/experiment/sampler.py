@@ -135,6 +135,9 @@ class Sampler:
         self.state_addrs: np.ndarray | None = None
         self.state = np.empty(0, dtype=bool)
         self.unresolved = 0  # pages of the last residency read that pagemap leaves undecided
+        # Present or in swap at the last read and not seen dropped since: such a page held
+        # a page at the last reset, so it holds no uffd-wp marker (kernel/markers.py).
+        self.held = np.empty(0, dtype=bool)
 
     # -- regions ----------------------------------------------------------------
     def add_region(self, name: str, start: int, length: int, now: float, *, writes: bool = True) -> Region | None:
@@ -156,6 +159,7 @@ class Sampler:
         self.paged_out = np.concatenate([self.paged_out, np.zeros(n, bool)])
         self.out_prev = np.concatenate([self.out_prev, np.zeros(n, bool)])
         self.present = np.concatenate([self.present, np.zeros(n, bool)])
+        self.held = np.concatenate([self.held, np.zeros(n, bool)])
         self.state = np.concatenate([self.state, self._state_mask(start, n)])
         return region
 
@@ -222,7 +226,7 @@ class Sampler:
         return spans
 
     def _residency(self) -> tuple[np.ndarray, np.ndarray]:
-        """(present, swapped) per column from /proc/PID/pagemap, read span by span."""
+        """(present, swapped) per column from /proc/PID/pagemap, read span by span; updates ``held``."""
         from locality.kernel import pagemap
 
         present = np.zeros(self.n_cols, dtype=bool)
@@ -230,13 +234,13 @@ class Sampler:
         self.unresolved = 0
         for start, end, regs in self._spans():
             try:
-                pm = pagemap(self.pid, start, end)
+                pm = pagemap(self.pid, start, end, held=self._held_span(start, end, regs))
                 p, w, u = pm.present, pm.swapped, pm.unresolved  # uffd-wp markers are none of them
             except LocalityError:
                 # Region by region, so one vanished range does not hide the rest.
                 for r in regs:
                     try:
-                        pm = pagemap(self.pid, r.start, r.end)
+                        pm = pagemap(self.pid, r.start, r.end, held=self.held[r.cols])
                         present[r.cols], swapped[r.cols] = pm.present, pm.swapped
                         self.unresolved += int(np.count_nonzero(pm.unresolved))
                     except LocalityError as e:
@@ -247,7 +251,15 @@ class Sampler:
                 present[r.cols] = p[a : a + r.n_pages]
                 swapped[r.cols] = w[a : a + r.n_pages]
                 self.unresolved += int(np.count_nonzero(u[a : a + r.n_pages]))
+        self.held = present | swapped
         return present, swapped
+
+    def _held_span(self, start: int, end: int, regs: list[Region]) -> np.ndarray:
+        held = np.zeros((end - start) // self.page_size, dtype=bool)
+        for r in regs:
+            a = (r.start - start) // self.page_size
+            held[a : a + r.n_pages] = self.held[r.cols]
+        return held
 
     def sample(self, now: float) -> Sample:
         """One sample at monotonic time ``now``: written (and re-protect), present, swapped."""
@@ -259,6 +271,7 @@ class Sampler:
                 try:
                     w[r.cols], d = r.tracker.scan(reset=True)
                     discarded += int(np.count_nonzero(d))
+                    self.held[r.cols] &= ~d  # dropped before this reset: may hold a marker now
                 except LocalityError as e:
                     self._drop(r, e)
         present, swp = self._residency()

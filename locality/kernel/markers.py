@@ -16,7 +16,10 @@ So for an unprivileged reader an entry is decided as follows:
 - swap type and offset visible (never both 0 for a real entry: offset 0 is
   the swap header): marker iff the type is SWP_PTE_MARKER;
 - hidden and no uffd-wp bit: in swap (markers always carry the bit);
-- hidden with the uffd-wp bit: ambiguous. With no swap device configured
+- hidden with the uffd-wp bit: ambiguous. If the caller knows the page
+  held a page when it was last write-protected (a sampler that saw it
+  present or in swap and has not seen it dropped since), it is in swap:
+  markers are only placed on empty PTEs. With no swap device configured
   none can be in swap. Otherwise smaps counts the real swap entries of each
   VMA (markers are not counted): if the VMA's certain swap entries already
   account for its Swap, the ambiguous ones are markers; if they account for
@@ -64,24 +67,40 @@ def _classify(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return idx, sure, ambiguous
 
 
-def split_swapped(pid: int | None, start: int, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def split_swapped(pid: int | None, start: int, entries: np.ndarray,
+                  held: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(swapped, unresolved) per page of raw pagemap ``entries`` of ``pid`` starting at ``start``.
 
     ``swapped``: in swap for certain. ``unresolved``: a swap entry or a uffd-wp
     marker that this reader cannot tell apart (always empty for CAP_SYS_ADMIN).
+    ``held``: pages the caller knows held a page (present or in swap) when
+    they were last write-protected: such a page cannot hold a marker (markers
+    are placed only on empty PTEs), so an ambiguous entry there is in swap.
+    It must be knowledge, not a guess: smaps' count catches a wrong hint only
+    when the counts do not add up (then those pages are unresolved).
     """
     swapped = np.zeros(len(entries), dtype=np.bool_)
     unresolved = np.zeros(len(entries), dtype=np.bool_)
+    hinted = np.zeros(len(entries), dtype=np.bool_)  # decided by ``held``: checked against smaps below
     idx, sure, ambiguous = _classify(entries)
+    if held is not None and ambiguous.any():
+        known = ambiguous & held[idx]
+        hinted[idx[known]] = True
+        sure, ambiguous = sure | known, ambiguous & ~known
     swapped[idx[sure]] = True
-    if ambiguous.any() and swap_configured():
-        unresolved[idx[ambiguous]] = True
-        _resolve_by_vma(os.getpid() if pid is None else pid, start, entries, swapped, unresolved)
+    if not (ambiguous.any() or hinted.any()):
+        return swapped, unresolved
+    if not swap_configured():  # nothing can be in swap: every ambiguous entry is a marker
+        swapped &= ~hinted
+        return swapped, unresolved
+    unresolved[idx[ambiguous]] = True
+    _resolve_by_vma(os.getpid() if pid is None else pid, start, entries, swapped, unresolved, hinted)
     return swapped, unresolved
 
 
-def _resolve_by_vma(pid: int, start: int, entries: np.ndarray, swapped: np.ndarray, unresolved: np.ndarray) -> None:
-    """Decide ambiguous pages per VMA from smaps' Swap count (in place)."""
+def _resolve_by_vma(pid: int, start: int, entries: np.ndarray, swapped: np.ndarray, unresolved: np.ndarray,
+                    hinted: np.ndarray) -> None:
+    """Decide ambiguous pages per VMA from smaps' Swap count, and check the ``held`` hints (in place)."""
     from locality.kernel.pagemap import read_entries
     from locality.kernel.procfs import smaps
 
@@ -91,10 +110,11 @@ def _resolve_by_vma(pid: int, start: int, entries: np.ndarray, swapped: np.ndarr
             continue
         lo = (max(vma.start, start) - start) >> PAGE_SHIFT
         hi = (min(vma.end, end) - start) >> PAGE_SHIFT
-        if not unresolved[lo:hi].any():
+        if not (unresolved[lo:hi].any() or hinted[lo:hi].any()):
             continue
-        if vma.perms.endswith("s") or vma.swap == 0:
-            unresolved[lo:hi] = False  # markers
+        if vma.perms.endswith("s") or vma.swap == 0:  # no swap PTE here: markers
+            swapped[lo:hi] &= ~hinted[lo:hi]
+            unresolved[lo:hi] = False
             continue
         # smaps counts the whole VMA: count its entries beyond our range too.
         sure, maybe = int(np.count_nonzero(swapped[lo:hi])), int(np.count_nonzero(unresolved[lo:hi]))
@@ -104,7 +124,10 @@ def _resolve_by_vma(pid: int, start: int, entries: np.ndarray, swapped: np.ndarr
                 sure += int(np.count_nonzero(more_sure))
                 maybe += int(np.count_nonzero(more_maybe))
         in_swap = vma.swap // PAGE_SIZE - sure  # how many ambiguous entries are in swap
-        if in_swap == 0:
+        if in_swap < 0:  # more certain entries than smaps counts: a hint was wrong (or a race)
+            unresolved[lo:hi] |= hinted[lo:hi]
+            swapped[lo:hi] &= ~hinted[lo:hi]
+        elif in_swap == 0:
             unresolved[lo:hi] = False
         elif in_swap == maybe:
             swapped[lo:hi] |= unresolved[lo:hi]

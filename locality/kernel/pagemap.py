@@ -61,8 +61,10 @@ class PageMap:
     caller that needs only residency pays for one flag, not for all of them.
     """
 
-    def __init__(self, start: int, end: int, page_size: int, raw: np.ndarray, pid: int | None = None) -> None:
+    def __init__(self, start: int, end: int, page_size: int, raw: np.ndarray, pid: int | None = None,
+                 held: np.ndarray | None = None) -> None:
         self.pid = pid  # None: this process
+        self.held = held  # pages known to hold a page when last write-protected (markers.split_swapped)
         self.start = start
         self.end = end
         self.page_size = page_size
@@ -84,7 +86,7 @@ class PageMap:
 
     @cached_property
     def _swap_split(self) -> tuple[np.ndarray, np.ndarray]:
-        return split_swapped(self.pid, self.start, self.raw)
+        return split_swapped(self.pid, self.start, self.raw, self.held)
 
     @property
     def swapped(self) -> np.ndarray:
@@ -193,19 +195,25 @@ def read_entries(pid: int | None, start: int, end: int) -> np.ndarray:
     return entries
 
 
-def decode(start: int, entries: np.ndarray, pid: int | None = None) -> PageMap:
+def decode(start: int, entries: np.ndarray, pid: int | None = None, held: np.ndarray | None = None) -> PageMap:
     """Decode raw pagemap entries of ``pid``'s pages starting at ``start`` (fields on first use)."""
-    return PageMap(start=start, end=start + len(entries) * PAGE_SIZE, page_size=PAGE_SIZE, raw=entries, pid=pid)
+    return PageMap(start=start, end=start + len(entries) * PAGE_SIZE, page_size=PAGE_SIZE, raw=entries, pid=pid,
+                   held=held)
 
 
-def pagemap(pid: int | None, start: int, end: int) -> PageMap:
+def pagemap(pid: int | None, start: int, end: int, *, held: np.ndarray | None = None) -> PageMap:
     """Per-page state of ``[start, end)`` in process ``pid`` (``None``: this process).
 
     ``start`` must be page-aligned, ``end`` is rounded up to a page boundary.
     Unmapped pages in the range read as all-zero entries (not present, not
-    swapped). PFNs are 0 unless the caller has CAP_SYS_ADMIN.
+    swapped). PFNs are 0 unless the caller has CAP_SYS_ADMIN. ``held`` (bool
+    per page, optional): pages known to hold a page when last write-protected,
+    which lets a reader without CAP_SYS_ADMIN decide more uffd-wp markers.
     """
-    return decode(start, read_entries(pid, start, end), pid)
+    entries = read_entries(pid, start, end)
+    if held is not None and len(held) != len(entries):
+        raise InvalidArgument(f"held has {len(held)} entries for a range of {len(entries)} pages")
+    return decode(start, entries, pid, held)
 
 
 # --- PAGEMAP_SCAN ----------------------------------------------------------------
