@@ -251,14 +251,15 @@ class PortionCounter:
 
 
 def resident_bytes(pid: int, sampler: Any, counter: PortionCounter, portion_map: PortionMap) -> dict[str, int]:
-    """Resident bytes per portion now: tracked pages from the sampler's last
-    residency, every other mapped page from /proc/PID/pagemap, by VMA rule."""
+    """Resident bytes per portion now: tracked pages as the sampler's last sample
+    found them (call right after it), every other mapped page from
+    /proc/PID/pagemap, by VMA rule."""
     from locality.experiment.sampler import subtract
     from locality.kernel import PAGE_SIZE, pagemap, vmas
 
     ps = int(PAGE_SIZE)
     out = np.zeros(len(PORTIONS), np.int64)
-    present, _ = sampler._residency()
+    present = sampler.present  # the last sample, taken just before
     alive = [r for r in sampler.regions if r.alive]
     for r in alive:
         out += np.bincount(counter.portion[r.cols][present[r.cols]], minlength=len(PORTIONS)) * ps
