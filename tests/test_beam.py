@@ -215,6 +215,11 @@ def test_interrupt_kills_the_vm_and_marks_the_run(tmp_path: Path) -> None:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["kind"] == "beam" and manifest["status"] == "interrupted"
     assert not _alive(seen["pid"])
+    # Interrupted after the spawn was measured: that is kept, with no step taken yet.
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["complete"] is False and metrics["steps"] == 0
+    assert metrics["bytes_per_process_erlang"] >= beam_mod.DOCUMENTED_FRESH_PROCESS_BYTES
+    assert json.loads((run_dir / "beam.json").read_text())["ready"]["n"] == 1_000
 
 
 @needs_erlang
@@ -379,6 +384,7 @@ def test_vm_does_not_outlive_locality(tmp_path: Path, sig: str) -> None:
         vm_pid = int(driver.stdout.readline())
         assert driver.stdout.readline().strip() == "running"  # mid-run: 600 steps queued in the VM
         assert _alive(vm_pid)
+        time.sleep(0.5)  # a few samples (every 0.1 s), which SIGTERM must not lose
         driver.send_signal(getattr(signal, sig))
         driver.wait(timeout=30)
         deadline = time.monotonic() + 15
@@ -392,6 +398,10 @@ def test_vm_does_not_outlive_locality(tmp_path: Path, sig: str) -> None:
     status = json.loads((run_dir / "manifest.json").read_text())["status"]
     # SIGTERM is handled like Ctrl-C; SIGKILL leaves the manifest as it was ("running").
     assert status == ("interrupted" if sig == "SIGTERM" else "running")
+    if sig == "SIGTERM":  # the samples taken before the signal are kept
+        timeline = pd.read_csv(run_dir / "timeline.csv")
+        assert len(timeline) >= 1 and timeline["rss_bytes"].gt(0).all()
+        assert json.loads((run_dir / "metrics.json").read_text())["complete"] is False
 
 
 @pytest.mark.beam

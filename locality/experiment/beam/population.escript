@@ -6,22 +6,34 @@
 %%
 %% Arguments (key=value): n, pattern (uniform|zipf|sheet), p, seed,
 %% interval_ms, hibernate (true|false), min_heap_size (words, 0 = default),
-%% radius (sheet), zipf_s (zipf), report_ids (true|false), state_init (heap|bif).
-%% Run with +P larger than n (locality sets ERL_FLAGS).
+%% radius (sheet), zipf_s (zipf), report_ids (true|false), state_init (heap|bif),
+%% and the techniques' own (see the technique sections below):
+%% fullsweep_after (-1 = default), gc_after (true|false), order (true|false),
+%% migrate_every (steps, 0 = never), group_size (columns per process),
+%% state_store (heap|atomics).
+%% Run with +P larger than the process count (locality sets ERL_FLAGS, with
+%% the technique's VM flags).
+%%
+%% n is the number of columns (workers). Every technique but grouped runs one
+%% process per column; grouped runs ceil(n / group_size).
 %%
 %% Commands (one per line on stdin):
-%%   spawn        spawn the n workers; replies {"event":"ready",...}
+%%   order I1 ..  append to the spawn order (before spawn; with order=true the
+%%                columns are spawned, or grouped, in this order)
+%%   spawn        spawn the population; replies {"event":"ready",...}
 %%   steps K      run K activation steps, one every interval_ms;
-%%                one {"event":"step",...} per step, then {"event":"steps_done"}
+%%                one {"event":"step",...} per step, then {"event":"steps_done"};
+%%                with migrate_every=M, a {"event":"migrate",...} after every M-th step
 %%   ids I1 I2 .. queue one step's worker ids (used before the VM's own pattern)
 %%   memory       erlang:memory() and exact per-worker process memory
 %%   allocators   per-allocator carrier sizes (system_info, instrument:carriers)
 %%   binaries     addresses of a probe refc binary (binary_alloc placement)
+%%   where I1 ..  pid serial numbers of the processes holding these columns
 %%   ping         collects the coordinator's garbage, replies {"event":"pong"}:
 %%                every command before it is done
 %%   quit         halt; end of stdin halts too (at once), so the VM never outlives locality
 -mode(compile).
--export([worker/3]).
+-export([worker/3, offheap_worker/1]).
 
 main(Args) ->
     Cfg = config(Args),
@@ -33,6 +45,7 @@ main(Args) ->
            wordsize => erlang:system_info(wordsize),
            process_limit => erlang:system_info(process_limit),
            schedulers => erlang:system_info(schedulers),
+           eheap_alloc_strategy => allocator_strategy(eheap_alloc),
            config => Cfg}),
     Self = self(),
     spawn_link(fun() -> stdin_reader(Self) end),
@@ -52,58 +65,80 @@ stdin_reader(Main) ->
 config(Args) ->
     Defaults = #{n => 1000000, pattern => sheet, p => 0.01, seed => 0,
                  interval_ms => 1000, hibernate => false, min_heap_size => 0,
-                 radius => 3, zipf_s => 1.1, report_ids => false, state_init => heap},
-    lists:foldl(fun(Arg, Acc) ->
-                        case string:split(Arg, "=") of
-                            [K, V] -> Key = list_to_atom(K),
-                                      maps:is_key(Key, Defaults) orelse die("unknown argument " ++ K),
-                                      Acc#{Key => parse(Key, V)};
-                            _ -> die("arguments are key=value, not " ++ Arg)
-                        end
-                end, Defaults, Args).
+                 radius => 3, zipf_s => 1.1, report_ids => false, state_init => heap,
+                 fullsweep_after => -1, gc_after => false, order => false,
+                 migrate_every => 0, group_size => 1, state_store => heap},
+    Cfg = lists:foldl(fun(Arg, Acc) ->
+                              case string:split(Arg, "=") of
+                                  [K, V] -> Key = list_to_atom(K),
+                                            maps:is_key(Key, Defaults) orelse die("unknown argument " ++ K),
+                                            Acc#{Key => parse(Key, V)};
+                                  _ -> die("arguments are key=value, not " ++ Arg)
+                              end
+                      end, Defaults, Args),
+    check(Cfg).
 
 parse(pattern, V) -> list_to_atom(V);
-parse(state_init, V) ->
-    lists:member(V, ["heap", "bif"]) orelse die("state_init must be heap or bif, not " ++ V),
-    list_to_atom(V);
-parse(hibernate, V) -> list_to_atom(V) =:= true;
-parse(report_ids, V) -> list_to_atom(V) =:= true;
+parse(state_init, V) -> one_of(state_init, V, ["heap", "bif"]);
+parse(state_store, V) -> one_of(state_store, V, ["heap", "atomics"]);
+parse(Flag, V) when Flag =:= hibernate; Flag =:= report_ids; Flag =:= gc_after; Flag =:= order ->
+    list_to_atom(V) =:= true;
 parse(p, V) -> number(V);
 parse(zipf_s, V) -> number(V);
 parse(_, V) -> list_to_integer(V).
+
+one_of(Key, V, Allowed) ->
+    lists:member(V, Allowed) orelse
+        die(atom_to_list(Key) ++ " must be one of " ++ lists:join(", ", Allowed) ++ ", not " ++ V),
+    list_to_atom(V).
+
+%% Techniques that cannot be combined: each changes what a worker is.
+check(Cfg = #{group_size := K, state_store := Store, migrate_every := M, hibernate := Hib}) ->
+    K >= 1 orelse die("group_size must be >= 1"),
+    (K > 1 andalso Store =/= heap) andalso die("grouped and state_store=atomics cannot be combined"),
+    (M > 0 andalso (K > 1 orelse Store =/= heap)) andalso
+        die("migrate_every needs one process per column with its state on its heap"),
+    (K > 1 andalso Hib) andalso die("grouped processes do not hibernate"),
+    Cfg.
 
 number(V) ->
     try list_to_float(V) catch error:badarg -> float(list_to_integer(V)) end.
 
 die(Msg) ->
-    emit(#{event => error, message => list_to_binary(Msg)}),
+    emit(#{event => error, message => unicode:characters_to_binary(Msg)}),
     halt(2).
 
 %% ---------------------------------------------------------------- commands
 
-loop(Cfg, Pids) ->
+%% Pop: the population, #{targets => tuple, column id -> the pid that holds it,
+%% procs => tuple of the distinct worker processes, slots => tuple, column id ->
+%% its index in its group (grouped only)}; undefined before spawn.
+loop(Cfg, Pop) ->
     receive
         {command, Line} ->
             case string:lexemes(string:trim(Line), " ") of
-                ["spawn"] when Pids =:= undefined -> loop(Cfg, spawn_all(Cfg));
-                ["steps", K] when Pids =/= undefined ->
-                    run_steps(Cfg, Pids, list_to_integer(K)), loop(Cfg, Pids);
-                ["ids" | Ids] -> enqueue([list_to_integer(I) || I <- Ids]), loop(Cfg, Pids);
-                ["memory"] -> emit(memory_report(Pids)), loop(Cfg, Pids);
-                ["allocators"] -> emit(allocator_report()), loop(Cfg, Pids);
-                ["binaries"] -> emit(binary_probe()), loop(Cfg, Pids);
-                ["ping"] -> garbage_collect(), emit(#{event => pong}), loop(Cfg, Pids);
+                ["order" | Ids] when Pop =:= undefined ->
+                    append_order([list_to_integer(I) || I <- Ids]), loop(Cfg, Pop);
+                ["spawn"] when Pop =:= undefined -> loop(Cfg, spawn_all(Cfg));
+                ["steps", K] when Pop =/= undefined ->
+                    loop(Cfg, run_steps(Cfg, Pop, list_to_integer(K)));
+                ["ids" | Ids] -> enqueue([list_to_integer(I) || I <- Ids]), loop(Cfg, Pop);
+                ["memory"] -> emit(memory_report(Cfg, Pop)), loop(Cfg, Pop);
+                ["allocators"] -> emit(allocator_report()), loop(Cfg, Pop);
+                ["binaries"] -> emit(binary_probe()), loop(Cfg, Pop);
+                ["where" | Ids] when Pop =/= undefined -> emit(where(Pop, Ids)), loop(Cfg, Pop);
+                ["ping"] -> garbage_collect(), emit(#{event => pong}), loop(Cfg, Pop);
                 ["quit"] -> halt(0);
                 Other -> emit(#{event => error, message => iolist_to_binary(
                                   io_lib:format("unknown or out-of-order command ~p", [Other]))}),
-                         loop(Cfg, Pids)
+                         loop(Cfg, Pop)
             end
     end.
 
-%% ---------------------------------------------------------------- workers
+%% ---------------------------------------------------------------- column state
 
-%% A worker's state is a few hundred bytes on its own heap: two counters and
-%% a tuple of 8 boxed floats (1 + 3 + 9 + 8 * 3 = 37 words = 296 bytes).
+%% A column's state is a few hundred bytes: two counters and a tuple of 8
+%% boxed floats (1 + 3 + 9 + 8 * 3 = 37 words = 296 bytes).
 %% state_init=heap builds it with arithmetic, straight on the heap. With
 %% state_init=bif the floats come from float/1 in a comprehension, which leaves
 %% them in a heap fragment: its ~4 KB eheap_alloc block stays until the first
@@ -118,45 +153,63 @@ initial_state(Id, bif) ->
 activate({Count, _Last, W}, Step) ->
     {Count + 1, Step, list_to_tuple([X * 0.99 + 0.01 || X <- tuple_to_list(W)])}.
 
-worker(Id, State, Hibernate) ->
-    receive
-        {act, Step, From, T0} ->
-            State2 = activate(State, Step),
-            From ! {done, Id, erlang:monotonic_time(nanosecond) - T0},
-            idle(Id, State2, Hibernate)
-    end.
+reply(From, Id, T0) ->
+    From ! {done, Id, erlang:monotonic_time(nanosecond) - T0}.
 
-%% With hibernate=true a worker waits hibernated: its heap is compacted to
-%% the live state and its stack dropped (also before its first activation).
-idle(Id, State, true) -> erlang:hibernate(?MODULE, worker, [Id, State, true]);
-idle(Id, State, false) -> worker(Id, State, false).
+%% ---------------------------------------------------------------- techniques
+%% One file each, beside this script (the allocator technique is VM flags only).
 
-spawn_all(#{n := N, hibernate := Hib, min_heap_size := Mhs, state_init := Init}) ->
+-include("technique_process.hrl").
+-include("technique_spawn_order.hrl").
+-include("technique_migrate_hot.hrl").
+-include("technique_grouped.hrl").
+-include("technique_state_off_heap.hrl").
+
+%% ---------------------------------------------------------------- spawning
+
+spawn_all(Cfg = #{n := N}) ->
+    Order = spawn_order(Cfg),
     Before = erlang:memory(),
     SelfBefore = self_memory(),
-    Opts = case Mhs of 0 -> []; _ -> [{min_heap_size, Mhs}] end,
+    persistent_term:put({?MODULE, spawn_opts}, spawn_opts(Cfg)),
     T0 = erlang:monotonic_time(microsecond),
-    Pids = list_to_tuple(spawn_n(0, N, Hib, Init, Opts, [])),
+    Pop = populate(Cfg, Order),
     garbage_collect(),
-    settle(Pids, N),
+    settle(maps:get(procs, Pop)),
     T1 = erlang:monotonic_time(microsecond),
     After = erlang:memory(),
-    emit(#{event => ready, n => N, spawn_ms => (T1 - T0) / 1000,
+    emit(#{event => ready, n => N, processes => tuple_size(maps:get(procs, Pop)), spawn_ms => (T1 - T0) / 1000,
            memory_before => maps:from_list(Before), memory_after => maps:from_list(After),
            coordinator_memory_before => SelfBefore, coordinator_memory_after => self_memory()}),
-    Pids.
+    Pop.
 
-spawn_n(N, N, _, _, _, Acc) -> lists:reverse(Acc);
-spawn_n(I, N, Hib, Init, Opts, Acc) ->
-    Pid = spawn_opt(fun() -> idle(I, initial_state(I, Init), Hib) end, Opts),
-    spawn_n(I + 1, N, Hib, Init, Opts, [Pid | Acc]).
+populate(Cfg = #{group_size := K, state_init := Init}, Order) when K > 1 ->
+    Groups = [{Chunk, spawn_opt(fun() -> group_worker(list_to_tuple([initial_state(I, Init) || I <- Chunk])) end,
+                                 spawn_opts(Cfg))}
+              || Chunk <- chunks(Order, K, [])],
+    Placed = lists:keysort(1, [{I, P, S} || {Chunk, P} <- Groups,
+                                            {I, S} <- lists:zip(Chunk, lists:seq(0, length(Chunk) - 1))]),
+    #{targets => list_to_tuple([P || {_, P, _} <- Placed]),
+      procs => list_to_tuple([P || {_, P} <- Groups]),
+      slots => list_to_tuple([S || {_, _, S} <- Placed])};
+populate(Cfg = #{state_store := atomics, n := N, state_init := Init}, Order) ->
+    persistent_term:put({?MODULE, atomics}, atomics:new(10 * N, [{signed, true}])),
+    by_id([{I, spawn_opt(fun() -> offheap_init(I, initial_state(I, Init)),
+                                  erlang:hibernate(?MODULE, offheap_worker, [I]) end,
+                         spawn_opts(Cfg))} || I <- Order]);
+populate(Cfg = #{state_init := Init}, Order) ->
+    Mode = mode(Cfg),
+    by_id([{I, spawn_opt(fun() -> idle(I, initial_state(I, Init), Mode) end, spawn_opts(Cfg))} || I <- Order]).
+
+by_id(Pairs) ->
+    Targets = list_to_tuple([P || {_, P} <- lists:keysort(1, Pairs)]),
+    #{targets => Targets, procs => Targets}.
 
 %% Wait until every worker has run its first reduction (built its state and,
 %% with hibernate, hibernated), so "ready" means the population is idle.
-settle(Pids, N) ->
-    Last = element(N, Pids),
-    wait_idle(Last),
-    wait_idle(element(1, Pids)).
+settle(Procs) ->
+    wait_idle(element(tuple_size(Procs), Procs)),
+    wait_idle(element(1, Procs)).
 
 wait_idle(Pid) ->
     case erlang:process_info(Pid, [status, current_function]) of
@@ -170,15 +223,27 @@ self_memory() ->
 
 %% ---------------------------------------------------------------- activation
 
-run_steps(Cfg = #{interval_ms := Interval}, Pids, K) ->
+run_steps(Cfg = #{interval_ms := Interval, migrate_every := M}, Pop0, K) ->
     Start = erlang:monotonic_time(millisecond),
-    lists:foreach(fun(S) ->
-                          Due = Start + S * Interval,
-                          Now = erlang:monotonic_time(millisecond),
-                          Due > Now andalso timer:sleep(Due - Now),
-                          one_step(Cfg, Pids, next_step())
-                  end, lists:seq(0, K - 1)),
-    emit(#{event => steps_done, steps => K}).
+    Pop = lists:foldl(fun(S, Pop1) ->
+                              Due = Start + S * Interval,
+                              Now = erlang:monotonic_time(millisecond),
+                              Due > Now andalso timer:sleep(Due - Now),
+                              Step = next_step(),
+                              Ids = one_step(Cfg, Pop1, Step),
+                              case M > 0 of
+                                  false -> Pop1;
+                                  true ->
+                                      put(hot, [Ids | case get(hot) of undefined -> []; H -> H end]),
+                                      case (Step + 1) rem M of
+                                          0 -> Hot = lists:usort(lists:append(get(hot))), erase(hot),
+                                               migrate(Pop1, Step, Hot);
+                                          _ -> Pop1
+                                      end
+                              end
+                      end, Pop0, lists:seq(0, K - 1)),
+    emit(#{event => steps_done, steps => K}),
+    Pop.
 
 next_step() ->
     S = case get(step) of undefined -> 0; X -> X end,
@@ -198,11 +263,13 @@ next_ids(Cfg = #{n := N, p := P}) ->
         {empty, _} -> {vm, pick(Cfg, N, max(1, min(N, round(P * N))))}
     end.
 
-one_step(Cfg = #{report_ids := ReportIds}, Pids, Step) ->
+one_step(Cfg = #{report_ids := ReportIds}, Pop, Step) ->
     {Source, Ids} = next_ids(Cfg),
     T0 = erlang:monotonic_time(nanosecond),
     Self = self(),
-    lists:foreach(fun(I) -> element(I + 1, Pids) ! {act, Step, Self, T0} end, Ids),
+    Targets = maps:get(targets, Pop),
+    Slot = case Pop of #{slots := Slots} -> fun(I) -> element(I + 1, Slots) end; _ -> fun(_) -> 0 end end,
+    lists:foreach(fun(I) -> element(I + 1, Targets) ! {act, I, Slot(I), Step, Self, T0} end, Ids),
     Lats = lists:sort(collect(length(Ids), [])),
     T1 = erlang:monotonic_time(nanosecond),
     Base = #{event => step, step => Step, activated => length(Ids), source => Source,
@@ -212,7 +279,8 @@ one_step(Cfg = #{report_ids := ReportIds}, Pids, Step) ->
                 _ -> Base#{lat_p50_us => pct(Lats, 0.50) / 1000, lat_p99_us => pct(Lats, 0.99) / 1000,
                            lat_max_us => lists:last(Lats) / 1000}
             end,
-    emit(case ReportIds of true -> Timed#{ids => lists:sort(Ids)}; false -> Timed end).
+    emit(case ReportIds of true -> Timed#{ids => lists:sort(Ids)}; false -> Timed end),
+    Ids.
 
 collect(0, Acc) -> Acc;
 collect(K, Acc) -> receive {done, _Id, Lat} -> collect(K - 1, [Lat | Acc]) end.
@@ -272,8 +340,8 @@ ceil_sqrt(N) ->
 
 %% ---------------------------------------------------------------- reports
 
-memory_report(Pids) ->
-    Workers = case Pids of undefined -> []; _ -> tuple_to_list(Pids) end,
+memory_report(#{n := N}, Pop) ->
+    Workers = case Pop of undefined -> []; #{procs := Procs} -> tuple_to_list(Procs) end,
     {Sum, Heap, Hibernated} = lists:foldl(
         fun(P, {S, H, Hb}) ->
                 case erlang:process_info(P, [memory, total_heap_size, current_function]) of
@@ -283,7 +351,7 @@ memory_report(Pids) ->
                 end
         end, {0, 0, 0}, Workers),
     #{event => memory, memory => maps:from_list(erlang:memory()),
-      workers => length(Workers), workers_memory_sum => Sum,
+      workers => length(Workers), columns => N, workers_memory_sum => Sum,
       workers_heap_words_sum => Heap, workers_hibernated => Hibernated,
       coordinator_memory => self_memory(),
       process_count => erlang:system_info(process_count)}.
@@ -347,6 +415,21 @@ mseg_summary() ->
                              cached_segments => Cs + proplists:get_value(cached_segments, Status, 0)};
                    (_, Acc) -> Acc
                 end, #{segments => 0, segments_bytes => 0, cached_segments => 0}, Instances).
+
+%% The pid serial numbers of the processes holding the given columns: the VM
+%% numbers processes in spawn order, so they show the order they were spawned in.
+where(#{targets := Targets}, Ids) ->
+    #{event => where, serials => [pid_serial(element(list_to_integer(I) + 1, Targets)) || I <- Ids]}.
+
+pid_serial(Pid) ->
+    [_, Serial, _] = string:lexemes(pid_to_list(Pid), "<.>"),
+    list_to_integer(Serial).
+
+allocator_strategy(A) ->
+    case erlang:system_info({allocator, A}) of
+        [{instance, _, Info} | _] -> proplists:get_value(as, proplists:get_value(options, Info, []));
+        _ -> undefined
+    end.
 
 %% A freshly allocated refc binary's address (from process_info(_, binary)):
 %% shows which mapping binary_alloc's carriers live in.

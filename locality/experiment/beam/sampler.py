@@ -17,7 +17,7 @@ from locality.kernel.procfs import clear_refs, faults, smaps
 from locality.kernel.reclaim import process_pageout
 
 if TYPE_CHECKING:
-    from locality.experiment.beam.metrics import SpawnAccount
+    from locality.experiment.beam.metrics import Measured, SpawnAccount
 
 @dataclass
 class Tracked:
@@ -223,8 +223,9 @@ class WindowSampler:
 
 
 
-def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Have the VM run its steps while sampling it on our clock; the steps and a latency sample."""
+def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool, out: "Measured") -> None:
+    """Have the VM run its steps while sampling it on our clock; the steps, a latency sample and
+    the migrations go to ``out`` as they arrive, so an interrupted run keeps them."""
     cfg = sampler.cfg
     n_steps = cfg.n_steps
     bar = None
@@ -232,8 +233,6 @@ def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool) -> tuple[lis
         from tqdm import tqdm
 
         bar = tqdm(total=n_steps, desc="beam steps", unit="step", leave=False)
-    steps: list[dict[str, Any]] = []
-    latencies: list[np.ndarray] = []
     give_up = n_steps * cfg.interval + 120 + 10 * cfg.interval
     vm.send(f"steps {n_steps}")
     last_step: dict[str, Any] | None = None
@@ -251,10 +250,12 @@ def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool) -> tuple[lis
                 step["after_pageout"], sampler.after_pageout = sampler.after_pageout, False
                 if cfg.report_ids:
                     step["ids"] = event.get("ids", [])
-                steps.append(step)
-                latencies.append(np.asarray(event.get("lat_sample_ns", []), np.int64))
+                out.steps.append(step)
+                out.latencies.append(np.asarray(event.get("lat_sample_ns", []), np.int64))
                 if bar is not None:
                     bar.update(1)
+            elif event.get("event") == "migrate":
+                out.migrations.append({k: v for k, v in event.items() if k != "event"} | {"t": sampler.now()})
             elif event.get("event") == "steps_done":
                 break
         # One last sample, so the last step's effect and windows up to the end are read.
@@ -262,5 +263,3 @@ def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool) -> tuple[lis
     finally:
         if bar is not None:
             bar.close()
-    return steps, (np.concatenate(latencies) if latencies else np.zeros(0, np.int64))
-

@@ -14,7 +14,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from locality.errors import Unsupported
+from locality.errors import InvalidArgument, Unsupported
 from locality.experiment.beam.config import ESCRIPT_NAME, INSTALL_HINT, BeamConfig, BeamError
 
 def find_escript() -> str:
@@ -33,6 +33,37 @@ def escript_path() -> Path:
     return path
 
 
+def vm_flags(config: BeamConfig) -> list[str]:
+    """The emulator flags a run's VM starts with: its process limit, then the technique's flags."""
+    return ["+P", str(config.process_limit), *config.vm_flags]
+
+
+def preflight(config: BeamConfig, *, timeout: float = 60.0) -> None:
+    """Start an empty VM with the run's flags and stop it; InvalidArgument with the VM's own
+    words if it refuses them (a bad allocator flag, a process limit above the VM's maximum)."""
+    find_escript()
+    erl = shutil.which("erl")
+    assert erl is not None
+    env = {k: v for k, v in os.environ.items() if k != "ERL_FLAGS"}  # the run's flags alone
+    flags = vm_flags(config)
+    try:
+        done = subprocess.run([erl, *flags, "-noshell", "-eval", "halt()."], capture_output=True, text=True,
+                              timeout=timeout, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise BeamError(f"the Erlang VM did not start within {timeout:.0f} s with {' '.join(flags)}",
+                        "the machine may be short of memory") from None
+    said = next((line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()), "")
+    if done.returncode == 0 and not said:
+        return
+    if said.startswith("bad number of processes"):
+        raise InvalidArgument(
+            f"-n {config.processes:,} needs {config.vm_processes:,} Erlang processes (+P {config.process_limit:,}), "
+            f"above the VM's process limit: the VM said \"{said}\"", "use a smaller -n")
+    raise InvalidArgument(f"the Erlang VM refuses {' '.join(config.vm_flags) or 'its flags'} "
+                          f"(technique {config.technique}): the VM said \"{said or f'exit status {done.returncode}'}\"",
+                          "fix or drop the flag set; see `erl +M` flags in the erts_alloc manual")
+
+
 class BeamVM:
     """A running population escript: send commands, read its JSON events.
 
@@ -43,9 +74,8 @@ class BeamVM:
         self.config = config
         escript = find_escript()
         env = dict(os.environ)
-        # +P: the process table must hold every worker plus the VM's own.
-        plimit = max(1024, int(config.processes * 1.1) + 10_000)
-        env["ERL_FLAGS"] = f"+P {plimit} " + env.get("ERL_FLAGS", "")
+        # +P: the process table must hold every worker plus the VM's own; then the technique's flags.
+        env["ERL_FLAGS"] = " ".join(vm_flags(config) + [env.get("ERL_FLAGS", "")]).strip()
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._stderr: deque[str] = deque(maxlen=20)
         self.noise: deque[str] = deque(maxlen=20)
