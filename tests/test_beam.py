@@ -418,3 +418,30 @@ def test_heap_fragment_seen_by_allocators_and_kernel_not_process_info(tmp_path: 
     assert heap["bytes_per_process_vm"] - heap["bytes_per_process_erlang"] < 256  # nothing hidden
     assert bif["bytes_per_process_vm"] - bif["bytes_per_process_erlang"] > 3_000  # the fragment blocks
     assert bif["bytes_per_process_rss"] - heap["bytes_per_process_rss"] > 3_000  # and they are resident
+
+
+@pytest.mark.beam
+@needs_erlang
+def test_portions_of_a_20k_process_vm_sum_to_its_rss(tmp_path: Path) -> None:
+    """Every mapping of the VM is in one portion: their resident bytes sum to the RSS of the same
+    sample exactly; the processes' portion holds at least what the VM allocated for them."""
+    from locality.experiment.beam.portions import PORTIONS, PROCESS_MEMORY
+
+    run_dir = run_beam(BeamConfig(processes=20_000, steps=3, interval=0.2, track_refs=True, windows=(0.2,)),
+                       tmp_path, progress=False)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    timeline = pd.read_csv(run_dir / "timeline.csv")
+    portions = m["portions"]
+    assert set(portions) == set(PORTIONS)
+    assert sum(p["resident_bytes"] for p in portions.values()) == timeline["rss_bytes"].iloc[-1]
+    assert sum(p["share_of_rss"] for p in portions.values()) == pytest.approx(1.0)
+    procs = portions[PROCESS_MEMORY]
+    growth = m["allocator_growth_at_spawn"]
+    assert procs["resident_bytes"] >= 0.9 * sum(growth[a]["blocks_bytes"] for a in ("eheap_alloc", "fix_alloc"))
+    assert procs["by_allocator"]["eheap_alloc"]["share"] > procs["by_allocator"]["fix_alloc"]["share"] > 0
+    # beam.smp's text is resident and mapped from its file: the code portion is not empty.
+    assert portions["code"]["resident_bytes"] > 1 << 20
+    # The working set per portion is the referenced memory per class, regrouped: it sums to the whole.
+    window = next(iter(m["wss_bytes_by_window"]))
+    assert sum(p["wss_bytes"][window] for p in portions.values()) == pytest.approx(m["wss_bytes_by_window"][window])
+    assert 0 <= procs["cold_fraction"][window] <= 1

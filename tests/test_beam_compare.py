@@ -303,3 +303,50 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("locality: error: ") and says in lines[0], err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "r.html").exists()
+
+
+def test_readme_documents_every_technique_as_the_registry_does() -> None:
+    from locality.experiment.beam.techniques import describe
+
+    readme = (Path(__file__).resolve().parents[1] / "experiments" / "beam" / "README.md").read_text()
+    assert describe(registry().values(), width=78) in readme  # regenerate the block if this fails
+    rc, out, _ = run_cli("beam", "compare", "--help")
+    assert rc == 0
+    for name in registry():
+        assert f"\n  {name}\n" in out
+
+
+@pytest.mark.beam
+@pytest.mark.swap
+@needs_erlang
+def test_swap_is_on_for_the_comparison_and_restored_after_ctrl_c(tmp_path: Path) -> None:
+    """--swap: zram on while the techniques run (they page out and watch), then exactly as before,
+    also when Ctrl-C ends the comparison in the middle of a technique."""
+    from conftest import skip_or_fail, zram_swap_active
+
+    from locality.kernel import swap as zram
+
+    if os.geteuid() != 0 or not zram.ZRAM_SYSFS.is_dir():
+        skip_or_fail("zram swap needs root and /sys/block/zram0")
+    if zram_swap_active():
+        pytest.skip("zram swap is already in use on this machine (another run?)")
+    seen: dict[str, object] = {"swap": [], "pids": []}
+
+    def say(message: str) -> None:
+        if message.startswith("spawning"):
+            seen["pids"].append(int(message.rsplit("pid ", 1)[1].rstrip(")")))
+        if message.startswith("running"):
+            seen["swap"].append(zram_swap_active())
+            if len(seen["pids"]) == 2:
+                raise KeyboardInterrupt
+
+    base = BeamConfig(processes=5_000, steps=4, interval=0.25, windows=(0.5,))
+    result = compare_techniques(resolve("default,hibernate"), base, swap_bytes=256 << 20, runs=tmp_path,
+                                progress=False, on_event=say)
+    assert seen["swap"] == [True, True]
+    assert result.statuses == {"default": "complete", "hibernate": "interrupted"}
+    assert not zram_swap_active() and zram._read("disksize") == "0" and not zram.STATE_FILE.exists()
+    assert not any(_alive(p) for p in seen["pids"])
+    m = _metrics({"result": result}, "default")
+    assert m["pageouts"] and m["pageouts"][0]["paged_out_pages"] > 0
+    assert 0 < m["untouched_after_pageout"]["0.5"] <= 1

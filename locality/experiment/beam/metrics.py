@@ -11,6 +11,7 @@ import pandas as pd
 
 from locality.experiment.beam.classes import _AddressClasses, grown_at_spawn
 from locality.experiment.beam.config import DOCUMENTED_FRESH_PROCESS_BYTES, BeamConfig, harness_schedule
+from locality.experiment.beam.portions import portions
 from locality.experiment.beam.sampler import WindowSampler, _totals, drive_steps
 from locality.experiment.beam.vm import BeamVM
 from locality.kernel.procfs import smaps
@@ -208,6 +209,9 @@ def result(out: Measured, cfg: BeamConfig, *, complete: bool = True) -> dict[str
         "relocation_ms_per_step": 1000 * relocation_s / len(steps) if cfg.migrate_every and steps else None,
         "sampler_overhead_pct": 100 * sampler.sampling_s / wall if wall > 0 else None,
         "tracked_pages": int(sampler.tracked.addr.size),
+        # The footprint by portion at the last sample, and each portion's working set per window.
+        "portions": portions([r for r in sampler.vma_rows if rows and r["t"] == rows[-1]["t"]], hot if track else {},
+                             account.allocator_growth),
     }
     sizes = sorted({e.kernel_page_size for e in account.smaps_after if e.kernel_page_size} |
                    ({2 << 20} if any(e.anon_huge for e in account.smaps_after) else set()))
