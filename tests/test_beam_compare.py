@@ -114,6 +114,10 @@ def test_each_technique_does_what_it_says(compared: dict) -> None:
     atomics = off["bytes_per_process_vm_total"] - off["bytes_per_process_vm"]
     assert 80 <= atomics < 80 + 32, atomics
     assert off["bytes_per_process_erlang"] < m["hibernate"]["bytes_per_process_erlang"]
+    # grouped+state-off-heap+spawn-order: 64-column groups, the state in the atomics.
+    tiles = m["grouped+state-off-heap+spawn-order"]
+    assert tiles["processes"] == -(-N // 64) and tiles["spawn_order"] == "hilbert"
+    assert 80 <= tiles["bytes_per_process_vm_total"] - tiles["bytes_per_process_vm"] < 80 + 32
     # migrate-hot: after step 10, exactly the distinct columns of steps 0..9 re-created themselves.
     hot = np.unique(np.concatenate(list(islice(_schedule(compared["base"]), STEPS))))
     (migration,) = m["migrate-hot"]["migrations"]
@@ -131,15 +135,15 @@ def test_each_technique_does_what_it_says(compared: dict) -> None:
 @needs_erlang
 def test_spawn_order_spawns_along_the_hilbert_curve() -> None:
     """The VM numbers processes as it spawns them: the serials follow the Hilbert order exactly."""
-    from locality.experiment.beam.metrics import send_order
+    from locality.experiment.beam.metrics import spawn_order
     from locality.layouts.clustered import hilbert_order
 
     n = 4_096
     for order, expected in (("hilbert", hilbert_order(n)), ("id", np.arange(n))):
         cfg = BeamConfig(processes=n, order=order)
         with BeamVM(cfg) as vm:
-            send_order(vm, cfg)
-            vm.request("spawn", "ready")
+            with spawn_order(vm, cfg):
+                vm.request("spawn", "ready")
             serials = np.asarray(vm.request("where " + " ".join(map(str, range(n))), "where")["serials"])
         # Column expected[k] was the k-th spawned: its serial is the k-th smallest.
         assert (np.argsort(serials, kind="stable") == expected).all(), order
@@ -161,7 +165,7 @@ def test_report_holds_the_techniques_and_python_runs_together(compared: dict, tm
     for name in result.runs:
         assert f"beam {name}" in html  # each technique is a labelled row
     assert 'data-run="slab-1"' in html
-    rc, _, err = run_cli("report", *map(str, result.reported), str(python_run), "-o", str(tmp_path / "cli.html"))
+    rc, _, err = run_cli("report", str(result.runs["default"]), str(python_run), "-o", str(tmp_path / "cli.html"))
     assert rc == 0, err
 
 

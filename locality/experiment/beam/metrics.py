@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -15,9 +17,6 @@ from locality.experiment.beam.portions import portions
 from locality.experiment.beam.sampler import WindowSampler, _totals, drive_steps
 from locality.experiment.beam.vm import BeamVM
 from locality.kernel.procfs import smaps
-
-ORDER_CHUNK = 20_000  # ids per `order` line
-
 
 def _spawn_timeout(n: int) -> float:
     return 60.0 + n / 5_000  # 1M processes: a few seconds here, generous for slow CI
@@ -37,28 +36,31 @@ class SpawnAccount:
     reports: dict[str, Any]  # the VM's raw answers
 
 
-def send_order(vm: BeamVM, cfg: BeamConfig) -> None:
-    """Technique spawn-order: the columns' spawn order, the Hilbert order of the sheet that the
-    Python `clustered` layout uses, sent before the spawn."""
+@contextlib.contextmanager
+def spawn_order(vm: BeamVM, cfg: BeamConfig) -> Iterator[None]:
+    """Technique spawn-order: the columns' spawn order (the Hilbert order of the sheet that the
+    Python `clustered` layout uses) in a file the VM reads during the spawn; removed afterwards."""
     if cfg.order != "hilbert":
+        yield
         return
     from locality.layouts.clustered import hilbert_order
 
-    order = hilbert_order(cfg.processes)
-    for i in range(0, order.size, ORDER_CHUNK):
-        vm.send("order " + " ".join(map(str, order[i:i + ORDER_CHUNK].tolist())))
-    vm.request("ping", "pong", timeout=_spawn_timeout(cfg.processes))
+    with tempfile.NamedTemporaryFile(prefix="locality-beam-order-", suffix=".u32") as f:
+        f.write(hilbert_order(cfg.processes).astype("<u4").tobytes())
+        f.flush()
+        vm.send(f"order_file {f.name}")
+        yield
 
 
 def account_spawn(vm: BeamVM, cfg: BeamConfig, say: Callable[[str], None]) -> SpawnAccount:
     """Measure the empty VM, spawn the population, measure again: the difference
     is what the processes cost, in the VM's words and in resident pages."""
     n = cfg.processes
-    send_order(vm, cfg)
     smaps_before = smaps(vm.pid)
     alloc_before = vm.request("allocators", "allocators")
     say(f"spawning {n:,} processes in the Erlang VM (OS pid {vm.pid})")
-    ready = vm.request("spawn", "ready", timeout=_spawn_timeout(n))
+    with spawn_order(vm, cfg):
+        ready = vm.request("spawn", "ready", timeout=_spawn_timeout(n))
     time.sleep(0.2)  # let the schedulers settle into idle
     smaps_after = smaps(vm.pid)
     mem = vm.request("memory", "memory", timeout=_spawn_timeout(n))

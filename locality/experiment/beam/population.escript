@@ -18,8 +18,8 @@
 %% process per column; grouped runs ceil(n / group_size).
 %%
 %% Commands (one per line on stdin):
-%%   order I1 ..  append to the spawn order (before spawn; with order=true the
-%%                columns are spawned, or grouped, in this order)
+%%   order_file P the spawn order, a file of n little-endian uint32 (before
+%%                spawn; with order=true the columns are spawned, or grouped, in it)
 %%   spawn        spawn the population; replies {"event":"ready",...}
 %%   steps K      run K activation steps, one every interval_ms;
 %%                one {"event":"step",...} per step, then {"event":"steps_done"};
@@ -33,7 +33,7 @@
 %%                every command before it is done
 %%   quit         halt; end of stdin halts too (at once), so the VM never outlives locality
 -mode(compile).
--export([worker/3, offheap_worker/1]).
+-export([worker/3, offheap_worker/2]).
 
 main(Args) ->
     Cfg = config(Args),
@@ -95,7 +95,6 @@ one_of(Key, V, Allowed) ->
 %% Techniques that cannot be combined: each changes what a worker is.
 check(Cfg = #{group_size := K, state_store := Store, migrate_every := M, hibernate := Hib}) ->
     K >= 1 orelse die("group_size must be >= 1"),
-    (K > 1 andalso Store =/= heap) andalso die("grouped and state_store=atomics cannot be combined"),
     (M > 0 andalso (K > 1 orelse Store =/= heap)) andalso
         die("migrate_every needs one process per column with its state on its heap"),
     (K > 1 andalso Hib) andalso die("grouped processes do not hibernate"),
@@ -117,8 +116,7 @@ loop(Cfg, Pop) ->
     receive
         {command, Line} ->
             case string:lexemes(string:trim(Line), " ") of
-                ["order" | Ids] when Pop =:= undefined ->
-                    append_order([list_to_integer(I) || I <- Ids]), loop(Cfg, Pop);
+                ["order_file", Path] when Pop =:= undefined -> put(order_file, Path), loop(Cfg, Pop);
                 ["spawn"] when Pop =:= undefined -> loop(Cfg, spawn_all(Cfg));
                 ["steps", K] when Pop =/= undefined ->
                     loop(Cfg, run_steps(Cfg, Pop, list_to_integer(K)));
@@ -168,9 +166,9 @@ reply(From, Id, T0) ->
 %% ---------------------------------------------------------------- spawning
 
 spawn_all(Cfg = #{n := N}) ->
-    Order = spawn_order(Cfg),
     Before = erlang:memory(),
     SelfBefore = self_memory(),
+    Order = spawn_order(Cfg),
     persistent_term:put({?MODULE, spawn_opts}, spawn_opts(Cfg)),
     T0 = erlang:monotonic_time(microsecond),
     Pop = populate(Cfg, Order),
@@ -183,20 +181,20 @@ spawn_all(Cfg = #{n := N}) ->
            coordinator_memory_before => SelfBefore, coordinator_memory_after => self_memory()}),
     Pop.
 
-populate(Cfg = #{group_size := K, state_init := Init}, Order) when K > 1 ->
-    Groups = [{Chunk, spawn_opt(fun() -> group_worker(list_to_tuple([initial_state(I, Init) || I <- Chunk])) end,
-                                 spawn_opts(Cfg))}
-              || Chunk <- chunks(Order, K, [])],
+populate(Cfg = #{group_size := K, state_store := Store, n := N}, Order) when K > 1 ->
+    Store =:= atomics andalso new_state_store(N),
+    Groups = [{Chunk, spawn_opt(group_fun(Cfg, {G * K, Chunk}), spawn_opts(Cfg))}
+              || {G, Chunk} <- lists:zip(lists:seq(0, (N - 1) div K), chunks(Order, K, []))],
     Placed = lists:keysort(1, [{I, P, S} || {Chunk, P} <- Groups,
                                             {I, S} <- lists:zip(Chunk, lists:seq(0, length(Chunk) - 1))]),
     #{targets => list_to_tuple([P || {_, P, _} <- Placed]),
       procs => list_to_tuple([P || {_, P} <- Groups]),
       slots => list_to_tuple([S || {_, _, S} <- Placed])};
 populate(Cfg = #{state_store := atomics, n := N, state_init := Init}, Order) ->
-    persistent_term:put({?MODULE, atomics}, atomics:new(10 * N, [{signed, true}])),
-    by_id([{I, spawn_opt(fun() -> offheap_init(I, initial_state(I, Init)),
-                                  erlang:hibernate(?MODULE, offheap_worker, [I]) end,
-                         spawn_opts(Cfg))} || I <- Order]);
+    new_state_store(N),
+    by_id([{I, spawn_opt(fun() -> offheap_init(Pos, initial_state(I, Init)),
+                                  erlang:hibernate(?MODULE, offheap_worker, [I, Pos]) end,
+                         spawn_opts(Cfg))} || {I, Pos} <- lists:zip(Order, lists:seq(0, N - 1))]);
 populate(Cfg = #{state_init := Init}, Order) ->
     Mode = mode(Cfg),
     by_id([{I, spawn_opt(fun() -> idle(I, initial_state(I, Init), Mode) end, spawn_opts(Cfg))} || I <- Order]).

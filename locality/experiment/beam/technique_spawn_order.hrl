@@ -1,18 +1,20 @@
 %% Included by population.escript (one file per technique; see experiments/beam/README.md).
 
 %% ---------------------------------------------------------------- technique: spawn-order
-%% With order=true the columns are spawned in the order locality sent
-%% (`order` lines: the Hilbert order of the sheet, as the Python `clustered`
-%% layout), so neighbours' heaps and process structs are allocated one after
-%% the other. Their ids stay the same: only where they live changes.
-
-append_order(Ids) ->
-    put(order, [lists:reverse(Ids) | case get(order) of undefined -> []; L -> L end]).
+%% With order=true the columns are spawned in the order locality wrote to
+%% the file named by `order_file PATH` (one little-endian uint32 per column:
+%% the Hilbert order of the sheet, as the Python `clustered` layout), so
+%% neighbours' heaps and process structs are allocated one after the other.
+%% Their ids stay the same: only where they live changes. A file, read inside
+%% the spawn, rather than command lines: parsing megabytes of text would leave
+%% freed-but-resident memory behind that the spawn then reuses, hiding its cost.
 
 spawn_order(#{order := true, n := N}) ->
-    Order = lists:reverse(lists:append(case get(order) of undefined -> []; L -> L end)),
-    erase(order),
-    length(Order) =:= N orelse die(io_lib:format("order has ~b ids, not n = ~b", [length(Order), N])),
-    lists:sort(Order) =:= lists:seq(0, N - 1) orelse die("order is not a permutation of 0..n-1"),
+    Path = case get(order_file) of undefined -> die("order=true needs an order_file command before spawn");
+                                   P -> P end,
+    Bin = case file:read_file(Path) of {ok, B} -> B; {error, E} -> die(io_lib:format("cannot read ~s: ~p", [Path, E])) end,
+    byte_size(Bin) =:= 4 * N orelse die(io_lib:format("~s holds ~b bytes, not 4 n = ~b", [Path, byte_size(Bin), 4 * N])),
+    Order = [I || <<I:32/little>> <= Bin],
+    lists:sort(Order) =:= lists:seq(0, N - 1) orelse die("the order is not a permutation of 0..n-1"),
     Order;
 spawn_order(#{n := N}) -> lists:seq(0, N - 1).

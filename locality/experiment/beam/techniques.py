@@ -142,11 +142,17 @@ def parse_flag_set(text: str) -> tuple[str, tuple[str, ...]]:
     return name, flags
 
 
+# Compositions run by `all` too: the techniques that each shrink a different part of an
+# activation's footprint, together (64-column Hilbert tiles, state in atomics by spawn slot).
+COMPOSITES = ("grouped+state-off-heap+spawn-order",)
+
+
 def registry(extra_allocator_sets: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, Technique]:
-    """Every technique by name: the base ones, then one per allocator flag set."""
+    """Every technique by name: the base ones, one per allocator flag set, then the composites."""
     sets = {**ALLOCATOR_SETS, **(extra_allocator_sets or {})}
     out = {t.name: t for t in _BASE}
     out.update({f"allocator:{n}": allocator_technique(n, f) for n, f in sets.items()})
+    out.update({name: compose(out[p] for p in name.split("+")) for name in COMPOSITES})
     return out
 
 
@@ -160,10 +166,10 @@ def compose(parts: Iterable[Technique]) -> Technique:
                 raise InvalidArgument(f"{'+'.join(p.name for p in parts)}: two techniques set {key}",
                                       "combine techniques that change different things")
             options[key] = value
-    if options.get("group_size", 1) > 1 and (options.get("state_store", "heap") != "heap" or options.get("hibernate")
-                                              or options.get("migrate_every")):
+    if options.get("group_size", 1) > 1 and (options.get("hibernate") or options.get("migrate_every")):
         raise InvalidArgument(f"{'+'.join(p.name for p in parts)}: grouped cannot be combined with that",
-                              "grouped changes what a process is; run it alone or with spawn-order/allocator")
+                              "grouped changes what a process is; combine it with spawn-order, state-off-heap "
+                              "or allocator")
     if options.get("migrate_every") and options.get("state_store", "heap") != "heap":
         raise InvalidArgument(f"{'+'.join(p.name for p in parts)}: migrate-hot moves heap state only",
                               "run migrate-hot without state-off-heap")
