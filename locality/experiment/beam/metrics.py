@@ -133,10 +133,14 @@ def measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], No
     """Spawn, drive the steps while sampling, ask the VM for its final accounting; all into ``out``."""
     out.account = account_spawn(vm, cfg, say)
     if cfg.schedule == "harness":
-        # Queued before the first window opens, so parsing it is not counted as the VM's accesses.
-        for ids in harness_schedule(cfg):
-            vm.send("ids " + " ".join(map(str, ids.tolist())))
-        vm.request("ping", "pong")
+        # Queued before the first window opens, as a file the VM reads in one go: parsing
+        # megabytes of id lines would leave freed-but-resident memory in the VM.
+        with tempfile.NamedTemporaryFile(prefix="locality-beam-ids-", suffix=".u32") as f:
+            for ids in harness_schedule(cfg):
+                f.write(np.asarray([ids.size, *ids.tolist()], "<u4").tobytes())
+            f.flush()
+            vm.send(f"ids_file {f.name}")
+            vm.request("ping", "pong")
     out.sampler = WindowSampler(vm.pid, cfg, out.account)
     say(f"running {cfg.n_steps} steps of {cfg.pattern} activation, p={cfg.p}, every {cfg.interval:g} s")
     drive_steps(vm, out.sampler, progress, out)

@@ -25,6 +25,7 @@
 %%                one {"event":"step",...} per step, then {"event":"steps_done"};
 %%                with migrate_every=M, a {"event":"migrate",...} after every M-th step
 %%   ids I1 I2 .. queue one step's worker ids (used before the VM's own pattern)
+%%   ids_file P   queue the steps of file P (uint32 count, then the ids, per step)
 %%   memory       erlang:memory() and exact per-worker process memory
 %%   allocators   per-allocator carrier sizes (system_info, instrument:carriers)
 %%   binaries     addresses of a probe refc binary (binary_alloc placement)
@@ -121,6 +122,7 @@ loop(Cfg, Pop) ->
                 ["steps", K] when Pop =/= undefined ->
                     loop(Cfg, run_steps(Cfg, Pop, list_to_integer(K)));
                 ["ids" | Ids] -> enqueue([list_to_integer(I) || I <- Ids]), loop(Cfg, Pop);
+                ["ids_file", Path] -> enqueue_file(Path), loop(Cfg, Pop);
                 ["memory"] -> emit(memory_report(Cfg, Pop)), loop(Cfg, Pop);
                 ["allocators"] -> emit(allocator_report()), loop(Cfg, Pop);
                 ["binaries"] -> emit(binary_probe()), loop(Cfg, Pop);
@@ -255,8 +257,19 @@ enqueue(Ids) ->
     Queue = case get(schedule) of undefined -> queue:new(); Q -> Q end,
     put(schedule, queue:in(Ids, Queue)).
 
+%% A file of steps, each a little-endian uint32 count and that many uint32 ids:
+%% kept as one binary (off the heap) and decoded a step at a time.
+enqueue_file(Path) ->
+    Bin = case file:read_file(Path) of {ok, B} -> B; {error, E} -> die(io_lib:format("cannot read ~s: ~p", [Path, E])) end,
+    enqueue_steps(Bin).
+
+enqueue_steps(<<>>) -> ok;
+enqueue_steps(<<K:32/little, Ids:K/binary-unit:32, Rest/binary>>) -> enqueue(Ids), enqueue_steps(Rest);
+enqueue_steps(_) -> die("ids_file: truncated step").
+
 next_ids(Cfg = #{n := N, p := P}) ->
     case queue:out(case get(schedule) of undefined -> queue:new(); Q -> Q end) of
+        {{value, Ids}, Rest} when is_binary(Ids) -> put(schedule, Rest), {harness, [I || <<I:32/little>> <= Ids]};
         {{value, Ids}, Rest} -> put(schedule, Rest), {harness, Ids};
         {empty, _} -> {vm, pick(Cfg, N, max(1, min(N, round(P * N))))}
     end.
