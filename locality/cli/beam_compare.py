@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from locality.cli.swap import SIZE
+from locality.units import SIZE
 from locality.experiment.beam.compare import DEFAULT_PROCESSES
 from locality.experiment.beam.techniques import describe, registry
 
@@ -72,7 +72,8 @@ Examples:
 def compare(processes: int, techniques: str, allocator_sets: tuple[str, ...], pattern: str, p: float,
             steps: int | None, duration: str | None, interval: str, seed: int, windows: str, swap_size: int | None,
             runs_dir: Path, out: Path, as_json: bool) -> None:
-    from locality.cli.beam import _seconds, _windows
+    from locality.cli.beam import _windows
+    from locality.units import parse_duration
     from locality.experiment.beam import BeamConfig
     from locality.experiment.beam.compare import CompareInterrupted, compare_techniques
     from locality.experiment.beam.techniques import parse_flag_set, resolve
@@ -81,7 +82,8 @@ def compare(processes: int, techniques: str, allocator_sets: tuple[str, ...], pa
     extra = dict(parse_flag_set(text) for text in allocator_sets)
     chosen = resolve(techniques, extra)
     base = BeamConfig(processes=processes, pattern=pattern, p=p, steps=steps,
-                      duration=_seconds(duration) if duration is not None else None, interval=_seconds(interval),
+                      duration=parse_duration(duration, "--duration") if duration is not None else None,
+                      interval=parse_duration(interval, "--interval"),
                       seed=seed, windows=_windows(windows), schedule="harness", track_refs=True)
     say = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
     try:
