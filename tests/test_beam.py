@@ -436,8 +436,13 @@ def test_portions_of_a_20k_process_vm_sum_to_its_rss(tmp_path: Path) -> None:
     assert sum(p["resident_bytes"] for p in portions.values()) == timeline["rss_bytes"].iloc[-1]
     assert sum(p["share_of_rss"] for p in portions.values()) == pytest.approx(1.0)
     procs = portions[PROCESS_MEMORY]
-    growth = m["allocator_growth_at_spawn"]
-    assert procs["resident_bytes"] >= 0.9 * sum(growth[a]["blocks_bytes"] for a in ("eheap_alloc", "fix_alloc"))
+    # What eheap_alloc and fix_alloc handed out at spawn lies there (at 20k processes a few MiB of
+    # it lands in memory already resident before the spawn, in mappings that did not grow: 0.87-0.93
+    # seen), and no more than their carriers hold.
+    growth, after = m["allocator_growth_at_spawn"], m["allocators_after_spawn"]
+    blocks = sum(growth[a]["blocks_bytes"] for a in ("eheap_alloc", "fix_alloc"))
+    carriers = sum(after[a]["carriers_bytes"] for a in ("eheap_alloc", "fix_alloc"))
+    assert 0.8 * blocks <= procs["resident_bytes"] <= 1.05 * carriers, (blocks, procs["resident_bytes"], carriers)
     assert procs["by_allocator"]["eheap_alloc"]["share"] > procs["by_allocator"]["fix_alloc"]["share"] > 0
     # beam.smp's text is resident and mapped from its file: the code portion is not empty.
     assert portions["code"]["resident_bytes"] > 1 << 20
