@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import signal
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +29,7 @@ from locality.experiment.beam.run import run_beam
 from locality.experiment.beam.techniques import Technique
 from locality.experiment.beam.verdict import verdict
 from locality.experiment.beam.vm import preflight
+from locality.experiment.signals import StopSignals
 
 # At 1,000,000 processes every technique (10 runs of 61 s of steps each, plus spawn and
 # accounting) takes longer than 15 minutes on this 2-core machine; see `--help`.
@@ -78,23 +77,6 @@ def technique_configs(techniques: Sequence[Technique], base: BeamConfig) -> dict
 
 
 @contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM stops the comparison like Ctrl-C (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
 def swap_for_comparison(size_bytes: int | None) -> Iterator[bool]:
     """zram swap on for the block when ``size_bytes`` is given, and the device's prior state
     restored on every way out; yields whether swap is on."""
@@ -133,13 +115,18 @@ def compare_techniques(
     say = on_event or (lambda s: None)
     base = replace(base, schedule="harness", track_refs=True)
     configs = technique_configs(techniques, base)  # refused flags: an error before any run
-    with _signals_interrupt(), swap_for_comparison(swap_bytes) as swap_on:
+    # SIGINT/SIGTERM, during a technique or between two, stop the comparison after the current
+    # technique (stored interrupted, its VM killed) and report what finished.
+    with StopSignals() as stop, swap_for_comparison(swap_bytes) as swap_on:
         run_root = _new_root(runs)
         dirs: dict[str, Path] = {}
         statuses: dict[str, str] = {}
         seconds: dict[str, float] = {}
         interrupted_at = None
         for t in techniques:
+            if stop.signum is not None:  # arrived between two techniques
+                interrupted_at = t.name
+                break
             config = replace(configs[t.name], pageout_watch=swap_on)
             say(f"technique {t.name}: {config.processes:,} columns, {config.n_steps} steps")
             t0 = time.monotonic()

@@ -16,7 +16,7 @@ from locality.experiment.beam.config import DOCUMENTED_FRESH_PROCESS_BYTES, Beam
 from locality.experiment.beam.portions import portions
 from locality.experiment.beam.sampler import WindowSampler, _totals, drive_steps
 from locality.experiment.beam.vm import BeamVM
-from locality.kernel.procfs import smaps
+from locality.kernel import smaps
 
 def _spawn_timeout(n: int) -> float:
     return 60.0 + n / 5_000  # 1M processes: a few seconds here, generous for slow CI
@@ -129,8 +129,10 @@ class Measured:
     memory_end: dict[str, Any] | None = None
 
 
-def measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], None], out: Measured) -> None:
-    """Spawn, drive the steps while sampling, ask the VM for its final accounting; all into ``out``."""
+def measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], None], out: Measured, *,
+            stop: Callable[[], bool] | None = None) -> None:
+    """Spawn, drive the steps while sampling, ask the VM for its final accounting; all into ``out``.
+    ``stop()`` true ends it at the next wait or sample with channel.Interrupted."""
     out.account = account_spawn(vm, cfg, say)
     if cfg.schedule == "harness":
         # Queued before the first window opens, as a file the VM reads in one go: parsing
@@ -143,7 +145,7 @@ def measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], No
             vm.request("ping", "pong")
     out.sampler = WindowSampler(vm.pid, cfg, out.account)
     say(f"running {cfg.n_steps} steps of {cfg.pattern} activation, p={cfg.p}, every {cfg.interval:g} s")
-    drive_steps(vm, out.sampler, progress, out)
+    drive_steps(vm, out.sampler, progress, out, stop=stop)
     out.memory_end = vm.request("memory", "memory", timeout=_spawn_timeout(cfg.processes))
 
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from locality.errors import LocalityError
 from locality.experiment.beam.config import BeamConfig, BeamError
 from locality.experiment.beam.vm import BeamVM, _alive
-from locality.kernel.pagemap import pagemap
-from locality.kernel.procfs import clear_refs, faults, smaps
-from locality.kernel.reclaim import process_pageout
+from locality.experiment.channel import Interrupted
+from locality.kernel import PAGE_SIZE, clear_refs, faults, pagemap, process_pageout, smaps
 
 if TYPE_CHECKING:
     from locality.experiment.beam.metrics import Measured, SpawnAccount
@@ -25,7 +23,7 @@ class Tracked:
 
     ranges: list[tuple[int, int]]  # [start, end)
     names: list[str]
-    page_size: int = os.sysconf("SC_PAGE_SIZE")
+    page_size: int = PAGE_SIZE
     addr: np.ndarray = field(init=False)  # uint64, one entry per page
     region: np.ndarray = field(init=False)  # int32 index into ranges/names
 
@@ -223,7 +221,8 @@ class WindowSampler:
 
 
 
-def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool, out: "Measured") -> None:
+def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool, out: "Measured", *,
+                stop: Callable[[], bool] | None = None) -> None:
     """Have the VM run its steps while sampling it on our clock; the steps, a latency sample and
     the migrations go to ``out`` as they arrive, so an interrupted run keeps them."""
     cfg = sampler.cfg
@@ -238,8 +237,12 @@ def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool, out: "Measur
     last_step: dict[str, Any] | None = None
     try:
         while True:
-            event = vm.poll(max(0.0, sampler.next_sample - time.monotonic()))
+            if stop is not None and stop():  # a whole sample is never cut: stop between two
+                raise Interrupted
+            event = vm.poll(min(0.2, max(0.0, sampler.next_sample - time.monotonic())))
             if event is None:
+                if time.monotonic() < sampler.next_sample:
+                    continue  # woke only to look at stop()
                 sampler.sample(last_step)
                 if sampler.now() > give_up:
                     raise BeamError("the Erlang VM stopped reporting steps", "try fewer --processes or a longer --interval")
