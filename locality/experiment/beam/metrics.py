@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from locality.experiment import schema
 from locality.experiment.beam.classes import _AddressClasses, grown_at_spawn
 from locality.experiment.beam.config import DOCUMENTED_FRESH_PROCESS_BYTES, BeamConfig, harness_schedule
 from locality.experiment.beam.portions import portions
@@ -224,7 +225,7 @@ def result(out: Measured, cfg: BeamConfig, *, complete: bool = True) -> dict[str
     sizes = sorted({e.kernel_page_size for e in account.smaps_after if e.kernel_page_size} |
                    ({2 << 20} if any(e.anon_huge for e in account.smaps_after) else set()))
     return {
-        "metrics": metrics, "timeline": pd.DataFrame(rows), "vmas": pd.DataFrame(sampler.vma_rows),
+        "metrics": schema.check_metrics("beam", metrics), "timeline": pd.DataFrame(rows), "vmas": pd.DataFrame(sampler.vma_rows),
         "steps": steps, "latency_ns": lat, "page_sizes_seen": sizes or [sampler.tracked.page_size],
         "pages": sampler.pages(), "vm": {**account.reports, "memory_end": out.memory_end},
     }

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from locality.errors import LocalityError
+from locality.experiment import schema
 from locality.experiment.beam.config import BeamConfig, BeamError
 from locality.experiment.beam.vm import BeamVM, _alive
 from locality.experiment.channel import Interrupted
@@ -138,7 +139,7 @@ class WindowSampler:
         came_back = self.paged & present & ~self.accessed  # all False without pageout
         self.accessed |= came_back
         age = t - self.cycle_start
-        self.rows.append({
+        self.rows.append(schema.row("beam", {
             "t": t, **totals, "step": step_event["step"] if step_event else -1,
             "activations": step_event["activated"] if step_event else 0,
             "resident_pages": int(present.sum()), "swapped_pages": int(swapped.sum()),
@@ -146,7 +147,7 @@ class WindowSampler:
             "refaulted_pages": int(came_back.sum()),
             "accessed_pages": int(self.accessed.sum()) if self.cfg.pageout_watch else None,
             "window_age_s": age,
-        })
+        }))
         page = self.tracked.page_size
         for e in entries:
             i = self.vma_index.setdefault((e.start, e.end, e.perms, e.offset, e.inode, e.path), len(self.vma_index))
