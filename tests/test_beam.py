@@ -74,7 +74,8 @@ def test_missing_erlang_exits_2_with_install_hint(tmp_path: Path) -> None:
 def test_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from locality.cli import main
 
-    for args in (["--p", "0"], ["--interval", "soon"], ["--steps", "3", "--duration", "5s"],
+    for args in (["--p", "0"], ["--interval", "soon"], ["--interval", "-1s"], ["--interval", "nan"],
+                 ["--interval", "inf"], ["--duration", "-5s"], ["--steps", "3", "--duration", "5s"],
                  ["--pattern", "spiral"], ["--windows", "1,x"], ["--processes", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             main(["beam", "--out", str(tmp_path), *args])
@@ -82,6 +83,15 @@ def test_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         err = capsys.readouterr().err
         assert err.strip() and "Traceback" not in err, (args, err)
     assert not any(tmp_path.iterdir())  # refused before any run directory was made
+
+
+def test_interval_takes_hours() -> None:
+    from locality.units import parse_duration
+
+    assert BeamConfig(interval=parse_duration("0.5h", "--interval"), steps=1).interval == 1800.0
+    for bad in (float("nan"), float("inf"), -1.0, 0.0):
+        with pytest.raises(beam_mod.InvalidArgument, match="interval"):
+            BeamConfig(interval=bad)
 
 
 def test_config_rejects_bad_values() -> None:
