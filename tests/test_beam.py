@@ -370,14 +370,35 @@ def test_pageout_watch_sees_refaults(tmp_path: Path) -> None:
     assert m["major_faults"] > 0  # refaults from zram are major faults
 
 
-_DRIVER = """
+def signal_mid_run(driver: subprocess.Popen, signum: int) -> int:
+    """Send ``signum`` to a driver (DRIVER_SAY) once its VM is stepping and has been sampled for
+    a second; wait for the driver to end and check the VM died with it. Returns the VM's pid."""
+    import time
+
+    vm_pid = int(driver.stdout.readline())
+    assert driver.stdout.readline().strip() == "running"
+    assert _alive(vm_pid)
+    time.sleep(1.0)  # a few samples (every 0.1 s) and steps, which the signal must not lose
+    driver.send_signal(signum)
+    driver.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while _alive(vm_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(vm_pid)
+    return vm_pid
+
+
+# A driver script prints the VM's OS pid, then "running" once the steps have begun.
+DRIVER_SAY = """
 import sys
-from locality.experiment.beam import BeamConfig, run_beam
 def say(message):
     if message.startswith("spawning"):
         print(message.rsplit("pid ", 1)[1].rstrip(")"), flush=True)
     if message.startswith("running"):
         print("running", flush=True)
+"""
+_DRIVER = DRIVER_SAY + """
+from locality.experiment.beam import BeamConfig, run_beam
 run_beam(BeamConfig(processes=2_000, steps=600, interval=0.1), sys.argv[1], progress=False, on_event=say)
 """
 
@@ -391,16 +412,7 @@ def test_vm_does_not_outlive_locality(tmp_path: Path, sig: str) -> None:
 
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
-        vm_pid = int(driver.stdout.readline())
-        assert driver.stdout.readline().strip() == "running"  # mid-run: 600 steps queued in the VM
-        assert _alive(vm_pid)
-        time.sleep(0.5)  # a few samples (every 0.1 s), which SIGTERM must not lose
-        driver.send_signal(getattr(signal, sig))
-        driver.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        while _alive(vm_pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(vm_pid)
+        signal_mid_run(driver, getattr(signal, sig))  # mid-run: 600 steps queued in the VM
     finally:
         if driver.poll() is None:
             driver.kill()

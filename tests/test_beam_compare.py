@@ -31,7 +31,7 @@ from locality.experiment.beam import BeamConfig, BeamVM
 from locality.experiment.beam.compare import compare_techniques
 from locality.experiment.beam.techniques import registry, resolve
 from locality.experiment.beam.verdict import verdict
-from test_beam import HAVE_ERLANG, _alive
+from test_beam import DRIVER_SAY, HAVE_ERLANG, _alive, signal_mid_run
 
 needs_erlang = pytest.mark.skipif(not HAVE_ERLANG and not IN_CI, reason="needs erlang-nox (apt-get install erlang-nox)")
 N = 20_000
@@ -205,16 +205,10 @@ def test_verdict_without_a_10s_window_uses_the_longest() -> None:
 # ------------------------------------------------------------------ exit paths
 
 
-_DRIVER = """
-import sys
+_DRIVER = DRIVER_SAY + """
 from locality.experiment.beam import BeamConfig
 from locality.experiment.beam.compare import compare_techniques
 from locality.experiment.beam.techniques import resolve
-def say(message):
-    if message.startswith("spawning"):
-        print(message.rsplit("pid ", 1)[1].rstrip(")"), flush=True)
-    if message.startswith("running"):
-        print("running", flush=True)
 base = BeamConfig(processes=2_000, steps=600, interval=0.1)
 compare_techniques(resolve("default,hibernate"), base, runs=sys.argv[1], progress=False, on_event=say)
 """
@@ -227,16 +221,7 @@ def test_no_vm_left_after_a_signal(tmp_path: Path, sig: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
     try:
-        vm_pid = int(driver.stdout.readline())
-        assert driver.stdout.readline().strip() == "running"
-        assert _alive(vm_pid)
-        time.sleep(1.0)  # a few samples (every 0.1 s) and steps, kept after the signal
-        driver.send_signal(getattr(signal, sig))
-        driver.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        while _alive(vm_pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(vm_pid)
+        signal_mid_run(driver, getattr(signal, sig))
         assert not _beam_children_of(driver.pid)
     finally:
         if driver.poll() is None:

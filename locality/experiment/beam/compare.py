@@ -16,19 +16,18 @@ technique that fails is a failed row and the others go on.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from locality.errors import LocalityError
 from locality.experiment.beam.config import BeamConfig
 from locality.experiment.beam.run import run_beam
 from locality.experiment.beam.techniques import Technique
 from locality.experiment.beam.verdict import verdict
 from locality.experiment.beam.vm import preflight
+from locality.experiment.compare import CompareInterrupted, timestamped_root
 from locality.experiment.signals import StopSignals
 
 # At 1,000,000 processes every technique (10 runs of 61 s of steps each, plus spawn and
@@ -36,10 +35,6 @@ from locality.experiment.signals import StopSignals
 DEFAULT_PROCESSES = 1_000_000
 DEFAULT_WINDOWS = (1.0, 10.0, 60.0)
 SEED = 1
-
-
-class CompareInterrupted(LocalityError):
-    """Ctrl-C or SIGTERM before any technique finished: there is nothing to report."""
 
 
 @dataclass
@@ -92,16 +87,6 @@ def swap_for_comparison(size_bytes: int | None) -> Iterator[bool]:
         zram_swap_off()
 
 
-def _new_root(runs: str | Path) -> Path:
-    root = Path(runs) / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    n = 1
-    while root.exists():
-        root = root.with_name(root.name.split("-")[0] + f"-{n}")
-        n += 1
-    root.mkdir(parents=True)
-    return root
-
-
 def compare_techniques(
     techniques: Sequence[Technique],
     base: BeamConfig,
@@ -118,7 +103,7 @@ def compare_techniques(
     # SIGINT/SIGTERM, during a technique or between two, stop the comparison after the current
     # technique (stored interrupted, its VM killed) and report what finished.
     with StopSignals() as stop, swap_for_comparison(swap_bytes) as swap_on:
-        run_root = _new_root(runs)
+        run_root = timestamped_root(runs)
         dirs: dict[str, Path] = {}
         statuses: dict[str, str] = {}
         seconds: dict[str, float] = {}
