@@ -47,7 +47,11 @@ def spawn_order(vm: BeamVM, cfg: BeamConfig) -> Iterator[None]:
     from locality.layouts.clustered import hilbert_order
 
     with tempfile.NamedTemporaryFile(prefix="locality-beam-order-", suffix=".u32") as f:
-        f.write(hilbert_order(cfg.processes).astype("<u4").tobytes())
+        order = hilbert_order(cfg.processes)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        # The ids in spawn order, then each id's position in it (the VM finds a column's process by it).
+        f.write(order.astype("<u4").tobytes() + rank.astype("<u4").tobytes())
         f.flush()
         vm.send(f"order_file {f.name}")
         yield

@@ -110,9 +110,9 @@ die(Msg) ->
 
 %% ---------------------------------------------------------------- commands
 
-%% Pop: the population, #{targets => tuple, column id -> the pid that holds it,
-%% procs => tuple of the distinct worker processes, slots => tuple, column id ->
-%% its index in its group (grouped only)}; undefined before spawn.
+%% Pop: the population, #{procs => tuple of the worker processes in spawn order,
+%% rank => each column's position in that order (a binary of uint32, or identity),
+%% k => columns per process}; undefined before spawn.
 loop(Cfg, Pop) ->
     receive
         {command, Line} ->
@@ -167,13 +167,13 @@ reply(From, Id, T0) ->
 
 %% ---------------------------------------------------------------- spawning
 
-spawn_all(Cfg = #{n := N}) ->
+spawn_all(Cfg = #{n := N, group_size := K}) ->
     Before = erlang:memory(),
     SelfBefore = self_memory(),
-    Order = spawn_order(Cfg),
+    {Order, Rank} = spawn_order(Cfg),
     persistent_term:put({?MODULE, spawn_opts}, spawn_opts(Cfg)),
     T0 = erlang:monotonic_time(microsecond),
-    Pop = populate(Cfg, Order),
+    Pop = #{procs => list_to_tuple(populate(Cfg, Order)), rank => Rank, k => K},
     garbage_collect(),
     settle(maps:get(procs, Pop)),
     T1 = erlang:monotonic_time(microsecond),
@@ -183,27 +183,48 @@ spawn_all(Cfg = #{n := N}) ->
            coordinator_memory_before => SelfBefore, coordinator_memory_after => self_memory()}),
     Pop.
 
+%% The population's processes, in spawn order. The coordinator builds no per-column
+%% table beyond that tuple: a column's process is found through its rank (its
+%% position in the spawn order; see lookup/2), so the spawn leaves little garbage
+%% on the coordinator's heap, whose freed carriers would stay resident and count
+%% as the processes' RSS.
 populate(Cfg = #{group_size := K, state_store := Store, n := N}, Order) when K > 1 ->
     Store =:= atomics andalso new_state_store(N),
-    Groups = [{Chunk, spawn_opt(group_fun(Cfg, {G * K, Chunk}), spawn_opts(Cfg))}
-              || {G, Chunk} <- lists:zip(lists:seq(0, (N - 1) div K), chunks(Order, K, []))],
-    Placed = lists:keysort(1, [{I, P, S} || {Chunk, P} <- Groups,
-                                            {I, S} <- lists:zip(Chunk, lists:seq(0, length(Chunk) - 1))]),
-    #{targets => list_to_tuple([P || {_, P, _} <- Placed]),
-      procs => list_to_tuple([P || {_, P} <- Groups]),
-      slots => list_to_tuple([S || {_, _, S} <- Placed])};
+    [spawn_opt(group_fun(Cfg, {G * K, columns(Order, G * K, min(K, N - G * K))}), spawn_opts(Cfg))
+     || G <- lists:seq(0, (N - 1) div K)];
 populate(Cfg = #{state_store := atomics, n := N, state_init := Init}, Order) ->
     new_state_store(N),
-    by_id([{I, spawn_opt(fun() -> offheap_init(Pos, initial_state(I, Init)),
-                                  erlang:hibernate(?MODULE, offheap_worker, [I, Pos]) end,
-                         spawn_opts(Cfg))} || {I, Pos} <- lists:zip(Order, lists:seq(0, N - 1))]);
+    Opts = spawn_opts(Cfg),
+    in_order(Order, fun(I, Pos) -> spawn_opt(fun() -> offheap_init(Pos, initial_state(I, Init)),
+                                                      erlang:hibernate(?MODULE, offheap_worker, [I, Pos]) end,
+                                             Opts) end);
 populate(Cfg = #{state_init := Init}, Order) ->
     Mode = mode(Cfg),
-    by_id([{I, spawn_opt(fun() -> idle(I, initial_state(I, Init), Mode) end, spawn_opts(Cfg))} || I <- Order]).
+    Opts = spawn_opts(Cfg),
+    in_order(Order, fun(I, _) -> spawn_opt(fun() -> idle(I, initial_state(I, Init), Mode) end, Opts) end).
 
-by_id(Pairs) ->
-    Targets = list_to_tuple([P || {_, P} <- lists:keysort(1, Pairs)]),
-    #{targets => Targets, procs => Targets}.
+%% F(Id, Position) for each column in spawn order (N: ids 0..N-1; a binary: its uint32 ids).
+in_order(N, F) when is_integer(N) -> in_range(0, N, F, []);
+in_order(Bin, F) -> in_binary(Bin, 0, F, []).
+
+in_range(N, N, _, Acc) -> lists:reverse(Acc);
+in_range(I, N, F, Acc) -> in_range(I + 1, N, F, [F(I, I) | Acc]).
+
+in_binary(<<>>, _, _, Acc) -> lists:reverse(Acc);
+in_binary(<<I:32/little, Rest/binary>>, Pos, F, Acc) -> in_binary(Rest, Pos + 1, F, [F(I, Pos) | Acc]).
+
+%% The ids of the Len columns from position First in spawn order.
+columns(N, First, Len) when is_integer(N) -> lists:seq(First, First + Len - 1);
+columns(Bin, First, Len) -> [I || <<I:32/little>> <= binary:part(Bin, 4 * First, 4 * Len)].
+
+%% The process holding column I, and I's slot in it (0 unless grouped).
+lookup(Pop = #{procs := Procs, k := K}, I) ->
+    R = position(Pop, I),
+    {element(R div K + 1, Procs), R rem K}.
+
+%% Column I's position in the spawn order.
+position(#{rank := identity}, I) -> I;
+position(#{rank := Rank}, I) -> Off = 4 * I, <<_:Off/binary, R:32/little, _/binary>> = Rank, R.
 
 %% Wait until every worker has run its first reduction (built its state and,
 %% with hibernate, hibernated), so "ready" means the population is idle.
@@ -278,9 +299,7 @@ one_step(Cfg = #{report_ids := ReportIds}, Pop, Step) ->
     {Source, Ids} = next_ids(Cfg),
     T0 = erlang:monotonic_time(nanosecond),
     Self = self(),
-    Targets = maps:get(targets, Pop),
-    Slot = case Pop of #{slots := Slots} -> fun(I) -> element(I + 1, Slots) end; _ -> fun(_) -> 0 end end,
-    lists:foreach(fun(I) -> element(I + 1, Targets) ! {act, I, Slot(I), Step, Self, T0} end, Ids),
+    lists:foreach(fun(I) -> {P, Slot} = lookup(Pop, I), P ! {act, I, Slot, Step, Self, T0} end, Ids),
     Lats = lists:sort(collect(length(Ids), [])),
     T1 = erlang:monotonic_time(nanosecond),
     Base = #{event => step, step => Step, activated => length(Ids), source => Source,
@@ -352,17 +371,17 @@ ceil_sqrt(N) ->
 %% ---------------------------------------------------------------- reports
 
 memory_report(#{n := N}, Pop) ->
-    Workers = case Pop of undefined -> []; #{procs := Procs} -> tuple_to_list(Procs) end,
-    {Sum, Heap, Hibernated} = lists:foldl(
+    Procs = case Pop of undefined -> {}; #{procs := P} -> P end,
+    {Sum, Heap, Hibernated} = fold_procs(
         fun(P, {S, H, Hb}) ->
                 case erlang:process_info(P, [memory, total_heap_size, current_function]) of
                     [{memory, M}, {total_heap_size, T}, {current_function, F}] ->
                         {S + M, H + T, Hb + case F of {erlang, hibernate, 3} -> 1; _ -> 0 end};
                     undefined -> {S, H, Hb}
                 end
-        end, {0, 0, 0}, Workers),
+        end, {0, 0, 0}, Procs),
     #{event => memory, memory => maps:from_list(erlang:memory()),
-      workers => length(Workers), columns => N, workers_memory_sum => Sum,
+      workers => tuple_size(Procs), columns => N, workers_memory_sum => Sum,
       workers_heap_words_sum => Heap, workers_hibernated => Hibernated,
       coordinator_memory => self_memory(),
       process_count => erlang:system_info(process_count)}.
@@ -429,8 +448,8 @@ mseg_summary() ->
 
 %% The pid serial numbers of the processes holding the given columns: the VM
 %% numbers processes in spawn order, so they show the order they were spawned in.
-where(#{targets := Targets}, Ids) ->
-    #{event => where, serials => [pid_serial(element(list_to_integer(I) + 1, Targets)) || I <- Ids]}.
+where(Pop, Ids) ->
+    #{event => where, serials => [pid_serial(element(1, lookup(Pop, list_to_integer(I)))) || I <- Ids]}.
 
 pid_serial(Pid) ->
     [_, Serial, _] = string:lexemes(pid_to_list(Pid), "<.>"),
@@ -441,6 +460,11 @@ allocator_strategy(A) ->
         [{instance, _, Info} | _] -> proplists:get_value(as, proplists:get_value(options, Info, []));
         _ -> undefined
     end.
+
+%% F over the processes of a tuple, without a list of them.
+fold_procs(F, Acc, Procs) -> fold_procs(F, Acc, Procs, 1).
+fold_procs(_, Acc, Procs, I) when I > tuple_size(Procs) -> Acc;
+fold_procs(F, Acc, Procs, I) -> fold_procs(F, F(element(I, Procs), Acc), Procs, I + 1).
 
 %% A freshly allocated refc binary's address (from process_info(_, binary)):
 %% shows which mapping binary_alloc's carriers live in.

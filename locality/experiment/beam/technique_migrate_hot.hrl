@@ -11,15 +11,15 @@ migrate_self(Id, State, Mode, From) ->
     New = spawn_opt(fun() -> idle(Id, State, Mode) end, Opts),
     From ! {migrated, Id, New}.
 
-migrate(Pop = #{targets := Targets}, Step, Hot) ->
+migrate(Pop = #{procs := Procs}, Step, Hot) ->
     T0 = erlang:monotonic_time(microsecond),
-    lists:foreach(fun(I) -> element(I + 1, Targets) ! {migrate, self()} end, Hot),
-    Moved = lists:keysort(1, [receive {migrated, I, P} -> {I, P} end || I <- Hot]),
-    Targets2 = replace(tuple_to_list(Targets), 0, Moved, []),
+    lists:foreach(fun(I) -> element(1, lookup(Pop, I)) ! {migrate, self()} end, Hot),
+    Moved = lists:keysort(1, [receive {migrated, I, P} -> {position(Pop, I), P} end || _ <- Hot]),
+    Procs2 = replace(tuple_to_list(Procs), 0, Moved, []),
     garbage_collect(),
     T1 = erlang:monotonic_time(microsecond),
     emit(#{event => migrate, step => Step, migrated => length(Moved), elapsed_us => T1 - T0}),
-    Pop#{targets := Targets2, procs := Targets2}.
+    Pop#{procs := Procs2}.
 
 replace(Rest, _, [], Acc) -> list_to_tuple(lists:reverse(Acc, Rest));
 replace([_ | T], I, [{I, P} | U], Acc) -> replace(T, I + 1, U, [P | Acc]);
