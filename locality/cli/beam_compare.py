@@ -27,9 +27,10 @@ refault rate. The report (the same HTML as `locality compare`; `locality
 report` renders these runs next to Python runs) opens with a verdict: which
 technique wins each question, and at what cost, computed from the runs.
 
-Size: at the default {DEFAULT_PROCESSES:,} columns all techniques take
-about 15 minutes on a 2-core machine (each runs 61 one-second steps so the
-60-s window is measured, plus spawn and accounting); -n 200000 takes under 4.
+Size: at the default {DEFAULT_PROCESSES:,} columns all 11 techniques took
+13.6 minutes on this 2-core machine (measured, load average 3-9 from other
+jobs): each runs 61 one-second steps, so that the 60-s window is measured,
+plus 5-25 s of spawn and accounting. -n 200000 --duration 21s takes under 5.
 The VM is killed on every exit path (Ctrl-C, SIGTERM, a failing technique);
 --swap restores the device's prior state on every exit path.
 
