@@ -74,7 +74,8 @@ def test_missing_erlang_exits_2_with_install_hint(tmp_path: Path) -> None:
 def test_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from locality.cli import main
 
-    for args in (["--p", "0"], ["--interval", "soon"], ["--steps", "3", "--duration", "5s"],
+    for args in (["--p", "0"], ["--interval", "soon"], ["--interval", "-1s"], ["--interval", "nan"],
+                 ["--interval", "inf"], ["--duration", "-5s"], ["--steps", "3", "--duration", "5s"],
                  ["--pattern", "spiral"], ["--windows", "1,x"], ["--processes", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             main(["beam", "--out", str(tmp_path), *args])
@@ -82,6 +83,15 @@ def test_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         err = capsys.readouterr().err
         assert err.strip() and "Traceback" not in err, (args, err)
     assert not any(tmp_path.iterdir())  # refused before any run directory was made
+
+
+def test_interval_takes_hours() -> None:
+    from locality.units import parse_duration
+
+    assert BeamConfig(interval=parse_duration("0.5h", "--interval"), steps=1).interval == 1800.0
+    for bad in (float("nan"), float("inf"), -1.0, 0.0):
+        with pytest.raises(beam_mod.InvalidArgument, match="interval"):
+            BeamConfig(interval=bad)
 
 
 def test_config_rejects_bad_values() -> None:
@@ -215,6 +225,11 @@ def test_interrupt_kills_the_vm_and_marks_the_run(tmp_path: Path) -> None:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["kind"] == "beam" and manifest["status"] == "interrupted"
     assert not _alive(seen["pid"])
+    # Interrupted after the spawn was measured: that is kept, with no step taken yet.
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["complete"] is False and metrics["steps"] == 0
+    assert metrics["bytes_per_process_erlang"] >= beam_mod.DOCUMENTED_FRESH_PROCESS_BYTES
+    assert json.loads((run_dir / "beam.json").read_text())["ready"]["n"] == 1_000
 
 
 @needs_erlang
@@ -275,11 +290,12 @@ def test_acceptance_100k_processes_sparse_sheet(tmp_path: Path) -> None:
         # The VM's own accounting against the kernel's, read by this test from smaps_rollup
         # (not through locality): what the VM allocated for the processes (erlang:memory total
         # growth: blocks, including the process table and the coordinator's pid tuple) must be
-        # resident, and the RSS growth cannot exceed the carriers the allocators mapped for it.
+        # resident (but a few MiB of it lands in carriers resident before the spawn: 0.96 seen),
+        # and the RSS growth cannot exceed the carriers the allocators mapped for it.
         vm_growth = (m["erlang_memory_after_spawn"]["total"] - m["erlang_memory_before"]["total"]) / 100_000
         carriers = sum(g["carriers_bytes"] for g in m["allocator_growth_at_spawn"].values()) / 100_000
         rss, pss = own[hibernate]["Rss"], own[hibernate]["Pss"]
-        assert 0.97 * vm_growth <= rss <= 1.03 * carriers, (vm_growth, rss, carriers)
+        assert 0.9 * vm_growth <= rss <= 1.03 * carriers, (vm_growth, rss, carriers)
         assert pss == pytest.approx(rss, rel=0.03)  # the new pages are the VM's alone
         # locality's own figure is the kernel's, up to what the VM allocated between the two
         # reads: its memory report lists 100k pids on the coordinator's heap (16 B each, and
@@ -355,14 +371,35 @@ def test_pageout_watch_sees_refaults(tmp_path: Path) -> None:
     assert m["major_faults"] > 0  # refaults from zram are major faults
 
 
-_DRIVER = """
+def signal_mid_run(driver: subprocess.Popen, signum: int) -> int:
+    """Send ``signum`` to a driver (DRIVER_SAY) once its VM is stepping and has been sampled for
+    a second; wait for the driver to end and check the VM died with it. Returns the VM's pid."""
+    import time
+
+    vm_pid = int(driver.stdout.readline())
+    assert driver.stdout.readline().strip() == "running"
+    assert _alive(vm_pid)
+    time.sleep(1.0)  # a few samples (every 0.1 s) and steps, which the signal must not lose
+    driver.send_signal(signum)
+    driver.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while _alive(vm_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(vm_pid)
+    return vm_pid
+
+
+# A driver script prints the VM's OS pid, then "running" once the steps have begun.
+DRIVER_SAY = """
 import sys
-from locality.experiment.beam import BeamConfig, run_beam
 def say(message):
     if message.startswith("spawning"):
         print(message.rsplit("pid ", 1)[1].rstrip(")"), flush=True)
     if message.startswith("running"):
         print("running", flush=True)
+"""
+_DRIVER = DRIVER_SAY + """
+from locality.experiment.beam import BeamConfig, run_beam
 run_beam(BeamConfig(processes=2_000, steps=600, interval=0.1), sys.argv[1], progress=False, on_event=say)
 """
 
@@ -376,15 +413,7 @@ def test_vm_does_not_outlive_locality(tmp_path: Path, sig: str) -> None:
 
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
-        vm_pid = int(driver.stdout.readline())
-        assert driver.stdout.readline().strip() == "running"  # mid-run: 600 steps queued in the VM
-        assert _alive(vm_pid)
-        driver.send_signal(getattr(signal, sig))
-        driver.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        while _alive(vm_pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(vm_pid)
+        signal_mid_run(driver, getattr(signal, sig))  # mid-run: 600 steps queued in the VM
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -392,6 +421,10 @@ def test_vm_does_not_outlive_locality(tmp_path: Path, sig: str) -> None:
     status = json.loads((run_dir / "manifest.json").read_text())["status"]
     # SIGTERM is handled like Ctrl-C; SIGKILL leaves the manifest as it was ("running").
     assert status == ("interrupted" if sig == "SIGTERM" else "running")
+    if sig == "SIGTERM":  # the samples taken before the signal are kept
+        timeline = pd.read_csv(run_dir / "timeline.csv")
+        assert len(timeline) >= 1 and timeline["rss_bytes"].gt(0).all()
+        assert json.loads((run_dir / "metrics.json").read_text())["complete"] is False
 
 
 @pytest.mark.beam
@@ -408,3 +441,35 @@ def test_heap_fragment_seen_by_allocators_and_kernel_not_process_info(tmp_path: 
     assert heap["bytes_per_process_vm"] - heap["bytes_per_process_erlang"] < 256  # nothing hidden
     assert bif["bytes_per_process_vm"] - bif["bytes_per_process_erlang"] > 3_000  # the fragment blocks
     assert bif["bytes_per_process_rss"] - heap["bytes_per_process_rss"] > 3_000  # and they are resident
+
+
+@pytest.mark.beam
+@needs_erlang
+def test_portions_of_a_20k_process_vm_sum_to_its_rss(tmp_path: Path) -> None:
+    """Every mapping of the VM is in one portion: their resident bytes sum to the RSS of the same
+    sample exactly; the processes' portion holds at least what the VM allocated for them."""
+    from locality.experiment.beam.portions import PORTIONS, PROCESS_MEMORY
+
+    run_dir = run_beam(BeamConfig(processes=20_000, steps=3, interval=0.2, track_refs=True, windows=(0.2,)),
+                       tmp_path, progress=False)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    timeline = pd.read_csv(run_dir / "timeline.csv")
+    portions = m["portions"]
+    assert set(portions) == set(PORTIONS)
+    assert sum(p["resident_bytes"] for p in portions.values()) == timeline["rss_bytes"].iloc[-1]
+    assert sum(p["share_of_rss"] for p in portions.values()) == pytest.approx(1.0)
+    procs = portions[PROCESS_MEMORY]
+    # What eheap_alloc and fix_alloc handed out at spawn lies there (at 20k processes a few MiB of
+    # it lands in memory already resident before the spawn, in mappings that did not grow: 0.87-0.93
+    # seen), and no more than their carriers hold.
+    growth, after = m["allocator_growth_at_spawn"], m["allocators_after_spawn"]
+    blocks = sum(growth[a]["blocks_bytes"] for a in ("eheap_alloc", "fix_alloc"))
+    carriers = sum(after[a]["carriers_bytes"] for a in ("eheap_alloc", "fix_alloc"))
+    assert 0.8 * blocks <= procs["resident_bytes"] <= 1.05 * carriers, (blocks, procs["resident_bytes"], carriers)
+    assert procs["by_allocator"]["eheap_alloc"]["share"] > procs["by_allocator"]["fix_alloc"]["share"] > 0
+    # beam.smp's text is resident and mapped from its file: the code portion is not empty.
+    assert portions["code"]["resident_bytes"] > 1 << 20
+    # The working set per portion is the referenced memory per class, regrouped: it sums to the whole.
+    window = next(iter(m["wss_bytes_by_window"]))
+    assert sum(p["wss_bytes"][window] for p in portions.values()) == pytest.approx(m["wss_bytes_by_window"][window])
+    assert 0 <= procs["cold_fraction"][window] <= 1

@@ -11,7 +11,8 @@ from locality.errors import InvalidArgument
 from locality.units import parse_duration
 
 
-@click.command("beam")
+@click.group("beam", invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
 @click.option("--processes", "-n", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Erlang processes to spawn (each holds ~300 bytes of state).")
 @click.option("--pattern", type=click.Choice(["uniform", "zipf", "sheet"]), default="sheet", show_default=True,
@@ -43,8 +44,8 @@ from locality.units import parse_duration
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True,
               help="Directory the run directory is created in.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON (no progress bar).")
-def beam(processes: int, pattern: str, p: float, steps: int | None, duration: str | None, interval: str,
-         hibernate: bool, min_heap_size: int, schedule: str, state_init: str, seed: int, radius: int,
+def beam(ctx: click.Context, processes: int, pattern: str, p: float, steps: int | None, duration: str | None,
+         interval: str, hibernate: bool, min_heap_size: int, schedule: str, state_init: str, seed: int, radius: int,
          windows: str, track_refs: bool, pageout_watch: bool, out: Path, as_json: bool) -> None:
     """Start an Erlang VM with N processes, drive sparse activation, and measure it.
 
@@ -59,18 +60,20 @@ def beam(processes: int, pattern: str, p: float, steps: int | None, duration: st
     under --out as kind "beam", so `locality report` shows it next to Python
     runs. The VM is killed at the end, also on error, Ctrl-C and SIGTERM.
 
+    `locality beam compare` runs the VM techniques side by side (see its --help).
+
     \b
     Examples:
       locality beam -n 100000 --steps 10 --interval 500ms --track-refs --windows 1,5
       locality beam --hibernate --track-refs --duration 70s      # 1M processes
       locality swap on && locality beam -n 100000 --pageout-watch; locality swap off
+      locality beam compare -n 100000 --techniques default,hibernate,grouped
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from locality.experiment.beam import BeamConfig, run_beam
 
-    try:
-        window_list = tuple(parse_duration(w, "--windows") for w in windows.split(",") if w.strip())
-    except InvalidArgument:
-        raise InvalidArgument(f"--windows must be comma-separated durations, not {windows!r}", "e.g. 1,10,60") from None
+    window_list = _windows(windows)
     config = BeamConfig(
         processes=processes, pattern=pattern, p=p, steps=steps,
         duration=parse_duration(duration, "--duration") if duration is not None else None, interval=parse_duration(interval, "--interval"),
@@ -85,6 +88,13 @@ def beam(processes: int, pattern: str, p: float, steps: int | None, duration: st
         click.echo(json.dumps({"run": str(run_dir), "metrics": metrics}, sort_keys=True))
         return
     _print_summary(run_dir, metrics)
+
+
+def _windows(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(parse_duration(w, "--windows") for w in text.split(",") if w.strip())
+    except InvalidArgument:
+        raise InvalidArgument(f"--windows must be comma-separated durations, not {text!r}", "e.g. 1,10,60") from None
 
 
 def _fmt(x: float | None, spec: str = ",.0f") -> str:
@@ -125,3 +135,12 @@ def _print_summary(run_dir: Path, m: dict) -> None:
                 echo(f"  {name:<72} {r['referenced_bytes'] / 2**20:8.1f} of {r['rss_bytes'] / 2**20:8.1f} MiB")
     echo(f"activation latency p50 {_fmt(m['latency_p50_us'], ',.1f')} us, p99 {_fmt(m['latency_p99_us'], ',.1f')} us; "
          f"{m['activations']:,} activations in {m['steps']} steps; sampler overhead {_fmt(m['sampler_overhead_pct'], '.1f')}%")
+
+
+def _add_subcommands() -> None:
+    from locality.cli.beam_compare import compare
+
+    beam.add_command(compare)
+
+
+_add_subcommands()

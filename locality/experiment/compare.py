@@ -118,12 +118,7 @@ def compare(
     # Validate every layout's config before the first (long) run starts.
     configs = {name: compare_config(name, workers=workers, pattern=pattern, steps=steps, interval=interval,
                                     step_interval=step_interval) for name in layouts}
-    run_root = Path(runs) / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    n = 1
-    while run_root.exists():
-        run_root = run_root.with_name(run_root.name.split("-")[0] + f"-{n}")
-        n += 1
-    run_root.mkdir(parents=True)
+    run_root = timestamped_root(runs)
 
     done: list[Path] = []
     seconds: dict[str, float] = {}
@@ -171,6 +166,17 @@ def compare(
         raise CompareInterrupted(f"interrupted during {interrupted_at} before any run finished", f"runs so far are in {run_root}")
     title = f"locality compare: {len(done)} layouts, {workers:,} workers, {pattern}"
     return CompareResult(run_root, done, title, notes, seconds, interrupted_at, not_run, ran_interrupted)
+
+
+def timestamped_root(runs: str | Path) -> Path:
+    """A new directory ``runs/<UTC time>`` (``-1``, ``-2``, ... if taken) for one comparison's runs."""
+    run_root = Path(runs) / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    n = 1
+    while run_root.exists():
+        run_root = run_root.with_name(run_root.name.split("-")[0] + f"-{n}")
+        n += 1
+    run_root.mkdir(parents=True)
+    return run_root
 
 
 class CompareInterrupted(LocalityError):

@@ -208,6 +208,23 @@ METRICS: dict[str, tuple[Field, ...]] = {
         F("step_elapsed_us_other", "float", "us", "median step time otherwise", nullable=True),
         F("major_faults", "int", "count", "the VM's major faults during sampling"),
         F("tracked_pages", "int", "pages", "pages the sampler tracks"),
+        # beam compare: the technique's knobs and what it costs (experiments/beam/README.md).
+        F("technique", "str", "", "technique the run used (`default` for plain `locality beam`)"),
+        F("vm_flags", "list", "", "emulator flags beyond +P (the technique's, e.g. +MHas aobf)"),
+        F("processes", "int", "count", "Erlang processes of the population (workers / group_size, rounded up)"),
+        F("group_size", "int", "count", "columns per process"),
+        F("spawn_order", "str", "", "order the columns were spawned in: id or hilbert"),
+        F("state_store", "str", "", "where column state lives: heap or atomics"),
+        F("complete", "bool", "", "false when the run was interrupted or failed: the files hold what it measured"),
+        F("bytes_per_process_vm_total", "float", "B/process", "erlang:memory(total) growth / N, pid table excluded"),
+        F("rss_vs_vm_total_ratio", "float", "ratio", "bytes_per_process_rss / bytes_per_process_vm_total", nullable=True),
+        F("rss_vs_vm_total_agree_15pct", "bool", "", "that ratio is within 15% of 1"),
+        F("wss_bytes_by_window", "dict", "bytes", "window -> referenced bytes of the whole VM at its end (mean)"),
+        F("migrations", "list", "", "each migration of migrate-hot: step, processes moved, time"),
+        F("migrated_total", "int", "count", "processes migrate-hot re-created in all"),
+        F("relocation_s", "float", "s", "time the migrations took in all"),
+        F("relocation_ms_per_step", "float", "ms", "migration time per step (migrate-hot)", nullable=True),
+        F("portions", "dict", "", "portion -> resident_bytes, share_of_rss, wss_bytes and cold_fraction per window"),
     ),
 }
 

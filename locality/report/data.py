@@ -248,6 +248,8 @@ def label_runs(runs: list[RunData]) -> list[RunData]:
     Probe and BEAM runs are labelled by what they watched.
     """
     def base(run: RunData) -> str:
+        if run.kind == "beam" and run.metrics.get("technique"):
+            return f"beam {run.metrics['technique']}"
         if run.kind in ("probe", "beam"):
             pid = find_key(run.config, "pid")
             return f"{run.kind} {pid}" if pid is not None else run.kind

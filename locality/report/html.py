@@ -205,7 +205,10 @@ def shared_node_notes(runs: list[RunData]) -> list[str]:
 
 
 def render_html(runs: list[RunData], *, title: str | None = None, figure_names: Iterable[str] | None = None,
-                notes: Iterable[str] = ()) -> str:
+                notes: Iterable[str] = (), verdict: dict[str, Any] | None = None) -> str:
+    """``verdict``: computed by the experiment that made the runs (e.g. `locality beam compare`),
+    rendered at the top: {questions: [{question, winner, value, versus_baseline, cost}],
+    targets: [{target, met, measured}], table: {headings, rows: [{technique, cells}]}}."""
     if not runs:
         raise ValueError("no runs to report")
     headings, rows = metrics_rows(runs)
@@ -223,14 +226,15 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
         portion_verdicts=portion_verdicts(runs),
         portion_table=portion_table(runs),
         notes=[*notes, *shared_node_notes(runs)],
+        verdict=verdict or {},
         created=store.utcnow(),
     )
 
 
 def write_report(run_dirs: Iterable[str | Path] | list[RunData], out: str | Path, *, title: str | None = None,
-                 notes: Iterable[str] = ()) -> Path:
+                 notes: Iterable[str] = (), verdict: dict[str, Any] | None = None) -> Path:
     """Render the report of ``run_dirs`` (paths or loaded runs) to ``out``, atomically."""
     items = list(run_dirs)
     runs = items if items and all(isinstance(r, RunData) for r in items) else load_runs(items)
-    html = render_html(runs, title=title, notes=notes)
+    html = render_html(runs, title=title, notes=notes, verdict=verdict)
     return store.atomic_write_text(out, html)

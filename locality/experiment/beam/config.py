@@ -14,6 +14,8 @@ ESCRIPT_NAME = "population.escript"
 INSTALL_HINT = "install the Erlang VM: apt-get install erlang-nox"
 PATTERNS = ("uniform", "zipf", "sheet")
 STATE_INITS = ("heap", "bif")  # how a worker builds its state (see the escript)
+STATE_STORES = ("heap", "atomics")  # where a column's state lives (technique state-off-heap)
+ORDERS = ("id", "hilbert")  # the order columns are spawned in (technique spawn-order)
 # Who draws the activated ids: the VM (rand exsss, in the escript) or the Python
 # harness's own pattern generator (locality.population), sent to the VM before the steps.
 SCHEDULES = ("vm", "harness")
@@ -48,6 +50,15 @@ class BeamConfig:
     report_ids: bool = False
     state_init: str = "heap"
     schedule: str = "vm"
+    # The technique's knobs (locality.experiment.beam.techniques sets them; see the escript).
+    technique: str = "default"  # a label: which technique these knobs make
+    vm_flags: tuple[str, ...] = ()  # given to the VM in ERL_FLAGS, e.g. ("+MHas", "aobf")
+    fullsweep_after: int = -1  # spawn option; -1: the VM's default
+    gc_after: bool = False  # a garbage collection after every activation
+    order: str = "id"
+    migrate_every: int = 0  # steps between migrations of the hot processes; 0: never
+    group_size: int = 1  # columns per process
+    state_store: str = "heap"
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -60,20 +71,38 @@ class BeamConfig:
             raise InvalidArgument(f"pattern must be one of {', '.join(PATTERNS)}, not {self.pattern!r}")
         if not 0 < self.p <= 1:
             raise InvalidArgument(f"p must be in (0, 1], not {self.p}")
-        if self.interval <= 0:
+        if not (math.isfinite(self.interval) and self.interval > 0):
             raise InvalidArgument(f"interval must be > 0 seconds, not {self.interval}")
         if self.steps is not None and self.duration is not None:
             raise InvalidArgument("give --steps or --duration, not both")
         if self.steps is not None and self.steps < 0:
             raise InvalidArgument(f"steps must be >= 0, not {self.steps}")
-        if self.duration is not None and self.duration <= 0:
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
             raise InvalidArgument(f"duration must be > 0 seconds, not {self.duration}")
         if self.min_heap_size < 0:
             raise InvalidArgument(f"min_heap_size must be >= 0 words, not {self.min_heap_size}")
         if self.radius < 0:
             raise InvalidArgument(f"radius must be >= 0, not {self.radius}")
-        if not self.windows or any(w <= 0 for w in self.windows):
+        if not self.windows or any(not (math.isfinite(w) and w > 0) for w in self.windows):
             raise InvalidArgument(f"windows must be positive seconds, not {self.windows}")
+        if self.order not in ORDERS:
+            raise InvalidArgument(f"order must be one of {', '.join(ORDERS)}, not {self.order!r}")
+        if self.state_store not in STATE_STORES:
+            raise InvalidArgument(f"state_store must be one of {', '.join(STATE_STORES)}, not {self.state_store!r}")
+        if self.group_size < 1 or self.migrate_every < 0 or self.fullsweep_after < -1:
+            raise InvalidArgument("group_size must be >= 1, migrate_every >= 0 and fullsweep_after >= -1")
+        if any(not isinstance(f, str) or not f for f in self.vm_flags):
+            raise InvalidArgument(f"vm_flags must be non-empty strings, not {self.vm_flags!r}")
+
+    @property
+    def vm_processes(self) -> int:
+        """Erlang processes the population runs: one per column, or one per group of columns."""
+        return -(-self.processes // self.group_size)
+
+    @property
+    def process_limit(self) -> int:
+        """The VM's +P: every worker plus the VM's own processes, with room to spare."""
+        return max(1024, int(self.vm_processes * 1.1) + 10_000)
 
     @property
     def n_steps(self) -> int:
@@ -90,7 +119,9 @@ class BeamConfig:
             f"interval_ms={max(1, round(self.interval * 1000))}",
             f"hibernate={str(self.hibernate).lower()}", f"min_heap_size={self.min_heap_size}",
             f"radius={self.radius}", f"zipf_s={self.zipf_s!r}", f"report_ids={str(self.report_ids).lower()}",
-            f"state_init={self.state_init}",
+            f"state_init={self.state_init}", f"fullsweep_after={self.fullsweep_after}",
+            f"gc_after={str(self.gc_after).lower()}", f"order={str(self.order == 'hilbert').lower()}",
+            f"migrate_every={self.migrate_every}", f"group_size={self.group_size}", f"state_store={self.state_store}",
         ]
 
 

@@ -6,22 +6,35 @@
 %%
 %% Arguments (key=value): n, pattern (uniform|zipf|sheet), p, seed,
 %% interval_ms, hibernate (true|false), min_heap_size (words, 0 = default),
-%% radius (sheet), zipf_s (zipf), report_ids (true|false), state_init (heap|bif).
-%% Run with +P larger than n (locality sets ERL_FLAGS).
+%% radius (sheet), zipf_s (zipf), report_ids (true|false), state_init (heap|bif),
+%% and the techniques' own (see the technique sections below):
+%% fullsweep_after (-1 = default), gc_after (true|false), order (true|false),
+%% migrate_every (steps, 0 = never), group_size (columns per process),
+%% state_store (heap|atomics).
+%% Run with +P larger than the process count (locality sets ERL_FLAGS, with
+%% the technique's VM flags).
+%%
+%% n is the number of columns (workers). Every technique but grouped runs one
+%% process per column; grouped runs ceil(n / group_size).
 %%
 %% Commands (one per line on stdin):
-%%   spawn        spawn the n workers; replies {"event":"ready",...}
+%%   order_file P the spawn order, a file of n little-endian uint32 (before
+%%                spawn; with order=true the columns are spawned, or grouped, in it)
+%%   spawn        spawn the population; replies {"event":"ready",...}
 %%   steps K      run K activation steps, one every interval_ms;
-%%                one {"event":"step",...} per step, then {"event":"steps_done"}
+%%                one {"event":"step",...} per step, then {"event":"steps_done"};
+%%                with migrate_every=M, a {"event":"migrate",...} after every M-th step
 %%   ids I1 I2 .. queue one step's worker ids (used before the VM's own pattern)
+%%   ids_file P   queue the steps of file P (uint32 count, then the ids, per step)
 %%   memory       erlang:memory() and exact per-worker process memory
 %%   allocators   per-allocator carrier sizes (system_info, instrument:carriers)
 %%   binaries     addresses of a probe refc binary (binary_alloc placement)
+%%   where I1 ..  pid serial numbers of the processes holding these columns
 %%   ping         collects the coordinator's garbage, replies {"event":"pong"}:
 %%                every command before it is done
 %%   quit         halt; end of stdin halts too (at once), so the VM never outlives locality
 -mode(compile).
--export([worker/3]).
+-export([worker/3, offheap_worker/2]).
 
 main(Args) ->
     Cfg = config(Args),
@@ -33,6 +46,7 @@ main(Args) ->
            wordsize => erlang:system_info(wordsize),
            process_limit => erlang:system_info(process_limit),
            schedulers => erlang:system_info(schedulers),
+           eheap_alloc_strategy => allocator_strategy(eheap_alloc),
            config => Cfg}),
     Self = self(),
     spawn_link(fun() -> stdin_reader(Self) end),
@@ -52,58 +66,79 @@ stdin_reader(Main) ->
 config(Args) ->
     Defaults = #{n => 1000000, pattern => sheet, p => 0.01, seed => 0,
                  interval_ms => 1000, hibernate => false, min_heap_size => 0,
-                 radius => 3, zipf_s => 1.1, report_ids => false, state_init => heap},
-    lists:foldl(fun(Arg, Acc) ->
-                        case string:split(Arg, "=") of
-                            [K, V] -> Key = list_to_atom(K),
-                                      maps:is_key(Key, Defaults) orelse die("unknown argument " ++ K),
-                                      Acc#{Key => parse(Key, V)};
-                            _ -> die("arguments are key=value, not " ++ Arg)
-                        end
-                end, Defaults, Args).
+                 radius => 3, zipf_s => 1.1, report_ids => false, state_init => heap,
+                 fullsweep_after => -1, gc_after => false, order => false,
+                 migrate_every => 0, group_size => 1, state_store => heap},
+    Cfg = lists:foldl(fun(Arg, Acc) ->
+                              case string:split(Arg, "=") of
+                                  [K, V] -> Key = list_to_atom(K),
+                                            maps:is_key(Key, Defaults) orelse die("unknown argument " ++ K),
+                                            Acc#{Key => parse(Key, V)};
+                                  _ -> die("arguments are key=value, not " ++ Arg)
+                              end
+                      end, Defaults, Args),
+    check(Cfg).
 
 parse(pattern, V) -> list_to_atom(V);
-parse(state_init, V) ->
-    lists:member(V, ["heap", "bif"]) orelse die("state_init must be heap or bif, not " ++ V),
-    list_to_atom(V);
-parse(hibernate, V) -> list_to_atom(V) =:= true;
-parse(report_ids, V) -> list_to_atom(V) =:= true;
+parse(state_init, V) -> one_of(state_init, V, ["heap", "bif"]);
+parse(state_store, V) -> one_of(state_store, V, ["heap", "atomics"]);
+parse(Flag, V) when Flag =:= hibernate; Flag =:= report_ids; Flag =:= gc_after; Flag =:= order ->
+    list_to_atom(V) =:= true;
 parse(p, V) -> number(V);
 parse(zipf_s, V) -> number(V);
 parse(_, V) -> list_to_integer(V).
+
+one_of(Key, V, Allowed) ->
+    lists:member(V, Allowed) orelse
+        die(atom_to_list(Key) ++ " must be one of " ++ lists:join(", ", Allowed) ++ ", not " ++ V),
+    list_to_atom(V).
+
+%% Techniques that cannot be combined: each changes what a worker is.
+check(Cfg = #{group_size := K, state_store := Store, migrate_every := M, hibernate := Hib}) ->
+    K >= 1 orelse die("group_size must be >= 1"),
+    (M > 0 andalso (K > 1 orelse Store =/= heap)) andalso
+        die("migrate_every needs one process per column with its state on its heap"),
+    (K > 1 andalso Hib) andalso die("grouped processes do not hibernate"),
+    Cfg.
 
 number(V) ->
     try list_to_float(V) catch error:badarg -> float(list_to_integer(V)) end.
 
 die(Msg) ->
-    emit(#{event => error, message => list_to_binary(Msg)}),
+    emit(#{event => error, message => unicode:characters_to_binary(Msg)}),
     halt(2).
 
 %% ---------------------------------------------------------------- commands
 
-loop(Cfg, Pids) ->
+%% Pop: the population, #{procs => tuple of the worker processes in spawn order,
+%% rank => each column's position in that order (a binary of uint32, or identity),
+%% k => columns per process}; undefined before spawn.
+loop(Cfg, Pop) ->
     receive
         {command, Line} ->
             case string:lexemes(string:trim(Line), " ") of
-                ["spawn"] when Pids =:= undefined -> loop(Cfg, spawn_all(Cfg));
-                ["steps", K] when Pids =/= undefined ->
-                    run_steps(Cfg, Pids, list_to_integer(K)), loop(Cfg, Pids);
-                ["ids" | Ids] -> enqueue([list_to_integer(I) || I <- Ids]), loop(Cfg, Pids);
-                ["memory"] -> emit(memory_report(Pids)), loop(Cfg, Pids);
-                ["allocators"] -> emit(allocator_report()), loop(Cfg, Pids);
-                ["binaries"] -> emit(binary_probe()), loop(Cfg, Pids);
-                ["ping"] -> garbage_collect(), emit(#{event => pong}), loop(Cfg, Pids);
+                ["order_file", Path] when Pop =:= undefined -> put(order_file, Path), loop(Cfg, Pop);
+                ["spawn"] when Pop =:= undefined -> loop(Cfg, spawn_all(Cfg));
+                ["steps", K] when Pop =/= undefined ->
+                    loop(Cfg, run_steps(Cfg, Pop, list_to_integer(K)));
+                ["ids" | Ids] -> enqueue([list_to_integer(I) || I <- Ids]), loop(Cfg, Pop);
+                ["ids_file", Path] -> enqueue_file(Path), loop(Cfg, Pop);
+                ["memory"] -> emit(memory_report(Cfg, Pop)), loop(Cfg, Pop);
+                ["allocators"] -> emit(allocator_report()), loop(Cfg, Pop);
+                ["binaries"] -> emit(binary_probe()), loop(Cfg, Pop);
+                ["where" | Ids] when Pop =/= undefined -> emit(where(Pop, Ids)), loop(Cfg, Pop);
+                ["ping"] -> garbage_collect(), emit(#{event => pong}), loop(Cfg, Pop);
                 ["quit"] -> halt(0);
                 Other -> emit(#{event => error, message => iolist_to_binary(
                                   io_lib:format("unknown or out-of-order command ~p", [Other]))}),
-                         loop(Cfg, Pids)
+                         loop(Cfg, Pop)
             end
     end.
 
-%% ---------------------------------------------------------------- workers
+%% ---------------------------------------------------------------- column state
 
-%% A worker's state is a few hundred bytes on its own heap: two counters and
-%% a tuple of 8 boxed floats (1 + 3 + 9 + 8 * 3 = 37 words = 296 bytes).
+%% A column's state is a few hundred bytes: two counters and a tuple of 8
+%% boxed floats (1 + 3 + 9 + 8 * 3 = 37 words = 296 bytes).
 %% state_init=heap builds it with arithmetic, straight on the heap. With
 %% state_init=bif the floats come from float/1 in a comprehension, which leaves
 %% them in a heap fragment: its ~4 KB eheap_alloc block stays until the first
@@ -118,45 +153,84 @@ initial_state(Id, bif) ->
 activate({Count, _Last, W}, Step) ->
     {Count + 1, Step, list_to_tuple([X * 0.99 + 0.01 || X <- tuple_to_list(W)])}.
 
-worker(Id, State, Hibernate) ->
-    receive
-        {act, Step, From, T0} ->
-            State2 = activate(State, Step),
-            From ! {done, Id, erlang:monotonic_time(nanosecond) - T0},
-            idle(Id, State2, Hibernate)
-    end.
+reply(From, Id, T0) ->
+    From ! {done, Id, erlang:monotonic_time(nanosecond) - T0}.
 
-%% With hibernate=true a worker waits hibernated: its heap is compacted to
-%% the live state and its stack dropped (also before its first activation).
-idle(Id, State, true) -> erlang:hibernate(?MODULE, worker, [Id, State, true]);
-idle(Id, State, false) -> worker(Id, State, false).
+%% ---------------------------------------------------------------- techniques
+%% One file each, beside this script (the allocator technique is VM flags only).
 
-spawn_all(#{n := N, hibernate := Hib, min_heap_size := Mhs, state_init := Init}) ->
+-include("technique_process.hrl").
+-include("technique_spawn_order.hrl").
+-include("technique_migrate_hot.hrl").
+-include("technique_grouped.hrl").
+-include("technique_state_off_heap.hrl").
+
+%% ---------------------------------------------------------------- spawning
+
+spawn_all(Cfg = #{n := N, group_size := K}) ->
     Before = erlang:memory(),
     SelfBefore = self_memory(),
-    Opts = case Mhs of 0 -> []; _ -> [{min_heap_size, Mhs}] end,
+    {Order, Rank} = spawn_order(Cfg),
+    persistent_term:put({?MODULE, spawn_opts}, spawn_opts(Cfg)),
     T0 = erlang:monotonic_time(microsecond),
-    Pids = list_to_tuple(spawn_n(0, N, Hib, Init, Opts, [])),
+    Pop = #{procs => list_to_tuple(populate(Cfg, Order)), rank => Rank, k => K},
     garbage_collect(),
-    settle(Pids, N),
+    settle(maps:get(procs, Pop)),
     T1 = erlang:monotonic_time(microsecond),
     After = erlang:memory(),
-    emit(#{event => ready, n => N, spawn_ms => (T1 - T0) / 1000,
+    emit(#{event => ready, n => N, processes => tuple_size(maps:get(procs, Pop)), spawn_ms => (T1 - T0) / 1000,
            memory_before => maps:from_list(Before), memory_after => maps:from_list(After),
            coordinator_memory_before => SelfBefore, coordinator_memory_after => self_memory()}),
-    Pids.
+    Pop.
 
-spawn_n(N, N, _, _, _, Acc) -> lists:reverse(Acc);
-spawn_n(I, N, Hib, Init, Opts, Acc) ->
-    Pid = spawn_opt(fun() -> idle(I, initial_state(I, Init), Hib) end, Opts),
-    spawn_n(I + 1, N, Hib, Init, Opts, [Pid | Acc]).
+%% The population's processes, in spawn order. The coordinator builds no per-column
+%% table beyond that tuple: a column's process is found through its rank (its
+%% position in the spawn order; see lookup/2), so the spawn leaves little garbage
+%% on the coordinator's heap, whose freed carriers would stay resident and count
+%% as the processes' RSS.
+populate(Cfg = #{group_size := K, state_store := Store, n := N}, Order) when K > 1 ->
+    Store =:= atomics andalso new_state_store(N),
+    [spawn_opt(group_fun(Cfg, {G * K, columns(Order, G * K, min(K, N - G * K))}), spawn_opts(Cfg))
+     || G <- lists:seq(0, (N - 1) div K)];
+populate(Cfg = #{state_store := atomics, n := N, state_init := Init}, Order) ->
+    new_state_store(N),
+    Opts = spawn_opts(Cfg),
+    in_order(Order, fun(I, Pos) -> spawn_opt(fun() -> offheap_init(Pos, initial_state(I, Init)),
+                                                      erlang:hibernate(?MODULE, offheap_worker, [I, Pos]) end,
+                                             Opts) end);
+populate(Cfg = #{state_init := Init}, Order) ->
+    Mode = mode(Cfg),
+    Opts = spawn_opts(Cfg),
+    in_order(Order, fun(I, _) -> spawn_opt(fun() -> idle(I, initial_state(I, Init), Mode) end, Opts) end).
+
+%% F(Id, Position) for each column in spawn order (N: ids 0..N-1; a binary: its uint32 ids).
+in_order(N, F) when is_integer(N) -> in_range(0, N, F, []);
+in_order(Bin, F) -> in_binary(Bin, 0, F, []).
+
+in_range(N, N, _, Acc) -> lists:reverse(Acc);
+in_range(I, N, F, Acc) -> in_range(I + 1, N, F, [F(I, I) | Acc]).
+
+in_binary(<<>>, _, _, Acc) -> lists:reverse(Acc);
+in_binary(<<I:32/little, Rest/binary>>, Pos, F, Acc) -> in_binary(Rest, Pos + 1, F, [F(I, Pos) | Acc]).
+
+%% The ids of the Len columns from position First in spawn order.
+columns(N, First, Len) when is_integer(N) -> lists:seq(First, First + Len - 1);
+columns(Bin, First, Len) -> [I || <<I:32/little>> <= binary:part(Bin, 4 * First, 4 * Len)].
+
+%% The process holding column I, and I's slot in it (0 unless grouped).
+lookup(Pop = #{procs := Procs, k := K}, I) ->
+    R = position(Pop, I),
+    {element(R div K + 1, Procs), R rem K}.
+
+%% Column I's position in the spawn order.
+position(#{rank := identity}, I) -> I;
+position(#{rank := Rank}, I) -> Off = 4 * I, <<_:Off/binary, R:32/little, _/binary>> = Rank, R.
 
 %% Wait until every worker has run its first reduction (built its state and,
 %% with hibernate, hibernated), so "ready" means the population is idle.
-settle(Pids, N) ->
-    Last = element(N, Pids),
-    wait_idle(Last),
-    wait_idle(element(1, Pids)).
+settle(Procs) ->
+    wait_idle(element(tuple_size(Procs), Procs)),
+    wait_idle(element(1, Procs)).
 
 wait_idle(Pid) ->
     case erlang:process_info(Pid, [status, current_function]) of
@@ -170,15 +244,27 @@ self_memory() ->
 
 %% ---------------------------------------------------------------- activation
 
-run_steps(Cfg = #{interval_ms := Interval}, Pids, K) ->
+run_steps(Cfg = #{interval_ms := Interval, migrate_every := M}, Pop0, K) ->
     Start = erlang:monotonic_time(millisecond),
-    lists:foreach(fun(S) ->
-                          Due = Start + S * Interval,
-                          Now = erlang:monotonic_time(millisecond),
-                          Due > Now andalso timer:sleep(Due - Now),
-                          one_step(Cfg, Pids, next_step())
-                  end, lists:seq(0, K - 1)),
-    emit(#{event => steps_done, steps => K}).
+    Pop = lists:foldl(fun(S, Pop1) ->
+                              Due = Start + S * Interval,
+                              Now = erlang:monotonic_time(millisecond),
+                              Due > Now andalso timer:sleep(Due - Now),
+                              Step = next_step(),
+                              Ids = one_step(Cfg, Pop1, Step),
+                              case M > 0 of
+                                  false -> Pop1;
+                                  true ->
+                                      put(hot, [Ids | case get(hot) of undefined -> []; H -> H end]),
+                                      case (Step + 1) rem M of
+                                          0 -> Hot = lists:usort(lists:append(get(hot))), erase(hot),
+                                               migrate(Pop1, Step, Hot);
+                                          _ -> Pop1
+                                      end
+                              end
+                      end, Pop0, lists:seq(0, K - 1)),
+    emit(#{event => steps_done, steps => K}),
+    Pop.
 
 next_step() ->
     S = case get(step) of undefined -> 0; X -> X end,
@@ -192,17 +278,28 @@ enqueue(Ids) ->
     Queue = case get(schedule) of undefined -> queue:new(); Q -> Q end,
     put(schedule, queue:in(Ids, Queue)).
 
+%% A file of steps, each a little-endian uint32 count and that many uint32 ids:
+%% kept as one binary (off the heap) and decoded a step at a time.
+enqueue_file(Path) ->
+    Bin = case file:read_file(Path) of {ok, B} -> B; {error, E} -> die(io_lib:format("cannot read ~s: ~p", [Path, E])) end,
+    enqueue_steps(Bin).
+
+enqueue_steps(<<>>) -> ok;
+enqueue_steps(<<K:32/little, Ids:K/binary-unit:32, Rest/binary>>) -> enqueue(Ids), enqueue_steps(Rest);
+enqueue_steps(_) -> die("ids_file: truncated step").
+
 next_ids(Cfg = #{n := N, p := P}) ->
     case queue:out(case get(schedule) of undefined -> queue:new(); Q -> Q end) of
+        {{value, Ids}, Rest} when is_binary(Ids) -> put(schedule, Rest), {harness, [I || <<I:32/little>> <= Ids]};
         {{value, Ids}, Rest} -> put(schedule, Rest), {harness, Ids};
         {empty, _} -> {vm, pick(Cfg, N, max(1, min(N, round(P * N))))}
     end.
 
-one_step(Cfg = #{report_ids := ReportIds}, Pids, Step) ->
+one_step(Cfg = #{report_ids := ReportIds}, Pop, Step) ->
     {Source, Ids} = next_ids(Cfg),
     T0 = erlang:monotonic_time(nanosecond),
     Self = self(),
-    lists:foreach(fun(I) -> element(I + 1, Pids) ! {act, Step, Self, T0} end, Ids),
+    lists:foreach(fun(I) -> {P, Slot} = lookup(Pop, I), P ! {act, I, Slot, Step, Self, T0} end, Ids),
     Lats = lists:sort(collect(length(Ids), [])),
     T1 = erlang:monotonic_time(nanosecond),
     Base = #{event => step, step => Step, activated => length(Ids), source => Source,
@@ -212,7 +309,8 @@ one_step(Cfg = #{report_ids := ReportIds}, Pids, Step) ->
                 _ -> Base#{lat_p50_us => pct(Lats, 0.50) / 1000, lat_p99_us => pct(Lats, 0.99) / 1000,
                            lat_max_us => lists:last(Lats) / 1000}
             end,
-    emit(case ReportIds of true -> Timed#{ids => lists:sort(Ids)}; false -> Timed end).
+    emit(case ReportIds of true -> Timed#{ids => lists:sort(Ids)}; false -> Timed end),
+    Ids.
 
 collect(0, Acc) -> Acc;
 collect(K, Acc) -> receive {done, _Id, Lat} -> collect(K - 1, [Lat | Acc]) end.
@@ -272,18 +370,18 @@ ceil_sqrt(N) ->
 
 %% ---------------------------------------------------------------- reports
 
-memory_report(Pids) ->
-    Workers = case Pids of undefined -> []; _ -> tuple_to_list(Pids) end,
-    {Sum, Heap, Hibernated} = lists:foldl(
+memory_report(#{n := N}, Pop) ->
+    Procs = case Pop of undefined -> {}; #{procs := P} -> P end,
+    {Sum, Heap, Hibernated} = fold_procs(
         fun(P, {S, H, Hb}) ->
                 case erlang:process_info(P, [memory, total_heap_size, current_function]) of
                     [{memory, M}, {total_heap_size, T}, {current_function, F}] ->
                         {S + M, H + T, Hb + case F of {erlang, hibernate, 3} -> 1; _ -> 0 end};
                     undefined -> {S, H, Hb}
                 end
-        end, {0, 0, 0}, Workers),
+        end, {0, 0, 0}, Procs),
     #{event => memory, memory => maps:from_list(erlang:memory()),
-      workers => length(Workers), workers_memory_sum => Sum,
+      workers => tuple_size(Procs), columns => N, workers_memory_sum => Sum,
       workers_heap_words_sum => Heap, workers_hibernated => Hibernated,
       coordinator_memory => self_memory(),
       process_count => erlang:system_info(process_count)}.
@@ -347,6 +445,26 @@ mseg_summary() ->
                              cached_segments => Cs + proplists:get_value(cached_segments, Status, 0)};
                    (_, Acc) -> Acc
                 end, #{segments => 0, segments_bytes => 0, cached_segments => 0}, Instances).
+
+%% The pid serial numbers of the processes holding the given columns: the VM
+%% numbers processes in spawn order, so they show the order they were spawned in.
+where(Pop, Ids) ->
+    #{event => where, serials => [pid_serial(element(1, lookup(Pop, list_to_integer(I)))) || I <- Ids]}.
+
+pid_serial(Pid) ->
+    [_, Serial, _] = string:lexemes(pid_to_list(Pid), "<.>"),
+    list_to_integer(Serial).
+
+allocator_strategy(A) ->
+    case erlang:system_info({allocator, A}) of
+        [{instance, _, Info} | _] -> proplists:get_value(as, proplists:get_value(options, Info, []));
+        _ -> undefined
+    end.
+
+%% F over the processes of a tuple, without a list of them.
+fold_procs(F, Acc, Procs) -> fold_procs(F, Acc, Procs, 1).
+fold_procs(_, Acc, Procs, I) when I > tuple_size(Procs) -> Acc;
+fold_procs(F, Acc, Procs, I) -> fold_procs(F, F(element(I, Procs), Acc), Procs, I + 1).
 
 %% A freshly allocated refc binary's address (from process_info(_, binary)):
 %% shows which mapping binary_alloc's carriers live in.

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -16,86 +13,81 @@ import pandas as pd
 from locality.errors import Unsupported
 from locality.experiment import store
 from locality.experiment.beam.config import LATENCY_SAMPLE_MAX, BeamConfig
-from locality.experiment.beam.metrics import _measure
-from locality.experiment.beam.vm import BeamVM, find_escript
+from locality.experiment.beam.metrics import Measured, measure, result
+from locality.experiment.beam.vm import BeamVM, preflight
+from locality.experiment.lifecycle import RunLifecycle
+
 
 def swap_is_on() -> bool:
-    from locality.kernel.swap import swap_active
+    from locality.kernel import swap_active
 
     return bool(swap_active())
 
 
-
 def run_beam(config: BeamConfig, out: str | os.PathLike, *, run_id: str | None = None,
-             progress: bool = True, on_event: Callable[[str], None] | None = None) -> Path:
-    """Start the VM, spawn, measure, store a run directory of kind "beam", return it."""
-    find_escript()  # fail before creating anything
+             progress: bool = True, on_event: Callable[[str], None] | None = None, replace: bool = False) -> Path:
+    """Start the VM, spawn, measure, store a run directory of kind "beam", return it.
+
+    The run lifecycle owns the directory, the manifest and the signals: Ctrl-C or
+    SIGTERM stops the run at its next wait or sample, the samples taken so far are
+    written, the run is marked interrupted and KeyboardInterrupt raised; the VM is
+    killed on every way out.
+    """
+    preflight(config)  # fail before creating anything: no Erlang, or flags the VM refuses
     if config.pageout_watch and not swap_is_on():
         raise Unsupported("--pageout-watch", "no swap is active, so anonymous pages cannot be paged out",
                           "turn zram swap on first: `locality swap on`")
-    with _sigterm_as_interrupt():
-        return _run(config, out, run_id, progress, on_event)
+    from locality.kernel import capabilities
+
+    with RunLifecycle("beam", out, run_id, asdict(config), capabilities=capabilities(), replace=replace) as life:
+        _run(life, config, progress, on_event or (lambda s: None))
+    assert life.dir is not None
+    return life.dir
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends a run like Ctrl-C: marked interrupted, VM killed (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _run(config: BeamConfig, out: str | os.PathLike, run_id: str | None, progress: bool,
-         on_event: Callable[[str], None] | None) -> Path:
-    run_dir = store.new_run_dir(out, "beam", run_id)
-    from locality.kernel.capabilities import capabilities
-
-    manifest = store.start_manifest("beam", run_dir.name, asdict(config), capabilities())
-    store.write_manifest(run_dir, manifest)
+def _run(life: RunLifecycle, config: BeamConfig, progress: bool, say: Callable[[str], None]) -> None:
+    assert life.dir is not None
+    stop = lambda: life.stopping  # noqa: E731 - the lifecycle's flag, read at every wait and sample
     vm: BeamVM | None = None
+    measured: Measured | None = None
     try:
-        vm = BeamVM(config, start_timeout=60)
-        manifest["config"]["pid"] = vm.pid
-        manifest["versions"].update(otp_release=vm.hello["otp_release"], erts=vm.hello["erts_version"],
-                                    emu_flavor=vm.hello["emu_flavor"])
-        store.write_manifest(run_dir, manifest)
-        result = _measure(vm, config, progress, on_event or (lambda s: None))
-        _write_run(run_dir, result)
-        manifest["page_sizes_seen"] = result["page_sizes_seen"]
-        manifest.update(status="complete", finished=store.utcnow())
-        store.write_manifest(run_dir, manifest)
-        return run_dir
-    except KeyboardInterrupt:
-        manifest.update(status="interrupted", finished=store.utcnow())
-        store.write_manifest(run_dir, manifest)
-        raise
-    except BaseException as e:
-        manifest.update(status="failed", error=str(e) or type(e).__name__, finished=store.utcnow())
-        store.write_manifest(run_dir, manifest)
+        vm = BeamVM(config, start_timeout=60, stop=stop)
+        life.manifest["config"]["pid"] = vm.pid
+        life.manifest["versions"].update(otp_release=vm.hello["otp_release"], erts=vm.hello["erts_version"],
+                                         emu_flavor=vm.hello["emu_flavor"])
+        life.save()
+        measured = Measured(hello=vm.hello)
+        measure(vm, config, progress, say, measured, stop=stop)
+        done = result(measured, config)
+        assert done is not None
+        _write_run(life.dir, done)
+        life.manifest["page_sizes_seen"] = done["page_sizes_seen"]
+    except BaseException:
+        if vm is not None:
+            vm.close()  # first: nothing below needs the VM
+        # Keep every sample taken so far: the files of a complete run, metrics marked incomplete.
+        partial = result(measured, config, complete=False) if measured is not None else None
+        if partial is not None:
+            _write_run(life.dir, partial)
+            life.manifest["page_sizes_seen"] = partial["page_sizes_seen"]
         raise
     finally:
         if vm is not None:
             vm.close()
 
 
-
 def _write_run(run_dir: Path, result: dict[str, Any]) -> None:
-    store.atomic_write_csv(run_dir / "timeline.csv", result["timeline"])
-    store.atomic_write_csv(run_dir / "vmas.csv", result["vmas"])
+    # An interrupted run may have no sample yet: a table without rows is left out, not
+    # written as a CSV without columns (which no reader can parse).
+    for name in ("timeline", "vmas"):
+        if len(result[name]):
+            store.atomic_write_csv(run_dir / f"{name}.csv", result[name])
     store.atomic_write_npz(run_dir / "pages.npz", **result["pages"])
     lat = result["latency_ns"]
     if lat.size > LATENCY_SAMPLE_MAX:
         lat = np.random.default_rng(0).choice(lat, LATENCY_SAMPLE_MAX, replace=False)
-    store.atomic_write_csv(run_dir / "latency.csv", pd.DataFrame({"latency_ns": lat}))
+    if lat.size:
+        store.atomic_write_csv(run_dir / "latency.csv", pd.DataFrame({"latency_ns": lat}))
     store.atomic_write_json(run_dir / "steps.json", result["steps"])
     store.atomic_write_json(run_dir / "beam.json", result["vm"])
     store.atomic_write_json(run_dir / "metrics.json", result["metrics"])

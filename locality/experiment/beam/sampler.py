@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from locality.errors import LocalityError
+from locality.experiment import schema
 from locality.experiment.beam.config import BeamConfig, BeamError
 from locality.experiment.beam.vm import BeamVM, _alive
-from locality.kernel.pagemap import pagemap
-from locality.kernel.procfs import clear_refs, faults, smaps
-from locality.kernel.reclaim import process_pageout
+from locality.experiment.channel import Interrupted
+from locality.kernel import PAGE_SIZE, clear_refs, faults, pagemap, process_pageout, smaps
 
 if TYPE_CHECKING:
-    from locality.experiment.beam.metrics import SpawnAccount
+    from locality.experiment.beam.metrics import Measured, SpawnAccount
 
 @dataclass
 class Tracked:
@@ -25,7 +24,7 @@ class Tracked:
 
     ranges: list[tuple[int, int]]  # [start, end)
     names: list[str]
-    page_size: int = os.sysconf("SC_PAGE_SIZE")
+    page_size: int = PAGE_SIZE
     addr: np.ndarray = field(init=False)  # uint64, one entry per page
     region: np.ndarray = field(init=False)  # int32 index into ranges/names
 
@@ -140,7 +139,7 @@ class WindowSampler:
         came_back = self.paged & present & ~self.accessed  # all False without pageout
         self.accessed |= came_back
         age = t - self.cycle_start
-        self.rows.append({
+        self.rows.append(schema.row("beam", {
             "t": t, **totals, "step": step_event["step"] if step_event else -1,
             "activations": step_event["activated"] if step_event else 0,
             "resident_pages": int(present.sum()), "swapped_pages": int(swapped.sum()),
@@ -148,7 +147,7 @@ class WindowSampler:
             "refaulted_pages": int(came_back.sum()),
             "accessed_pages": int(self.accessed.sum()) if self.cfg.pageout_watch else None,
             "window_age_s": age,
-        })
+        }))
         page = self.tracked.page_size
         for e in entries:
             i = self.vma_index.setdefault((e.start, e.end, e.perms, e.offset, e.inode, e.path), len(self.vma_index))
@@ -223,8 +222,10 @@ class WindowSampler:
 
 
 
-def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Have the VM run its steps while sampling it on our clock; the steps and a latency sample."""
+def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool, out: "Measured", *,
+                stop: Callable[[], bool] | None = None) -> None:
+    """Have the VM run its steps while sampling it on our clock; the steps, a latency sample and
+    the migrations go to ``out`` as they arrive, so an interrupted run keeps them."""
     cfg = sampler.cfg
     n_steps = cfg.n_steps
     bar = None
@@ -232,15 +233,17 @@ def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool) -> tuple[lis
         from tqdm import tqdm
 
         bar = tqdm(total=n_steps, desc="beam steps", unit="step", leave=False)
-    steps: list[dict[str, Any]] = []
-    latencies: list[np.ndarray] = []
     give_up = n_steps * cfg.interval + 120 + 10 * cfg.interval
     vm.send(f"steps {n_steps}")
     last_step: dict[str, Any] | None = None
     try:
         while True:
-            event = vm.poll(max(0.0, sampler.next_sample - time.monotonic()))
+            if stop is not None and stop():  # a whole sample is never cut: stop between two
+                raise Interrupted
+            event = vm.poll(min(0.2, max(0.0, sampler.next_sample - time.monotonic())))
             if event is None:
+                if time.monotonic() < sampler.next_sample:
+                    continue  # woke only to look at stop()
                 sampler.sample(last_step)
                 if sampler.now() > give_up:
                     raise BeamError("the Erlang VM stopped reporting steps", "try fewer --processes or a longer --interval")
@@ -251,10 +254,12 @@ def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool) -> tuple[lis
                 step["after_pageout"], sampler.after_pageout = sampler.after_pageout, False
                 if cfg.report_ids:
                     step["ids"] = event.get("ids", [])
-                steps.append(step)
-                latencies.append(np.asarray(event.get("lat_sample_ns", []), np.int64))
+                out.steps.append(step)
+                out.latencies.append(np.asarray(event.get("lat_sample_ns", []), np.int64))
                 if bar is not None:
                     bar.update(1)
+            elif event.get("event") == "migrate":
+                out.migrations.append({k: v for k, v in event.items() if k != "event"} | {"t": sampler.now()})
             elif event.get("event") == "steps_done":
                 break
         # One last sample, so the last step's effect and windows up to the end are read.
@@ -262,5 +267,3 @@ def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool) -> tuple[lis
     finally:
         if bar is not None:
             bar.close()
-    return steps, (np.concatenate(latencies) if latencies else np.zeros(0, np.int64))
-

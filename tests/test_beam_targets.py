@@ -1,0 +1,64 @@
+"""Issue 16's targets on the real VM, at a scale CI can afford (100k columns, two techniques).
+
+The targets are stated at 1M processes (experiments/beam/README.md has the
+1M numbers, from `locality beam compare`); here `default` and the best
+technique run side by side in one comparison, 11 one-second steps of the
+harness's sheet at 1%, and the verdict's own figures are checked. Ratios that
+hold are asserted; the ones that do not are strict xfails carrying the
+measured reason, so the day a change reaches them the suite says so.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import IN_CI
+
+from locality.experiment.beam import BeamConfig
+from locality.experiment.beam.compare import compare_techniques
+from locality.experiment.beam.techniques import resolve
+from locality.experiment.beam.verdict import bytes_per_column, p99, wss
+from test_beam import HAVE_ERLANG
+
+needs_erlang = pytest.mark.skipif(not HAVE_ERLANG and not IN_CI, reason="needs erlang-nox (apt-get install erlang-nox)")
+BEST = "grouped+state-off-heap+spawn-order"
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    if not HAVE_ERLANG:
+        pytest.skip("needs erlang-nox")
+    base = BeamConfig(processes=100_000, steps=11, interval=1.0, windows=(1.0, 10.0), seed=1)
+    result = compare_techniques(resolve(f"default,{BEST}"), base, runs=tmp_path_factory.mktemp("targets"),
+                                progress=False)
+    assert set(result.statuses.values()) == {"complete"}, result.statuses
+    return {name: json.loads((path / "metrics.json").read_text()) for name, path in result.runs.items()}
+
+
+@pytest.mark.beam
+@needs_erlang
+def test_best_uses_2_5x_fewer_bytes_per_column(measured: dict[str, dict]) -> None:
+    assert bytes_per_column(measured["default"]) >= 2.5 * bytes_per_column(measured[BEST])
+
+
+@pytest.mark.beam
+@needs_erlang
+@pytest.mark.xfail(strict=True, reason="measured 3.2x at 100k (14.4 vs 45.6 MiB, p99 0.44x) and 4.37x at 1M "
+                   "(85.4 vs 373.5 MiB): in 10 s the sheet wakes 7.9% of the columns; the best still touches each "
+                   "woken 64-column group's process struct and heap and the atomics pages of its columns, plus "
+                   "~10-20 MiB of the VM itself")
+def test_target_best_10s_working_set_5x_smaller_at_p99_within_1_5x(measured: dict[str, dict]) -> None:
+    default, best = measured["default"], measured[BEST]
+    assert p99(best) <= 1.5 * p99(default)
+    assert wss(default, "10") >= 5 * wss(best, "10")
+
+
+@pytest.mark.beam
+@needs_erlang
+@pytest.mark.parametrize("name", ["default", pytest.param(BEST, marks=pytest.mark.xfail(
+    strict=True, reason="measured 0.795 at 100k (1.026 at 1M): erlang:memory counts each group's whole heap block "
+                        "(233 words) but only the part written is resident, 23 of the 134 B a column at 100k"))])
+def test_rss_and_erlang_memory_agree_within_15_percent(measured: dict[str, dict], name: str) -> None:
+    assert abs(measured[name]["rss_vs_vm_total_ratio"] - 1) <= 0.15, measured[name]["rss_vs_vm_total_ratio"]
