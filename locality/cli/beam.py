@@ -80,6 +80,7 @@ def beam(processes: int, pattern: str, p: float, steps: int | None, duration: st
       locality swap on && locality beam -n 100000 --pageout-watch; locality swap off
     """
     from locality.experiment.beam import BeamConfig, run_beam
+    from locality.experiment.outputs import check_output_dir
 
     try:
         window_list = tuple(_seconds(w) for w in windows.split(",") if w.strip())
@@ -92,6 +93,7 @@ def beam(processes: int, pattern: str, p: float, steps: int | None, duration: st
         radius=radius, windows=window_list,
         track_refs=track_refs, pageout_watch=pageout_watch,
     )
+    check_output_dir(out, "--out")
     say = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
     run_dir = run_beam(config, out, progress=not as_json, on_event=say)
     metrics = json.loads((run_dir / "metrics.json").read_text())

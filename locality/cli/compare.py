@@ -47,7 +47,11 @@ def compare(workers: int, layouts: str, pattern: str, steps: int, step_interval:
 
     from locality.report.compare import CompareInterrupted
 
+    from locality.experiment.outputs import check_output_dir, check_output_file
+
     chosen = parse_layouts(layouts)
+    check_output_file(out, "--out")
+    check_output_dir(runs_dir, "--runs")
     try:
         result = run_compare(chosen, workers=workers, pattern=pattern, steps=steps, interval=interval,
                              step_interval=step_interval, runs=runs_dir, out=out, progress=not as_json)

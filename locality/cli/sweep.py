@@ -41,6 +41,8 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     from locality.experiment.store import read_manifest
     from locality.experiment.sweep import file_grid, parse_grid, run_sweep
 
+    from locality.experiment.outputs import check_output_dir
+
     cfg = load_config(config, overrides)
     points_grid = parse_grid(grid) if grid else file_grid(config)
     if not points_grid:
@@ -48,7 +50,8 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     options = {k: v for k, v in (("scheduler", scheduler), ("cluster", cluster), ("runs_per_node", runs_per_node)) if v is not None}
     if options and executor != "dask":
         raise InvalidArgument(f"--{next(iter(options)).replace('_', '-')} needs --executor dask")
-    dirs = run_sweep(cfg, points_grid, out if out is not None else Path(cfg.out), resume=resume, executor=executor,
+    out = check_output_dir(out if out is not None else Path(cfg.out), "--out")
+    dirs = run_sweep(cfg, points_grid, out, resume=resume, executor=executor,
                      progress=not as_json, **options)
     failed = 0
     for d in dirs:

@@ -12,6 +12,7 @@ that names the key path and, where there is a closed set, the allowed values:
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -47,10 +48,21 @@ def layout_names() -> tuple[str, ...]:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has types, so `workers = true` or `workers = 1e12` is a
+    # mistake to name, not a value to coerce (lax mode ran true as 1 worker).
+    # No inf/nan anywhere: every float here is a time, a rate or a size.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 Probability = Annotated[float, Field(gt=0, le=1)]
+# Longest time a config may name (step_interval, duration, sampling interval,
+# thresholds): a week is longer than any run this tool is meant for, and far
+# below what time.sleep() and the timeline's float seconds can hold.
+MAX_SECONDS = 7 * 24 * 3600.0
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+# Integers reach numpy as int64.
+INT64_MAX = 2**63 - 1
 
 
 # Defaults come from the pattern classes themselves, so a config that leaves a
@@ -72,9 +84,11 @@ class ZipfPattern(_Model):
 class SheetPattern(_Model):
     name: Literal["sheet"]
     p: Probability = _DEFAULTS["sheet"]["p"]
+    # Upper bounds that depend on the population size (radius <= the sheet's
+    # width, waves <= workers) are checked by ExperimentConfig.
     radius: float = Field(_DEFAULTS["sheet"]["radius"], gt=0)
-    waves: int = Field(_DEFAULTS["sheet"]["waves"], ge=0)
-    lifetime: int = Field(_DEFAULTS["sheet"]["lifetime"], ge=1)
+    waves: int = Field(_DEFAULTS["sheet"]["waves"], ge=0, le=INT64_MAX)
+    lifetime: int = Field(_DEFAULTS["sheet"]["lifetime"], ge=1, le=INT64_MAX)
 
 
 class BurstyPattern(_Model):
@@ -105,8 +119,9 @@ PATTERN_NAMES = tuple(PATTERNS)
 class Sampling(_Model):
     # Seconds between samples; 0 turns the sampler off (no write tracking,
     # only the start and end measurements): the baseline for overhead.
-    interval: float = Field(1.0, ge=0)
-    cold_thresholds: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0, 5.0, 30.0])
+    interval: Seconds = 1.0
+    # One timeline column per threshold.
+    cold_thresholds: list[PositiveSeconds] = Field(default_factory=lambda: [1.0, 5.0, 30.0], max_length=32)
     # Store the page x time matrices (pages.npz).
     pages: bool = True
     # Track written pages (uffd write-protect + PAGEMAP_SCAN). Costs the child
@@ -124,13 +139,14 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
 
 def parse_size(value: int | str) -> int:
     """'512M', '1.5G', '4096' or an int -> bytes (binary units)."""
-    if isinstance(value, bool):
-        raise ValueError("must be a size like 512M or a number of bytes")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        # 1.5 is neither: a fraction of a byte, or a forgotten unit.
+        raise ValueError(f"must be a size like 512M or a whole number of bytes (got {value!r})")
     if isinstance(value, int):
         return value
     m = _SIZE.match(str(value))
     if not m:
-        raise ValueError(f"must be a size like 512M or a number of bytes (got {value!r})")
+        raise ValueError(f"must be a size like 512M or a whole number of bytes (got {value!r})")
     unit = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
     return int(float(m.group(1)) * unit)
 
@@ -138,7 +154,7 @@ def parse_size(value: int | str) -> int:
 class Reclaim(_Model):
     policy: Literal["none", "pageout-idle", "cgroup"] = "none"
     # pageout-idle: page out pages not written for this many seconds.
-    idle_seconds: float | None = Field(None, gt=0)
+    idle_seconds: PositiveSeconds | None = None
     # cgroup: memory limit of the run's own cgroup (bytes, or '512M').
     limit: int | None = None
 
@@ -162,7 +178,9 @@ class Reclaim(_Model):
 
 
 class ExperimentConfig(_Model):
-    workers: int = Field(gt=0)
+    # The real upper bound is memory: experiment.estimate refuses a config
+    # whose estimate exceeds what is available.
+    workers: int = Field(gt=0, le=INT64_MAX)
     scheduler: Literal["lean", "asyncio"] = "lean"
     layout: str = "slab"
     arena: Literal["anon", "file"] = "anon"
@@ -170,12 +188,13 @@ class ExperimentConfig(_Model):
     arena_dir: str | None = None
     hugepages: bool = False
     pattern: Pattern = Field(default_factory=lambda: UniformPattern(name="uniform"))
-    steps: int | None = Field(None, ge=0)
-    duration: float | None = Field(None, gt=0)
-    step_interval: float = Field(0.0, ge=0)
+    steps: int | None = Field(None, ge=0, le=INT64_MAX)
+    duration: PositiveSeconds | None = None
+    step_interval: Seconds = 0.0
     sampling: Sampling = Field(default_factory=Sampling)
     reclaim: Reclaim = Field(default_factory=Reclaim)
-    seed: int = 0
+    # numpy's SeedSequence takes non-negative integers only.
+    seed: int = Field(0, ge=0, le=INT64_MAX)
     out: str = "runs"
     name: str | None = None
 
@@ -193,6 +212,17 @@ class ExperimentConfig(_Model):
             raise ValueError("set steps or duration (or both: the run stops at whichever comes first)")
         if self.reclaim.policy == "pageout-idle" and (self.sampling.interval == 0 or not self.sampling.writes):
             raise ValueError("reclaim: policy 'pageout-idle' needs sampling.interval > 0 and sampling.writes = true")
+        if isinstance(self.pattern, SheetPattern):
+            from locality.population.patterns import sheet_width
+
+            width = sheet_width(self.workers)
+            if self.pattern.radius > width:
+                # A wider disc wraps onto itself: it only costs memory ((2r+1)^2 cells per burst).
+                raise ValueError(f"pattern.radius: must be <= {width}, the sheet's width at {self.workers:,} workers "
+                                 f"(got {self.pattern.radius:g})")
+            if self.pattern.waves > self.workers:
+                raise ValueError(f"pattern.waves: must be <= workers ({self.workers:,}): every wave fires at least "
+                                 f"one worker per step (got {self.pattern.waves:,})")
         if isinstance(self.pattern, ReplayPattern):
             try:
                 check_replay(self.pattern.path, self.workers)
@@ -339,6 +369,24 @@ _ALLOWED_LITERALS = {
 }
 
 
+_TYPE_WORDS = {
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "finite_number": "must be a finite number",
+}
+
+
+def _toml(value: Any) -> str:
+    """A bool or non-finite float as TOML writes it (true, inf), anything else as repr."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return repr(value)
+
+
 def _one_line(err: dict[str, Any]) -> str:
     loc = [str(p) for p in err["loc"]]
     # List positions read as key[i], not key.i.
@@ -369,6 +417,10 @@ def _one_line(err: dict[str, Any]) -> str:
     if typ == "value_error":
         msg = str(ctx.get("error", err["msg"]))
         return f"{key}: {msg}" if key else msg
+    if typ in _TYPE_WORDS:
+        return f"{key}: {_TYPE_WORDS[typ]} (got {_toml(got)})"
+    if typ == "too_long":
+        return f"{key}: at most {ctx.get('max_length')} values (got {len(got) if hasattr(got, '__len__') else got!r})"
     if typ in ("int_parsing", "int_type", "int_from_float", "float_parsing", "float_type", "bool_parsing", "bool_type", "string_type", "list_type", "model_type", "model_attributes_type", "dict_type"):
         return f"{key}: {err['msg'].lower()} (got {got!r})"
     return f"{key}: {err['msg']} (got {got!r})" if key else err["msg"]
