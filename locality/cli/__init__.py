@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import click
 
 from locality import __version__
-from locality.errors import LocalityError
+from locality.errors import LocalityError, LocalityWarning
 
 # name -> (module, attribute, one-line help shown by `locality --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -63,7 +64,19 @@ def fail(message: str) -> "NoReturn":  # noqa: F821
     sys.exit(2)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    # LocalityWarning is for users: one line, no source location.
+    if issubclass(category, LocalityWarning):
+        click.echo(f"locality: warning: {message}", err=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> None:
+    warnings.showwarning = _show_warning
     try:
         rv = cli.main(args=argv, prog_name="locality", standalone_mode=False)
     except click.exceptions.Abort:

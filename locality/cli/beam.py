@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -20,9 +21,13 @@ def _seconds(value: str) -> float:
     else:
         factor = 1.0
     try:
-        return float(text) * factor
+        seconds = float(text) * factor
     except ValueError:
         raise InvalidArgument(f"not a duration: {value!r}", "write e.g. 1s, 500ms or 2m") from None
+    if not math.isfinite(seconds):
+        # float() takes 'nan' and 'inf'; neither is a time to wait.
+        raise InvalidArgument(f"not a finite duration: {value!r}", "write e.g. 1s, 500ms or 2m")
+    return seconds
 
 
 @click.command("beam")

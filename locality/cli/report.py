@@ -27,9 +27,10 @@ def report(run_dirs: tuple[Path, ...], out: Path, title: str | None, as_json: bo
     first run. Figures whose data no run has are omitted with a note.
     """
     from locality.experiment.outputs import check_output_file
-    from locality.report.html import write_report
 
     check_output_file(out, "--out")
+    from locality.report.html import write_report
+
     path = write_report(list(run_dirs), out, title=title)
     if as_json:
         click.echo(json.dumps({"report": str(path), "runs": [str(p) for p in run_dirs]}))

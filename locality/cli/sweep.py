@@ -57,6 +57,8 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     for d in dirs:
         try:
             m = read_manifest(d)
+            if not isinstance(m, dict):
+                raise ValueError("not a JSON object")
             status, error = m.get("status"), m.get("error")
         except (OSError, ValueError):
             status, error = "missing", None

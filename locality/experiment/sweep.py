@@ -119,10 +119,13 @@ def points(config: ExperimentConfig, grid: Mapping[str, Sequence[Any]]) -> list[
 
 
 def status_of(run_dir: Path) -> str | None:
+    """The run's status, or None if it has no readable manifest (a malformed one counts as not complete)."""
     try:
-        return store.read_manifest(run_dir).get("status")
+        manifest = store.read_manifest(run_dir)
     except (OSError, ValueError):
         return None
+    status = manifest.get("status") if isinstance(manifest, dict) else None
+    return status if isinstance(status, str) else None
 
 
 def pending(points: Sequence[SweepPoint], out: str | os.PathLike, resume: bool) -> list[SweepPoint]:
