@@ -101,6 +101,9 @@ class _Run:
         self.child_done: dict[str, Any] | None = None
         self.pss_empty: int | None = None
         self.pss_spawned: int | None = None
+        # Whole smaps_rollup before and after spawn: bytes_per_worker is the growth of what the child owns.
+        self.rollup_empty: dict[str, int] | None = None
+        self.rollup_spawned: dict[str, int] | None = None
         self.spawn_s: float | None = None
         self.pageout_bytes = 0
         self.register_failures: list[Any] = []
@@ -246,10 +249,12 @@ class _Run:
 
         assert self.proc is not None
         self._wait_for("empty", SETUP_TIMEOUT_S)
-        self.pss_empty = rollup(self.proc.pid)["pss"]
+        self.rollup_empty = rollup(self.proc.pid)
+        self.pss_empty = self.rollup_empty["pss"]
         self._send("spawn")
         m = self._wait_for("spawned", SETUP_TIMEOUT_S)
-        self.pss_spawned = rollup(self.proc.pid)["pss"]
+        self.rollup_spawned = rollup(self.proc.pid)
+        self.pss_spawned = self.rollup_spawned["pss"]
         self.spawn_s = float(m["spawn_s"])
         self.register_failures += m.get("failed", [])
         self.manifest["regions"] = m["regions"]
@@ -429,6 +434,8 @@ class _Run:
                 page_size=int(PAGE_SIZE),
                 pss_empty=self.pss_empty,
                 pss_spawned=self.pss_spawned,
+                rollup_empty=self.rollup_empty,
+                rollup_spawned=self.rollup_spawned,
                 latencies_ns=lat,
                 cold_thresholds=list(self.config.sampling.cold_thresholds),
                 interval=self.interval,
