@@ -132,6 +132,11 @@ class Sampling(_Model):
     # Track the heap's anonymous VMAs (interpreter objects, coroutine frames)
     # besides the layout's arenas.
     heap: bool = True
+    # With a step_interval, a window is a whole number of steps (see
+    # window_steps): the child pauses between windows until sampled, so how
+    # many steps a window holds does not depend on how fast this machine
+    # steps. False: windows of wall-clock time, as many steps as fit.
+    align_to_steps: bool = True
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
@@ -229,6 +234,19 @@ class ExperimentConfig(_Model):
             except ValueError as e:
                 raise ValueError(f"pattern.path: {e} (rows are step,worker: integers, 0 <= worker < workers)") from None
         return self
+
+    def window_steps(self) -> int | None:
+        """Steps per sampling window when windows are aligned to steps, else None (windows of time).
+
+        round(sampling.interval / step_interval), at least 1: the steps one
+        interval holds at the configured pace. Aligned windows need written-page
+        tracking and a step pace; page utilization and WSS per window then
+        measure the same work on any machine.
+        """
+        s = self.sampling
+        if not (s.align_to_steps and s.interval > 0 and s.writes and self.step_interval > 0):
+            return None
+        return max(1, round(s.interval / self.step_interval))
 
     def population_params(self) -> dict[str, Any]:
         """Keyword arguments for ``make_pattern`` (everything but the name)."""

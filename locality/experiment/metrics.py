@@ -94,7 +94,13 @@ def compute(
     full = windows
     if sampled:
         dt = windows["t"].diff().fillna(windows["t"].iloc[0] - timeline["t"].iloc[0])
-        if (dt >= 0.9 * interval).any():
+        steps_per_window = config.window_steps() if hasattr(config, "window_steps") else None
+        if steps_per_window and "step" in timeline:
+            # Aligned windows: full means window_steps steps (the last one may hold fewer).
+            done = timeline["step"].diff().iloc[1:]
+            if (done == steps_per_window).any():
+                full = windows[done == steps_per_window]
+        elif (dt >= 0.9 * interval).any():
             full = windows[dt >= 0.9 * interval]
     # Utilization over the full windows only, with their own useful bytes: the
     # run's last window is cut short at a moment set by timing (4 steps or 40),
