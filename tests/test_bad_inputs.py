@@ -249,7 +249,7 @@ def test_latency_with_text_is_one_line(run_main, tmp_path):
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
 def test_beam_interval_must_be_finite(run_main, value):
     rc, _, err = run_main("beam", "-n", "10", f"--interval={value}")
-    assert_refused(rc, err, "not a finite duration")
+    assert_refused(rc, err, "--interval", "is not a duration")
     rc, _, err = run_main("beam", "-n", "10", f"--duration={value}")
     assert_refused(rc, err, "duration")
     assert os.listdir() == []

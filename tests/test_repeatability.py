@@ -54,7 +54,7 @@ def test_three_local_runs_and_one_on_dask_agree_within_3_percent(tmp_path):
 def test_windows_are_whole_numbers_of_steps(tmp_path):
     cfg = validate({"workers": 2000, "steps": 25, "step_interval": 0.01, "seed": 1,
                     "pattern": {"name": "uniform", "p": 0.05}, "sampling": {"interval": 0.05}})
-    assert cfg.window_steps() == 5
+    assert cfg.window_steps == 5
     d = run(cfg, tmp_path, run_id="w", progress=False)
     tl = pd.read_csv(d / "timeline.csv")
     # A sample at step 0, one after every 5 steps, and the final one (no step since).
@@ -64,8 +64,8 @@ def test_windows_are_whole_numbers_of_steps(tmp_path):
     assert m["wss_pages_mean"] == full["written_pages"].mean()
     assert m["page_utilization"] == full["useful_bytes"].sum() / (full["written_pages"].sum() * 4096)
     # Time windows on request, and without a step pace.
-    assert validate({**cfg.model_dump(mode="json"), "sampling": {"interval": 0.05, "align_to_steps": False}}).window_steps() is None
-    assert validate({**cfg.model_dump(mode="json"), "step_interval": 0}).window_steps() is None
+    assert validate({**cfg.model_dump(mode="json"), "sampling": {"interval": 0.05, "align_to_steps": False}}).window_steps is None
+    assert validate({**cfg.model_dump(mode="json"), "step_interval": 0}).window_steps is None
 
 
 def test_child_environment_is_the_same_everywhere():

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 from locality.errors import LocalityError
 from locality.experiment import store
 from locality.experiment.config import ExperimentConfig, SheetPattern, ZipfPattern
+from locality.units import format_bytes
 
 MARGIN = 1.25
 CALIBRATION_WORKERS = 10_000
@@ -135,11 +136,11 @@ def estimate_bytes(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict | 
     pat = pattern_bytes(cfg)
     pages = sampler_bytes(cfg, empty + population)
     est = int(empty + population + pat + pages)
-    how = f"{cfg.workers:,} workers x {bpw:,.0f} B/worker x {MARGIN} + {fmt_bytes(empty)} empty interpreter ({source})"
+    how = f"{cfg.workers:,} workers x {bpw:,.0f} B/worker x {MARGIN} + {format_bytes(empty)} empty interpreter ({source})"
     if pat >= 1 << 20:
-        how += f" + {fmt_bytes(pat)} of {cfg.pattern.name} pattern arrays"
+        how += f" + {format_bytes(pat)} of {cfg.pattern.name} pattern arrays"
     if pages >= 1 << 20:
-        how += f" + {fmt_bytes(pages)} of page matrices"
+        how += f" + {format_bytes(pages)} of page matrices"
     return est, how
 
 
@@ -162,14 +163,14 @@ def check_memory(configs: Sequence[tuple[str, ExperimentConfig]], out: str | os.
         low, avail = lower_bound(cfg), available_bytes()
         if low > avail:
             raise MemoryBudgetExceeded(
-                f"{label} needs at least {fmt_bytes(low)} ({cfg.workers:,} workers x {MIN_BYTES_PER_WORKER} B + "
-                f"{fmt_bytes(pattern_bytes(cfg))} of {cfg.pattern.name} pattern arrays) but only {fmt_bytes(avail)} is available",
+                f"{label} needs at least {format_bytes(low)} ({cfg.workers:,} workers x {MIN_BYTES_PER_WORKER} B + "
+                f"{format_bytes(pattern_bytes(cfg))} of {cfg.pattern.name} pattern arrays) but only {format_bytes(avail)} is available",
                 hint)
     for label, cfg in configs:
         est, how = estimate_bytes(cfg, out, cache)
         avail = available_bytes()
         if est > avail:
-            raise MemoryBudgetExceeded(f"{label} needs about {fmt_bytes(est)} ({how}) but only {fmt_bytes(avail)} is available", hint)
+            raise MemoryBudgetExceeded(f"{label} needs about {format_bytes(est)} ({how}) but only {format_bytes(avail)} is available", hint)
         _check_limit(label, cfg, cache)
 
 
@@ -181,13 +182,5 @@ def _check_limit(label: str, cfg: ExperimentConfig, cache: dict) -> None:
     _, empty, source = cache[_kind(cfg)]
     if limit < empty:
         raise MemoryBudgetExceeded(
-            f"{label}: reclaim.limit {fmt_bytes(limit)} is below the {fmt_bytes(empty)} an empty child already uses ({source})",
+            f"{label}: reclaim.limit {format_bytes(limit)} is below the {format_bytes(empty)} an empty child already uses ({source})",
             "raise reclaim.limit")
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{n:,.1f} {unit}" if unit != "B" else f"{n:,.0f} B"
-        n /= 1024
-    return str(n)

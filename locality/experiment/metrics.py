@@ -94,7 +94,7 @@ def compute(
     full = windows
     if sampled:
         dt = windows["t"].diff().fillna(windows["t"].iloc[0] - timeline["t"].iloc[0])
-        steps_per_window = config.window_steps() if hasattr(config, "window_steps") else None
+        steps_per_window = getattr(config, "window_steps", None)
         if steps_per_window and "step" in timeline:
             # Aligned windows: full means window_steps steps (the last one may hold fewer).
             done = timeline["step"].diff().iloc[1:]

@@ -119,20 +119,16 @@ def points(config: ExperimentConfig, grid: Mapping[str, Sequence[Any]]) -> list[
 
 
 def status_of(run_dir: Path) -> str | None:
-    """The run's status, or None if it has no readable manifest (a malformed one counts as not complete)."""
-    try:
-        manifest = store.read_manifest(run_dir)
-    except (OSError, ValueError):
-        return None
-    status = manifest.get("status") if isinstance(manifest, dict) else None
-    return status if isinstance(status, str) else None
+    """The point's status (``crashed`` if its runner died), None if it has no readable manifest."""
+    return store.effective_status(run_dir)
 
 
 def pending(points: Sequence[SweepPoint], out: str | os.PathLike, resume: bool) -> list[SweepPoint]:
-    """The points still to run: with ``resume``, complete runs are skipped (failed or interrupted re-run)."""
+    """The points still to run: with ``resume``, complete runs and runs a live runner holds
+    are skipped (failed, interrupted or crashed ones re-run)."""
     if not resume:
         return list(points)
-    return [p for p in points if status_of(Path(out) / p.point_id) != "complete"]
+    return [p for p in points if status_of(Path(out) / p.point_id) not in ("complete", "running")]
 
 
 # -- memory budget -------------------------------------------------------------
@@ -183,26 +179,36 @@ def run_sweep(
         return [out / p.point_id for p in pts]
     if executor_options:
         raise InvalidArgument(f"options {', '.join(sorted(executor_options))} need --executor dask")
-    if budget:
-        check_budget(todo, out)
     from locality.experiment.runner import RunFailed, run
+    from locality.experiment.signals import StopSignals
 
     bar = None
-    if progress:
-        from tqdm import tqdm
+    # Held across the points: a signal between two points stops the sweep
+    # (exit 130) instead of being dropped; one during a point interrupts it.
+    with StopSignals() as stop:
+        if budget:
+            check_budget(todo, out)
+        if progress:
+            from tqdm import tqdm
 
-        bar = tqdm(total=len(pts), initial=len(pts) - len(todo), unit="run", file=sys.stderr, desc="sweep")
-    try:
-        for p in todo:
+            bar = tqdm(total=len(pts), initial=len(pts) - len(todo), unit="run", file=sys.stderr, desc="sweep")
+        try:
+            for p in todo:
+                if stop.signum is not None:
+                    raise KeyboardInterrupt
+                if bar is not None:
+                    bar.set_postfix_str(p.point_id, refresh=True)
+                try:
+                    run(p.config, out, run_id=p.point_id, progress=False, resume=resume)
+                except RunFailed:
+                    pass  # stored as failed; the summary lists it
+                except (store.RunBusy, store.RunDone):
+                    pass  # another `sweep --resume` runs it, or has finished it
+                if bar is not None:
+                    bar.update(1)
+            if stop.signum is not None:
+                raise KeyboardInterrupt
+        finally:
             if bar is not None:
-                bar.set_postfix_str(p.point_id, refresh=True)
-            try:
-                run(p.config, out, run_id=p.point_id, progress=False)
-            except RunFailed:
-                pass  # stored as failed; the summary lists it
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
     return [out / p.point_id for p in pts]

@@ -1,183 +1,30 @@
-"""The main job: every layout on the same seeded workload, one report comparing them.
+"""The report of `locality compare`: the layouts' runs side by side, `objects` as the baseline.
 
-Runs are made one after the other by the experiment runner (a child process
-per layout, sampled from outside), stored under ``runs/compare/<UTC time>/
-<layout>``, then rendered with the `objects` run as the baseline. A layout
-that fails is a failed row in the report and the others go on; Ctrl-C stops
-the current run (the runner marks it interrupted) and the report is written
-from the runs that completed.
+The runs are made by ``locality.experiment.compare``; this module only renders them.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
 
-from locality.errors import InvalidArgument, LocalityError
-from locality.experiment import store
+from locality.experiment.compare import CompareResult
 from locality.report.data import RunData, label_runs, load_run_data
-
-# Defaults chosen so that all layouts at 1,000,000 workers finish within
-# 10 minutes on a 2-core machine (measured: see `locality compare --help`).
-DEFAULT_WORKERS = 1_000_000
-DEFAULT_STEPS = 80
-DEFAULT_STEP_INTERVAL = 0.1  # 80 steps -> about 15 s of activity per layout at 1M workers (isolated: minutes)
-DEFAULT_SAMPLE_INTERVAL = 1.0
-COLD_THRESHOLDS = [1.0, 5.0, 10.0]  # all shorter than the run, so each is measured
-SEED = 1
 
 
 @dataclass
-class CompareResult:
+class CompareReport:
     report: Path
-    run_root: Path
     runs: list[RunData]
-    seconds: dict[str, float] = field(default_factory=dict)
-    interrupted_at: str | None = None
-    not_run: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[str]:
         return [r.label for r in self.runs if r.failed]
 
 
-def layout_names() -> list[str]:
-    from locality.experiment.config import layout_names as names
-
-    return list(names())
-
-
-def parse_layouts(text: str) -> list[str]:
-    known = layout_names()
-    if text.strip() == "all":
-        return known
-    chosen = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [n for n in chosen if n not in known]
-    if unknown or not chosen:
-        raise InvalidArgument(f"--layouts: unknown {', '.join(unknown) or repr(text)}", f"allowed: all, or a comma list of {', '.join(known)}")
-    if len(set(chosen)) != len(chosen):
-        raise InvalidArgument("--layouts: a layout is named twice", "name each layout once")
-    return chosen
-
-
-def compare_config(layout: str, *, workers: int, pattern: str, steps: int, interval: float, seed: int = SEED,
-                   step_interval: float = DEFAULT_STEP_INTERVAL) -> Any:
-    """The run config of one layout; everything but the layout is the same for all."""
-    from locality.experiment.config import validate
-
-    return validate({
-        "workers": workers,
-        "layout": layout,
-        "scheduler": "lean",
-        "arena": "anon",
-        "pattern": {"name": pattern},
-        "steps": steps,
-        "step_interval": step_interval,
-        "seed": seed,
-        "sampling": {"interval": interval, "pages": True, "cold_thresholds": COLD_THRESHOLDS},
-        "reclaim": {"policy": "none"},
-        "name": f"compare-{layout}",
-    })
-
-
-def _failed_placeholder(run_root: Path, layout: str, config: Any, error: str) -> RunData:
-    """A layout refused before its run directory existed: still a (failed) row in the report."""
-    manifest = {"id": layout, "kind": "run", "status": "failed", "error": error, "created": store.utcnow(),
-                "finished": store.utcnow(), "config": config.model_dump(mode="json") if config is not None else {"layout": layout},
-                "machine": store.machine(), "versions": store.versions(), "capabilities": {}}
-    return RunData(path=run_root / layout, manifest=manifest)
-
-
-def compare(
-    layouts: Sequence[str],
-    *,
-    workers: int = DEFAULT_WORKERS,
-    pattern: str = "sheet",
-    steps: int = DEFAULT_STEPS,
-    interval: float = DEFAULT_SAMPLE_INTERVAL,
-    step_interval: float = DEFAULT_STEP_INTERVAL,
-    runs: str | Path = "runs/compare",
-    out: str | Path = "reports/compare.html",
-    progress: bool = True,
-) -> CompareResult:
-    """Run each layout, then write the report; returns where everything is."""
-    from locality.experiment.runner import RunFailed, run
-
-    if workers <= 0:
-        raise InvalidArgument(f"--workers must be > 0 (got {workers})")
-    if steps <= 0:
-        raise InvalidArgument(f"--steps must be > 0 (got {steps})")
-    # Validate every layout's config before the first (long) run starts.
-    configs = {name: compare_config(name, workers=workers, pattern=pattern, steps=steps, interval=interval,
-                                    step_interval=step_interval) for name in layouts}
-    from locality.experiment.estimate import check_memory
-
-    check_memory([(f"layout {name}", cfg) for name, cfg in configs.items()], runs)
-    run_root = Path(runs) / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    n = 1
-    while run_root.exists():
-        run_root = run_root.with_name(run_root.name.split("-")[0] + f"-{n}")
-        n += 1
-    run_root.mkdir(parents=True)
-
-    done: list[RunData] = []
-    seconds: dict[str, float] = {}
-    interrupted_at = None
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(layouts), unit="layout", desc="compare", file=sys.stderr, position=0, dynamic_ncols=True)
-    try:
-        for name in layouts:
-            if bar is not None:
-                bar.set_postfix_str(name, refresh=True)
-            t0 = time.monotonic()
-            try:
-                run_dir = run(configs[name], run_root, run_id=name, progress=progress)
-                done.append(load_run_data(run_dir))
-            except RunFailed:
-                done.append(_load_or_placeholder(run_root, name, configs[name], "the run failed"))
-            except KeyboardInterrupt:
-                interrupted_at = name
-                break
-            except LocalityError as e:  # refused up front (e.g. a kernel feature missing)
-                done.append(_load_or_placeholder(run_root, name, configs[name], str(e)))
-            seconds[name] = time.monotonic() - t0
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-
-    not_run = list(layouts[len(done) + (1 if interrupted_at else 0):])
-    notes = [f"Same workload for every layout: {workers:,} workers, pattern {pattern}, {steps} steps "
-             f"{step_interval:g} s apart, seed {SEED}, sampled every {interval:g} s, no reclaim."]
-    if interrupted_at:
-        notes.append(f"Interrupted (Ctrl-C) during {interrupted_at}; this report shows only the runs that had finished."
-                     + (f" Not run: {', '.join(not_run)}." if not_run else ""))
-    if not done:
-        raise CompareInterrupted(f"interrupted during {interrupted_at} before any run finished", f"runs so far are in {run_root}")
+def write_compare_report(result: CompareResult, out: str | Path) -> CompareReport:
+    """Write the HTML report of ``result``'s runs to ``out``."""
     from locality.report.html import write_report
 
-    label_runs(done)
-    report = write_report(done, out, title=f"locality compare: {len(done)} layouts, {workers:,} workers, {pattern}", notes=notes)
-    return CompareResult(report, run_root, done, seconds, interrupted_at, not_run)
-
-
-class CompareInterrupted(LocalityError):
-    """Ctrl-C before any layout finished: there is nothing to report."""
-
-
-def _load_or_placeholder(run_root: Path, name: str, config: Any, error: str) -> RunData:
-    path = run_root / name
-    if (path / "manifest.json").exists():
-        try:
-            return load_run_data(path)
-        except LocalityError:
-            pass
-    return _failed_placeholder(run_root, name, config, error)
+    runs = label_runs([load_run_data(d) for d in result.run_dirs])
+    return CompareReport(write_report(runs, out, title=result.title, notes=result.notes), runs)
