@@ -141,7 +141,7 @@ def test_pattern_estimate_covers_the_measured_peak():
     for waves, radius in ((20_000, 3.0), (2, 60.0)):
         cfg = validate({"workers": 40_000, "steps": 1, "pattern": {"name": "sheet", "waves": waves, "radius": radius}})
         tracemalloc.start()
-        steps = make_pattern("sheet", cfg.workers, seed=1, **cfg.population_params()).steps()
+        steps = make_pattern("sheet", cfg.workers, seed=1, **cfg.pattern_params).steps()
         for _ in range(2):
             next(steps)
         _, peak = tracemalloc.get_traced_memory()
