@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, UNPRIVILEGED, run_cli
 from fixtures_runs import make_run
-from test_cli_errors import assert_nothing_written, assert_refused
+from test_cli_errors import assert_nothing_written, assert_refused, run_main  # noqa: F401 (fixture)
 
 from locality.cli import main
 
@@ -33,24 +33,14 @@ interval = 0
 
 
 @pytest.fixture
-def run_main(tmp_path, monkeypatch, capsys):
-    """In-process ``locality ARGS`` in an empty directory ``tmp_path/work``: (rc, stdout, stderr)."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-
-    def call(*args: str) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return e.value.code, out, err
-
-    return call
+def elsewhere(tmp_path_factory) -> Path:
+    """A directory for inputs, apart from the working directory that must stay empty."""
+    return tmp_path_factory.mktemp("inputs")
 
 
 @pytest.fixture
-def config(tmp_path) -> Path:
-    p = tmp_path / "small.toml"
+def config(elsewhere) -> Path:
+    p = elsewhere / "small.toml"
     p.write_text(SMALL)
     return p
 
@@ -176,10 +166,9 @@ UNWRITABLE = [
 
 
 @pytest.mark.parametrize("command, args, option, value", UNWRITABLE)
-def test_unwritable_output_is_refused_before_any_work(run_main, tmp_path, config, command, args, option, value):
-    (tmp_path / "runs").mkdir()
-    make_run(tmp_path / "runs", "r1")
-    args = [str(tmp_path / "runs" / "r1") if a == "RUN" else str(_experiment(tmp_path)) if a == "EXPERIMENT"
+def test_unwritable_output_is_refused_before_any_work(run_main, elsewhere, config, command, args, option, value):
+    make_run(elsewhere / "runs", "r1")
+    args = [str(elsewhere / "runs" / "r1") if a == "RUN" else str(_experiment(elsewhere)) if a == "EXPERIMENT"
             else str(config) if a == "CONFIG" else a for a in args]
     Path("afile").write_text("")
     rc, _, err = run_main(command, *args, option, value)
@@ -224,8 +213,8 @@ def test_existing_directory_where_a_file_is_expected(tmp_path):
 # -- broken stored files and odd names: one line, or what is whole -------------
 
 
-def test_half_written_last_timeline_row_is_left_out_with_a_warning(run_main, tmp_path):
-    run = make_run(tmp_path / "runs", "torn")
+def test_half_written_last_timeline_row_is_left_out_with_a_warning(run_main, elsewhere):
+    run = make_run(elsewhere / "runs", "torn")
     whole = (run / "timeline.csv").read_text()
     rows = whole.count("\n") - 1
     (run / "timeline.csv").write_text(whole + whole.splitlines()[-1][:7])  # a crash mid-row
@@ -234,12 +223,12 @@ def test_half_written_last_timeline_row_is_left_out_with_a_warning(run_main, tmp
     with pytest.warns(UserWarning, match="last row is incomplete"):
         assert len(load(run)) == rows
     rc, out, err = run_main("report", run, "-o", "r.html")
-    assert rc == 0 and out.startswith("report: ")
+    assert rc == 0 and out.startswith("report: ") and os.listdir() == ["r.html"]
     assert err == f"locality: warning: {run / 'timeline.csv'}: the last row is incomplete (the run stopped while writing it); it is left out\n"
 
 
-def test_latency_with_text_is_one_line(run_main, tmp_path):
-    run = make_run(tmp_path / "runs", "lat")
+def test_latency_with_text_is_one_line(run_main, elsewhere):
+    run = make_run(elsewhere / "runs", "lat")
     (run / "latency.csv").write_text("latency_ns\n100\nabc\n200\n")
     rc, _, err = run_main("report", run, "-o", "r.html")
     assert_refused(rc, err, "latency.csv: row 3, column latency_ns: 'abc' is not a number")
