@@ -83,6 +83,29 @@ def test_config_values_are_bounded_before_anything_starts(run_main, config, sett
     assert_nothing_written(Path.cwd())
 
 
+@pytest.mark.parametrize("arena_dir, needle", [
+    ("/nonexistent-locality", "arena_dir: '/nonexistent-locality' is not a directory"),
+    ("/proc", "arena_dir: cannot create a file in '/proc'"),
+])
+def test_file_arena_directory_is_checked_before_any_child(run_main, config, arena_dir, needle):
+    rc, _, err = run_main("run", config, "--set", "arena='file'", "--set", f"arena_dir='{arena_dir}'", "--out", "runs")
+    assert_refused(rc, err, needle)
+    assert_nothing_written(Path.cwd())
+
+
+def test_a_failing_calibration_run_is_one_line_without_a_temporary_path(run_main, config, monkeypatch):
+    from locality.experiment import runner
+
+    def fail(cfg, out, **kw):
+        raise runner.RunFailed("run calibration failed: the child failed: boom", "see /tmp/gone/manifest.json")
+
+    monkeypatch.setattr(runner, "run", fail)
+    rc, _, err = run_main("run", config, "--out", "runs")
+    line = assert_refused(rc, err, "a calibration run of 1,000 workers (layout slab) failed: the child failed: boom")
+    assert "/tmp/gone" not in line
+    assert_nothing_written(Path.cwd())
+
+
 def test_absurd_workers_refused_from_a_lower_bound_without_running_anything(run_main, config, monkeypatch):
     # Any calibration run here would be a bug: the lower bound alone exceeds memory.
     monkeypatch.setattr("locality.experiment.estimate.measured_footprint", lambda *a: pytest.fail("calibrated"))

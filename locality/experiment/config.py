@@ -231,6 +231,8 @@ class ExperimentConfig(_Model):
             if self.pattern.waves > self.workers:
                 raise ValueError(f"pattern.waves: must be <= workers ({self.workers:,}): every wave fires at least "
                                  f"one worker per step (got {self.pattern.waves:,})")
+        if self.arena == "file" and self.arena_dir is not None and not _in_child(info):
+            _check_arena_dir(self.arena_dir)
         if isinstance(self.pattern, ReplayPattern) and not _in_child(info):
             try:
                 check_replay(self.pattern.path, self.workers)
@@ -295,6 +297,20 @@ class ExperimentConfig(_Model):
         if self.reclaim.policy == "pageout-idle" and self.arena == "file" and self.write_tracking:
             return float(self.sampling.interval)
         return 0.0
+
+
+def _check_arena_dir(path: str) -> None:
+    # The child creates its arena files there: a missing or unwritable directory
+    # is a config error, found before any child starts.
+    import tempfile
+
+    if not os.path.isdir(path):
+        raise ValueError(f"arena_dir: {path!r} is not a directory (create it or choose another)")
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(f"arena_dir: cannot create a file in {path!r} ({e.strerror})") from None
 
 
 def check_replay(path: str, workers: int) -> int:

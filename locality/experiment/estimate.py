@@ -58,6 +58,10 @@ class MemoryBudgetExceeded(LocalityError):
     """A config would need more memory than is available."""
 
 
+class CalibrationFailed(LocalityError):
+    """The short run that measures bytes per worker failed."""
+
+
 def _kind(cfg: ExperimentConfig) -> tuple:
     return (cfg.layout, cfg.scheduler, cfg.arena, cfg.hugepages)
 
@@ -82,7 +86,7 @@ def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dic
             cache[key] = (float(m["bytes_per_worker"]), int(m["pss_empty_bytes"]), f"run {d.parent.name}")
             return cache[key]
     from locality.experiment.config import validate
-    from locality.experiment.runner import run
+    from locality.experiment.runner import RunFailed, run
 
     n = min(cfg.workers, CALIBRATION_WORKERS)
     data = cfg.model_dump(mode="json")
@@ -91,7 +95,13 @@ def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dic
     data["sampling"] = {"interval": 0, "pages": False}
     data["reclaim"] = {"policy": "none"}
     with tempfile.TemporaryDirectory(prefix="locality-calibrate-") as tmp:
-        run_dir = run(validate(data), tmp, run_id="calibration", progress=False)
+        try:
+            run_dir = run(validate(data), tmp, run_id="calibration", progress=False)
+        except RunFailed as e:
+            # The run the config asks for would fail the same way: say why, not where a deleted temp dir was.
+            why = e.message.split("failed: ", 1)[-1]
+            raise CalibrationFailed(f"a calibration run of {n:,} workers (layout {cfg.layout}) failed: {why}",
+                                    "fix the config; the memory estimate needs this run") from None
         m = json.loads((run_dir / "metrics.json").read_text())
     cache[key] = (max(0.0, float(m["bytes_per_worker"])), int(m["pss_empty_bytes"]), f"calibration run of {n:,} workers")
     return cache[key]
