@@ -38,10 +38,9 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     """
     from locality.errors import InvalidArgument
     from locality.experiment.config import load_config
+    from locality.experiment.outputs import check_output_dir
     from locality.experiment.store import read_manifest
     from locality.experiment.sweep import file_grid, parse_grid, run_sweep
-
-    from locality.experiment.outputs import check_output_dir
 
     cfg = load_config(config, overrides)
     points_grid = parse_grid(grid) if grid else file_grid(config)
@@ -59,7 +58,8 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
             m = read_manifest(d)
             if not isinstance(m, dict):
                 raise ValueError("not a JSON object")
-            status, error = m.get("status"), m.get("error")
+            status, error = str(m.get("status")), m.get("error")
+            error = error if isinstance(error, str) else None
         except (OSError, ValueError):
             status, error = "missing", None
         failed += status != "complete"
