@@ -83,7 +83,10 @@ def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dic
         if c.get("status") == "complete" and m.get("bytes_per_worker") and (
             cc.get("layout"), cc.get("scheduler"), cc.get("arena"), cc.get("hugepages")
         ) == key:
-            cache[key] = (float(m["bytes_per_worker"]), int(m["pss_empty_bytes"]), f"run {d.parent.name}")
+            try:
+                cache[key] = (float(m["bytes_per_worker"]), int(m["pss_empty_bytes"]), f"run {d.parent.name}")
+            except (KeyError, TypeError, ValueError):
+                continue  # an older or damaged run: measure instead
             return cache[key]
     from locality.experiment.config import validate
     from locality.experiment.runner import RunFailed, run
