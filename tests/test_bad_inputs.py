@@ -299,3 +299,15 @@ def test_dollar_signs_in_ids_and_vma_paths_are_text(tmp_path):
         fig.savefig(tmp_path / "t.svg")  # raised ValueError (mathtext) before text.parse_math: False
         plt.close(fig)
     assert FIGURES
+
+
+@pytest.mark.parametrize("args, option", [
+    (["compare", "--step-interval", "nan"], "--step-interval"),
+    (["compare", "--interval", "inf"], "--interval"),
+    (["beam", "-n", "10", "--p", "nan"], "--p"),
+])
+def test_float_options_must_be_finite(run_main, args, option):
+    # click.FloatRange lets nan through: nan compares false with every bound.
+    rc, _, err = run_main(*args)
+    assert_refused(rc, err, f"Invalid value for '{option}'", "is not a finite number")
+    assert os.listdir() == []

@@ -8,6 +8,7 @@ This layer parses, validates and prints; the work happens in the layers below.
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import warnings
 
@@ -56,6 +57,13 @@ def cli() -> None:
     Start with `locality doctor` to see which kernel instruments work here,
     then `locality compare` for the main experiment.
     """
+
+
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Option callback: click.FloatRange lets nan and inf through (nan compares false with any bound)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a finite number")
+    return value
 
 
 def fail(message: str) -> "NoReturn":  # noqa: F821

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from locality.cli import finite
 from locality.errors import InvalidArgument
 from locality.units import parse_duration
 
@@ -17,7 +18,7 @@ from locality.units import parse_duration
 @click.option("--pattern", type=click.Choice(["uniform", "zipf", "sheet"]), default="sheet", show_default=True,
               help="Which processes each step activates: uniform random, zipf-skewed ids, or local "
                    "bursts on a ceil(sqrt(N)) square sheet.")
-@click.option("--p", "p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.01, show_default=True,
+@click.option("--p", "p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.01, show_default=True, callback=finite,
               help="Fraction of processes activated per step.")
 @click.option("--steps", type=click.IntRange(min=0), help="Activation steps to run.")
 @click.option("--duration", help="Run for this long instead of --steps (e.g. 70s); default: the largest window plus one interval.")

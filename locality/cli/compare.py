@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from locality.cli import finite
 from locality.experiment.compare import DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEP_INTERVAL, DEFAULT_STEPS, DEFAULT_WORKERS
 
 
@@ -20,9 +21,10 @@ from locality.experiment.compare import DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEP_IN
               help="Activation pattern, with its default parameters (1% of workers per step).")
 @click.option("--steps", type=click.IntRange(min=1), default=DEFAULT_STEPS, show_default=True,
               help="Activation steps per layout.")
-@click.option("--step-interval", type=click.FloatRange(min=0), default=DEFAULT_STEP_INTERVAL, show_default=True,
+@click.option("--step-interval", type=click.FloatRange(min=0), default=DEFAULT_STEP_INTERVAL, show_default=True, callback=finite,
               help="Seconds the population idles between steps.")
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_SAMPLE_INTERVAL, show_default=True,
+              callback=finite,
               help="Seconds between samples of the child's pages.")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/compare"),
               show_default=True, help="Runs are stored under RUNS/<UTC time>/<layout>.")
