@@ -93,8 +93,10 @@ def test_file_arena_directory_is_checked_before_any_child(run_main, config, aren
     assert_nothing_written(Path.cwd())
 
 
-def test_a_failing_calibration_run_is_one_line_without_a_temporary_path(run_main, config, monkeypatch):
+def test_a_failing_calibration_run_is_one_line_without_a_temporary_path(run_main, config, monkeypatch, elsewhere):
     from locality.experiment import runner
+
+    monkeypatch.setenv("LOCALITY_CACHE_DIR", str(elsewhere / "cache"))  # nothing calibrated yet
 
     def fail(cfg, out, **kw):
         raise runner.RunFailed("run calibration failed: the child failed: boom", "see /tmp/gone/manifest.json")
@@ -311,3 +313,22 @@ def test_float_options_must_be_finite(run_main, args, option):
     rc, _, err = run_main(*args)
     assert_refused(rc, err, f"Invalid value for '{option}'", "is not a finite number")
     assert os.listdir() == []
+
+
+def test_calibration_is_measured_once_then_reused(run_main, config, monkeypatch, elsewhere):
+    from locality.experiment import estimate, runner
+    from locality.experiment.config import load_config
+
+    monkeypatch.setenv("LOCALITY_CACHE_DIR", str(elsewhere / "cache"))
+    real, calls = runner.run, []
+    monkeypatch.setattr(runner, "run", lambda *a, **k: calls.append(a[2] if len(a) > 2 else a[1]) or real(*a, **k))
+    monkeypatch.setattr(estimate, "available_bytes", lambda: 1 << 20)  # refused: nothing is saved
+    rc, _, err = run_main("run", config, "--out", "runs")
+    assert_refused(rc, err, "calibration run of 1,000 workers")
+    assert len(calls) == 1 and not (elsewhere / "cache").exists()
+    monkeypatch.setattr(estimate, "available_bytes", lambda: 1 << 40)
+    cfg = load_config(config)
+    estimate.check_memory([("this run", cfg)], "runs")
+    assert len(calls) == 2 and (elsewhere / "cache" / "calibration.json").exists()
+    estimate.check_memory([("this run", cfg)], "runs")  # from the cache: no run
+    assert len(calls) == 2

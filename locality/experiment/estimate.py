@@ -9,7 +9,8 @@ One estimator for `run`, every `sweep` point and every `compare` layout:
 ``bytes_per_worker`` and ``pss_empty`` are measured: taken from a complete
 run under ``out`` with the same layout, scheduler, arena and hugepages, or
 else from a calibration run of min(workers, CALIBRATION_WORKERS) workers
-(spawn only, no steps, no sampling; about a second). MARGIN (1.25) covers
+(spawn only, no steps, no sampling; about a second; kept in a per-user
+cache, see cache_dir). MARGIN (1.25) covers
 what stepping adds (objects touched, heap growth). The pattern's arrays are
 not in the calibration (it spawns with `uniform`) and can dwarf the
 population: `pattern.waves = 1e9` drove a child to 22.7 GiB. So each
@@ -92,6 +93,10 @@ def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dic
     from locality.experiment.runner import RunFailed, run
 
     n = min(cfg.workers, CALIBRATION_WORKERS)
+    saved = _read_saved().get(_saved_key(key, n))
+    if isinstance(saved, list) and len(saved) == 3:
+        cache[key] = (float(saved[0]), int(saved[1]), str(saved[2]))
+        return cache[key]
     data = cfg.model_dump(mode="json")
     data.update(workers=n, steps=0, duration=None, name=None)
     data["pattern"] = {"name": "uniform"}
@@ -106,8 +111,52 @@ def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dic
             raise CalibrationFailed(f"a calibration run of {n:,} workers (layout {cfg.layout}) failed: {why}",
                                     "fix the config; the memory estimate needs this run") from None
         m = json.loads((run_dir / "metrics.json").read_text())
-    cache[key] = (max(0.0, float(m["bytes_per_worker"])), int(m["pss_empty_bytes"]), f"calibration run of {n:,} workers")
+    cache[key] = (max(0.0, float(m["bytes_per_worker"])), int(m["pss_empty_bytes"]),
+                  f"calibration run of {n:,} workers, {store.utcnow()}")
+    cache.setdefault(_NEW, {})[_saved_key(key, n)] = list(cache[key])
     return cache[key]
+
+
+# Calibrations are kept per user and machine (LOCALITY_CACHE_DIR, else
+# $XDG_CACHE_HOME/locality or ~/.cache/locality), keyed by kind, size, Python
+# and locality versions, so the next command does not measure again (a run
+# interrupted before it completed leaves no run to take the figure from).
+# Written only when the check passes; the message names when it was measured.
+SAVED = "calibration.json"
+_NEW = "new calibrations"
+
+
+def cache_dir() -> Path:
+    if os.environ.get("LOCALITY_CACHE_DIR"):
+        return Path(os.environ["LOCALITY_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "locality"
+
+
+def _saved_key(kind: tuple, n: int) -> str:
+    import socket
+    import sys
+
+    from locality import __version__
+
+    python = f"python {sys.version_info[0]}.{sys.version_info[1]}"
+    return json.dumps([*kind, n, socket.gethostname(), python, f"locality {__version__}"])
+
+
+def _read_saved() -> dict[str, Any]:
+    try:
+        data = json.loads((cache_dir() / SAVED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save(cache: dict) -> None:
+    new = cache.pop(_NEW, None)
+    if new:
+        try:
+            store.atomic_write_json(cache_dir() / SAVED, {**_read_saved(), **new})
+        except OSError:
+            pass  # measured again next time
 
 
 def pattern_bytes(cfg: ExperimentConfig) -> int:
@@ -185,6 +234,7 @@ def check_memory(configs: Sequence[tuple[str, ExperimentConfig]], out: str | os.
         if est > avail:
             raise MemoryBudgetExceeded(f"{label} needs about {format_bytes(est)} ({how}) but only {format_bytes(avail)} is available", hint)
         _check_limit(label, cfg, cache)
+    _save(cache)
 
 
 def _check_limit(label: str, cfg: ExperimentConfig, cache: dict) -> None:
