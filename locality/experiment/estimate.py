@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from locality import tempfiles
 from locality.errors import LocalityError
 from locality.experiment import store
 from locality.experiment.config import ExperimentConfig, SheetPattern, ZipfPattern
@@ -102,7 +103,7 @@ def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dic
     data["pattern"] = {"name": "uniform"}
     data["sampling"] = {"interval": 0, "pages": False}
     data["reclaim"] = {"policy": "none"}
-    with tempfile.TemporaryDirectory(prefix="locality-calibrate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=tempfiles.prefix("calibrate")) as tmp:
         try:
             run_dir = run(validate(data), tmp, run_id="calibration", progress=False)
         except RunFailed as e:

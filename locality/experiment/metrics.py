@@ -93,15 +93,7 @@ def compute(
     out["useful_bytes"] = useful
     full = windows
     if sampled:
-        dt = windows["t"].diff().fillna(windows["t"].iloc[0] - timeline["t"].iloc[0])
-        steps_per_window = getattr(config, "window_steps", None)
-        if steps_per_window and "step" in timeline:
-            # Aligned windows: full means window_steps steps (the last one may hold fewer).
-            done = timeline["step"].diff().iloc[1:]
-            if (done == steps_per_window).any():
-                full = windows[done == steps_per_window]
-        elif (dt >= 0.9 * interval).any():
-            full = windows[dt >= 0.9 * interval]
+        full = timeline.iloc[full_windows(timeline, interval, getattr(config, "window_steps", None))]
     # Utilization over the full windows only, with their own useful bytes: the
     # run's last window is cut short at a moment set by timing (4 steps or 40),
     # and its few steps rewrite the interpreter's pages as a full window does,
@@ -191,6 +183,21 @@ OWNED_KEYS = ("private_clean", "private_dirty")
 def owned_bytes(rollup: Mapping[str, int] | None) -> int | None:
     """USS of a process from its smaps_rollup totals."""
     return None if rollup is None else sum(int(rollup[k]) for k in OWNED_KEYS)
+
+
+def full_windows(timeline: pd.DataFrame, interval: float, steps_per_window: int | None = None) -> np.ndarray:
+    """Row positions of the sample windows a mean WSS is taken over: with
+    windows aligned to steps (config.window_steps), those of exactly that
+    many steps; else every window after the first sample at least 0.9
+    intervals long. All windows if none qualifies."""
+    if len(timeline) < 2:
+        return np.empty(0, np.int64)
+    if steps_per_window and "step" in timeline:
+        full = np.flatnonzero(np.diff(timeline["step"].to_numpy()) == steps_per_window) + 1
+    else:
+        t = timeline["t"].to_numpy(dtype=np.float64)
+        full = np.flatnonzero(np.diff(t) >= 0.9 * interval) + 1
+    return full if full.size else np.arange(1, len(timeline))
 
 
 def _tkey(t: float) -> str:

@@ -62,8 +62,12 @@ TIMELINE: dict[str, tuple[Field, ...]] = {
         F("major_faults", "int", "count", "the child's major faults so far (/proc/PID/stat)"),
         F("minor_faults", "int", "count", "the child's minor faults so far"),
         F("written_pages", "int", "pages", "tracked pages written since the previous sample (PAGEMAP_SCAN)"),
+        F("discarded_pages", "int", "pages", "tracked pages the kernel reads as written that were dropped since the "
+          "previous sample (MADV_DONTNEED): no page left, not in written_pages"),
         F("resident_pages", "int", "pages", "tracked pages present in RAM"),
         F("swapped_pages", "int", "pages", "tracked pages in swap (uffd-wp markers excluded)"),
+        F("unresolved_pages", "int", "pages", "tracked pages in swap or holding a uffd-wp marker, which a reader "
+          "without CAP_SYS_ADMIN cannot tell apart (0 as root); in neither resident_pages nor swapped_pages"),
         F("populated_pages", "int", "pages", "tracked pages present or swapped"),
         F("refaulted_pages", "int", "pages", "tracked pages back in RAM since the previous sample after being swapped"),
         F("paged_out_pages", "int", "pages", "tracked pages that went from RAM to swap since the previous sample"),
@@ -158,6 +162,12 @@ METRICS: dict[str, tuple[Field, ...]] = {
         F("reclaim_overhead_pct", "float", "%", "the reclaim policy's share of the wall time", nullable=True),
         F("sampler_overhead_kind", "str", "", "how sampler_overhead_pct is measured"),
         F("pageout_bytes", "int", "bytes", "bytes the reclaim policy advised out in all"),
+        F("portions", "dict", "", "portion -> resident_bytes, share_of_rss, tracked_pages, wss_pages_mean, wss_bytes_mean, "
+          "page_utilization, cold_fraction, paged_out_pages_max, refaulted_pages (experiment/portions.py)", nullable=True),
+        F("mixed_pages", "int", "pages", "tracked pages holding bytes of two or more portions", nullable=True),
+        F("portions_rss_bytes", "int", "bytes", "RSS read right after the portions' resident bytes", nullable=True),
+        F("portions_walk_s", "float", "s", "the child's walk of the portions it can name, once after spawn", nullable=True),
+        F("portion_dominating_wss", "str", "", "the portion with the largest mean WSS", nullable=True),
     ),
     "probe": (),
     "beam": _COMMON_METRICS + (
