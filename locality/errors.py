@@ -58,3 +58,7 @@ class Unsupported(LocalityError):
         super().__init__(f"{feature} is not available: {reason}", hint)
         self.feature = feature
         self.reason = reason
+
+
+class LocalityWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints one line)."""

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Calibration runs (locality.experiment.estimate) are cached per user; the
+# suite keeps its own cache (removed at exit), never the user's.
+_CACHE = tempfile.mkdtemp(prefix="locality-test-cache-")
+os.environ["LOCALITY_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

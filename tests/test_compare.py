@@ -55,6 +55,8 @@ def fake(monkeypatch):
     def install(**kw):
         runner = FakeRunner(**kw)
         monkeypatch.setattr("locality.experiment.runner.run", runner)
+        # No calibration runs through the fake runner: the memory check has its own tests (test_bad_inputs).
+        monkeypatch.setattr("locality.experiment.estimate.check_memory", lambda *a, **k: None)
         # These tests are about the job, not the figures (test_report, test_figures): draw one, fast.
         monkeypatch.setattr("locality.report.figures.default_names", lambda runs: ["bytes_per_worker"])
         return runner

@@ -72,8 +72,9 @@ def test_memory_guard_names_both_numbers(tmp_path):
     with pytest.raises(MemoryBudgetExceeded) as e:
         run_sweep(validate(BASE), {"workers": [1000, 10**10]}, tmp_path / "runs", progress=False)
     msg = str(e.value)
-    assert msg.startswith("sweep point workers=10000000000-") and "needs about" in msg and "is available" in msg
-    assert "10,000,000,000 workers x" in msg and "calibration run of 1,000 workers" in msg
+    # Refused from the lower bound (8 B per worker) alone: no calibration run needed.
+    assert msg.startswith("sweep point workers=10000000000-") and "needs at least" in msg and "is available" in msg
+    assert "10,000,000,000 workers x 8 B" in msg
     assert not any((tmp_path / "runs").glob("workers=*"))  # nothing ran
 
 

@@ -8,12 +8,14 @@ This layer parses, validates and prints; the work happens in the layers below.
 from __future__ import annotations
 
 import importlib
+import math
 import sys
+import warnings
 
 import click
 
 from locality import __version__
-from locality.errors import LocalityError
+from locality.errors import LocalityError, LocalityWarning
 
 # name -> (module, attribute, one-line help shown by `locality --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -57,13 +59,32 @@ def cli() -> None:
     """
 
 
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Option callback: click.FloatRange lets nan and inf through (nan compares false with any bound)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a finite number")
+    return value
+
+
 def fail(message: str) -> "NoReturn":  # noqa: F821
     """Print one error line and exit with status 2 (bad input, missing feature)."""
     click.echo(f"locality: error: {message}", err=True)
     sys.exit(2)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    # LocalityWarning is for users: one line, no source location.
+    if issubclass(category, LocalityWarning):
+        click.echo(f"locality: warning: {message}", err=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> None:
+    warnings.showwarning = _show_warning
     try:
         rv = cli.main(args=argv, prog_name="locality", standalone_mode=False)
     except click.exceptions.Abort:

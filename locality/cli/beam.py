@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from locality.cli import finite
 from locality.errors import InvalidArgument
 from locality.units import parse_duration
 
@@ -18,7 +19,7 @@ from locality.units import parse_duration
 @click.option("--pattern", type=click.Choice(["uniform", "zipf", "sheet"]), default="sheet", show_default=True,
               help="Which processes each step activates: uniform random, zipf-skewed ids, or local "
                    "bursts on a ceil(sqrt(N)) square sheet.")
-@click.option("--p", "p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.01, show_default=True,
+@click.option("--p", "p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.01, show_default=True, callback=finite,
               help="Fraction of processes activated per step.")
 @click.option("--steps", type=click.IntRange(min=0), help="Activation steps to run.")
 @click.option("--duration", help="Run for this long instead of --steps (e.g. 70s); default: the largest window plus one interval.")
@@ -72,6 +73,7 @@ def beam(ctx: click.Context, processes: int, pattern: str, p: float, steps: int 
     if ctx.invoked_subcommand is not None:
         return
     from locality.experiment.beam import BeamConfig, run_beam
+    from locality.experiment.outputs import check_output_dir
 
     window_list = _windows(windows)
     config = BeamConfig(
@@ -81,6 +83,7 @@ def beam(ctx: click.Context, processes: int, pattern: str, p: float, steps: int 
         radius=radius, windows=window_list,
         track_refs=track_refs, pageout_watch=pageout_watch,
     )
+    check_output_dir(out, "--out")
     say = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
     run_dir = run_beam(config, out, progress=not as_json, on_event=say)
     metrics = json.loads((run_dir / "metrics.json").read_text())

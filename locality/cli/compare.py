@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from locality.cli import finite
 from locality.experiment.compare import DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEP_INTERVAL, DEFAULT_STEPS, DEFAULT_WORKERS
 
 
@@ -20,9 +21,10 @@ from locality.experiment.compare import DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEP_IN
               help="Activation pattern, with its default parameters (1% of workers per step).")
 @click.option("--steps", type=click.IntRange(min=1), default=DEFAULT_STEPS, show_default=True,
               help="Activation steps per layout.")
-@click.option("--step-interval", type=click.FloatRange(min=0), default=DEFAULT_STEP_INTERVAL, show_default=True,
+@click.option("--step-interval", type=click.FloatRange(min=0), default=DEFAULT_STEP_INTERVAL, show_default=True, callback=finite,
               help="Seconds the population idles between steps.")
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_SAMPLE_INTERVAL, show_default=True,
+              callback=finite,
               help="Seconds between samples of the child's pages.")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/compare"),
               show_default=True, help="Runs are stored under RUNS/<UTC time>/<layout>.")
@@ -43,10 +45,13 @@ def compare(workers: int, layouts: str, pattern: str, steps: int, step_interval:
     writes their report (exit status 130).
     """
     from locality.experiment.compare import CompareInterrupted, compare as run_compare, parse_layouts
+    from locality.experiment.outputs import check_output_dir, check_output_file
     from locality.experiment.signals import StopSignals
     from locality.report.compare import write_compare_report
 
     chosen = parse_layouts(layouts)
+    check_output_file(out, "--out")
+    check_output_dir(runs_dir, "--runs")
     # Held across the runs and the report: a Ctrl-C while the report is drawn
     # still leaves the report of the finished runs, then exits 130.
     with StopSignals() as stop:

@@ -43,6 +43,9 @@ def figures(experiment: Path, formats: list[str] | None, out: Path | None, runs_
     fs = load_figure_set(experiment, formats=formats, out=out)
     if runs_dir is not None:
         fs.runs_dir = runs_dir
+    from locality.experiment.outputs import check_output_dir
+
+    check_output_dir(fs.out, "--out")
     written, notes = write_figures(fs)
     if as_json:
         click.echo(json.dumps({"files": [str(p) for p in written], "notes": notes}))

@@ -74,6 +74,9 @@ def probe(pid: int, interval: str, duration: str, track_refs: bool, ranges: tupl
     if out is None:
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out = Path("runs") / f"probe-{pid}-{stamp}"
+    from locality.experiment.outputs import check_output_dir
+
+    check_output_dir(out, "--out")
     samples: list[dict] = []
 
     def on_sample(s) -> None:  # noqa: ANN001

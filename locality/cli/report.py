@@ -26,6 +26,9 @@ def report(run_dirs: tuple[Path, ...], out: Path, title: str | None, as_json: bo
     The baseline for ratios is the `objects` layout run if present, else the
     first run. Figures whose data no run has are omitted with a note.
     """
+    from locality.experiment.outputs import check_output_file
+
+    check_output_file(out, "--out")
     from locality.report.html import write_report
 
     path = write_report(list(run_dirs), out, title=title)

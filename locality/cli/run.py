@@ -35,13 +35,16 @@ def run(config: Path, overrides: tuple[str, ...], out: Path | None, run_id: str 
     from locality.experiment.config import load_config
     from locality.experiment.runner import run as run_experiment
 
+    from locality.experiment.estimate import check_memory
+    from locality.experiment.outputs import check_output_dir
     from locality.experiment.store import check_run_id
 
     if run_id is not None:
         check_run_id(run_id)
     cfg = load_config(config, overrides)
-    run_dir = run_experiment(cfg, out if out is not None else Path(cfg.out), run_id=run_id, progress=not as_json,
-                             replace=replace)
+    out = check_output_dir(out if out is not None else Path(cfg.out), "--out")
+    check_memory([("this run", cfg)], out)
+    run_dir = run_experiment(cfg, out, run_id=run_id, progress=not as_json, replace=replace)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if as_json:
         click.echo(json.dumps({"run_dir": str(run_dir), **metrics}, indent=2, sort_keys=True))

@@ -40,6 +40,7 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     """
     from locality.errors import InvalidArgument
     from locality.experiment.config import load_config
+    from locality.experiment.outputs import check_output_dir
     from locality.experiment.store import effective_status, read_manifest
     from locality.experiment.sweep import file_grid, parse_grid, run_sweep
 
@@ -50,13 +51,17 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     options = {k: v for k, v in (("scheduler", scheduler), ("cluster", cluster), ("runs_per_node", runs_per_node)) if v is not None}
     if options and executor != "dask":
         raise InvalidArgument(f"--{next(iter(options)).replace('_', '-')} needs --executor dask")
-    dirs = run_sweep(cfg, points_grid, out if out is not None else Path(cfg.out), resume=resume, executor=executor,
+    out = check_output_dir(out if out is not None else Path(cfg.out), "--out")
+    dirs = run_sweep(cfg, points_grid, out, resume=resume, executor=executor,
                      progress=not as_json, **options)
     failed = 0
     for d in dirs:
         try:
             m = read_manifest(d)
+            if not isinstance(m, dict):
+                raise ValueError("not a JSON object")
             status, error = effective_status(m) or "unreadable", m.get("error")
+            error = error if isinstance(error, str) else None
         except (OSError, ValueError, AttributeError):
             status, error = "missing", None
         failed += status not in ("complete", "running")  # running: another `--resume` holds it

@@ -33,7 +33,9 @@ def load(run_dir: str | Path) -> pd.DataFrame:
     path = d / "timeline.csv"
     if not path.exists():
         return pd.DataFrame(columns=["t", "rss_bytes", "pss_bytes", "swap_bytes"])
-    return pd.read_csv(path)
+    from locality.experiment.store import read_table
+
+    return read_table(path)
 
 
 @dataclass
@@ -78,7 +80,9 @@ def load_run(run_dir: str | Path) -> Run:
         with open(d / "metrics.json") as f:
             metrics = json.load(f)
     lat_path = d / "latency.csv"
-    latency = pd.read_csv(lat_path)["latency_ns"].to_numpy() if lat_path.exists() else np.empty(0, np.int64)
+    from locality.experiment.store import read_table
+
+    latency = read_table(lat_path)["latency_ns"].to_numpy() if lat_path.exists() else np.empty(0, np.int64)
     return Run(d, manifest, metrics, load(d), latency)
 
 

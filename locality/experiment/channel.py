@@ -28,7 +28,7 @@ from collections import deque
 from typing import Any, Callable, Mapping, Sequence
 
 from locality.errors import LocalityError
-from locality.kernel import die_with_parent
+from locality.kernel import die_with_parent, fixed_address_layout
 
 STDERR_TAIL = 2000
 
@@ -59,9 +59,11 @@ def exit_text(rc: int | None) -> str:
     return f"exited with status {rc}"
 
 
-def _in_child(death_signal: int) -> None:
+def _in_child(death_signal: int, fixed_layout: bool) -> None:
     # Runs between fork and exec; the parent is blocked until exec, so it is alive here.
     die_with_parent(death_signal)
+    if fixed_layout:
+        fixed_address_layout()
 
 
 class Channel:
@@ -75,7 +77,7 @@ class Channel:
 
     def __init__(self, argv: Sequence[str], *, name: str = "child", env: Mapping[str, str] | None = None,
                  kind_key: str = "msg", death_signal: int = signal.SIGKILL, new_session: bool = True,
-                 tolerate_noise: bool = False) -> None:
+                 tolerate_noise: bool = False, fixed_layout: bool = False) -> None:
         self.name = name
         self.kind_key = kind_key
         self.tolerate_noise = tolerate_noise
@@ -86,7 +88,7 @@ class Channel:
         self.proc = subprocess.Popen(
             list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
             env=dict(env) if env is not None else None, start_new_session=new_session,
-            preexec_fn=lambda: _in_child(death_signal),
+            preexec_fn=lambda: _in_child(death_signal, fixed_layout),
         )
         threading.Thread(target=self._read, name=f"locality-{name}-reader", daemon=True).start()
 
@@ -248,6 +250,11 @@ class ChildEnd:
         if b"\n" in self._buf or select.select([self._fd], [], [], 0)[0]:
             return self.recv()
         return None
+
+    def wait(self, timeout: float) -> None:
+        """Block until a command may be waiting, or ``timeout`` seconds."""
+        if b"\n" not in self._buf:
+            select.select([self._fd], [], [], timeout)
 
     def expect(self, cmd: str) -> dict[str, Any]:
         """The next command, which must be ``cmd``; "exit" or "stop" end the child quietly."""

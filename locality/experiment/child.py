@@ -142,6 +142,10 @@ def main() -> None:
 
     cfg = from_parent(m["config"])
     latency_path = m.get("latency_path")
+    # Aligned windows: after every window_steps steps, wait for the parent's
+    # "sampled" (it samples while this process sleeps step_interval).
+    window_steps = int(m.get("window_steps") or 0)
+    awaiting = False
 
     from locality.experiment.sampler import anonymous_ranges
     from locality.kernel import PAGE_SIZE, vmas
@@ -221,21 +225,25 @@ def main() -> None:
     start = time.monotonic()
     stop_reason = "steps"
     while True:
+        cmd = chan.poll()
+        while cmd is not None or (awaiting and not stopping):
+            if cmd is None:
+                chan.wait(0.1)
+            elif cmd.get("cmd") == "register":
+                ok, bad = _register([tuple(r) for r in cmd["ranges"]])
+                names = dict(zip((tuple(r) for r in cmd["ranges"]), cmd.get("names") or []))
+                chan.send("registered", ranges=ok, failed=bad, names=[names.get(tuple(r), "anon") for r in ok])
+            elif cmd.get("cmd") == "sampled":
+                awaiting = False
+            elif cmd.get("cmd") in ("stop", "exit"):
+                stopping = True
+            cmd = chan.poll()
         if steps_max is not None and k >= steps_max:
             stop_reason = "steps"
             break
         if duration is not None and time.monotonic() - start >= duration:
             stop_reason = "duration"
             break
-        cmd = chan.poll()
-        while cmd is not None:
-            if cmd.get("cmd") == "register":
-                ok, bad = _register([tuple(r) for r in cmd["ranges"]])
-                names = dict(zip((tuple(r) for r in cmd["ranges"]), cmd.get("names") or []))
-                chan.send("registered", ranges=ok, failed=bad, names=[names.get(tuple(r), "anon") for r in ok])
-            elif cmd.get("cmd") in ("stop", "exit"):
-                stopping = True
-            cmd = chan.poll()
         if stopping:
             stop_reason = "stopped"
             break
@@ -278,6 +286,9 @@ def main() -> None:
             for a in file_arenas:
                 a.sync()
             last_sync = now
+        if window_steps and k % window_steps == 0:
+            chan.send("window", step=k)
+            awaiting = True
         if interval > 0:
             time.sleep(interval)
     if batch["steps"]:

@@ -118,6 +118,9 @@ def compare(
     # Validate every layout's config before the first (long) run starts.
     configs = {name: compare_config(name, workers=workers, pattern=pattern, steps=steps, interval=interval,
                                     step_interval=step_interval) for name in layouts}
+    from locality.experiment.estimate import check_memory
+
+    check_memory([(f"layout {name}", cfg) for name, cfg in configs.items()], runs)
     run_root = timestamped_root(runs)
 
     done: list[Path] = []

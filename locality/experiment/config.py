@@ -29,6 +29,7 @@ from pydantic import (
 
 from locality import units
 from locality.errors import ConfigError, InvalidArgument
+from locality.experiment.config_errors import one_line
 from locality.population.patterns import PATTERNS
 
 SCHEDULERS = ("lean", "asyncio")
@@ -54,10 +55,21 @@ def _in_child(info: ValidationInfo) -> bool:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has types, so `workers = true` or `workers = 1e12` is a
+    # mistake to name, not a value to coerce (lax mode ran true as 1 worker).
+    # No inf/nan anywhere: every float here is a time, a rate or a size.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 Probability = Annotated[float, Field(gt=0, le=1)]
+# Longest time a config may name (step_interval, duration, sampling interval,
+# thresholds): a week is longer than any run this tool is meant for, and far
+# below what time.sleep() and the timeline's float seconds can hold.
+MAX_SECONDS = 7 * 24 * 3600.0
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+# Integers reach numpy as int64.
+INT64_MAX = 2**63 - 1
 
 
 # Defaults come from the pattern classes themselves, so a config that leaves a
@@ -79,9 +91,11 @@ class ZipfPattern(_Model):
 class SheetPattern(_Model):
     name: Literal["sheet"]
     p: Probability = _DEFAULTS["sheet"]["p"]
+    # Upper bounds that depend on the population size (radius <= the sheet's
+    # width, waves <= workers) are checked by ExperimentConfig.
     radius: float = Field(_DEFAULTS["sheet"]["radius"], gt=0)
-    waves: int = Field(_DEFAULTS["sheet"]["waves"], ge=0)
-    lifetime: int = Field(_DEFAULTS["sheet"]["lifetime"], ge=1)
+    waves: int = Field(_DEFAULTS["sheet"]["waves"], ge=0, le=INT64_MAX)
+    lifetime: int = Field(_DEFAULTS["sheet"]["lifetime"], ge=1, le=INT64_MAX)
 
 
 class BurstyPattern(_Model):
@@ -114,8 +128,9 @@ PATTERN_NAMES = tuple(PATTERNS)
 class Sampling(_Model):
     # Seconds between samples; 0 turns the sampler off (no write tracking,
     # only the start and end measurements): the baseline for overhead.
-    interval: float = Field(1.0, ge=0)
-    cold_thresholds: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0, 5.0, 30.0])
+    interval: Seconds = 1.0
+    # One timeline column per threshold.
+    cold_thresholds: list[PositiveSeconds] = Field(default_factory=lambda: [1.0, 5.0, 30.0], max_length=32)
     # Store the page x time matrices (pages.npz).
     pages: bool = True
     # Track written pages (uffd write-protect + PAGEMAP_SCAN). Costs the child
@@ -126,20 +141,28 @@ class Sampling(_Model):
     # Track the heap's anonymous VMAs (interpreter objects, coroutine frames)
     # besides the layout's arenas.
     heap: bool = True
+    # With a step_interval, a window is a whole number of steps (see
+    # window_steps): the child pauses between windows until sampled, so how
+    # many steps a window holds does not depend on how fast this machine
+    # steps. False: windows of wall-clock time, as many steps as fit.
+    align_to_steps: bool = True
 
 
 def parse_size(value: int | str) -> int:
     """'512M', '1.5G', '4096' or an int -> bytes (binary units, ``locality.units``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        # 1.5 is neither: a fraction of a byte, or a forgotten unit.
+        raise ValueError(f"must be a size like 512M or a whole number of bytes (got {value!r})")
     try:
         return units.parse_size(value)
     except InvalidArgument:
-        raise ValueError(f"must be a size like 512M or a number of bytes (got {value!r})") from None
+        raise ValueError(f"must be a size like 512M or a whole number of bytes (got {value!r})") from None
 
 
 class Reclaim(_Model):
     policy: Literal["none", "pageout-idle", "cgroup"] = "none"
     # pageout-idle: page out pages not written for this many seconds.
-    idle_seconds: float | None = Field(None, gt=0)
+    idle_seconds: PositiveSeconds | None = None
     # cgroup: memory limit of the run's own cgroup (bytes, or '512M').
     limit: int | None = None
 
@@ -163,7 +186,9 @@ class Reclaim(_Model):
 
 
 class ExperimentConfig(_Model):
-    workers: int = Field(gt=0)
+    # The real upper bound is memory: experiment.estimate refuses a config
+    # whose estimate exceeds what is available.
+    workers: int = Field(gt=0, le=INT64_MAX)
     scheduler: Literal["lean", "asyncio"] = "lean"
     layout: str = "slab"
     arena: Literal["anon", "file"] = "anon"
@@ -171,12 +196,13 @@ class ExperimentConfig(_Model):
     arena_dir: str | None = None
     hugepages: bool = False
     pattern: Pattern = Field(default_factory=lambda: UniformPattern(name="uniform"))
-    steps: int | None = Field(None, ge=0)
-    duration: float | None = Field(None, gt=0)
-    step_interval: float = Field(0.0, ge=0)
+    steps: int | None = Field(None, ge=0, le=INT64_MAX)
+    duration: PositiveSeconds | None = None
+    step_interval: Seconds = 0.0
     sampling: Sampling = Field(default_factory=Sampling)
     reclaim: Reclaim = Field(default_factory=Reclaim)
-    seed: int = 0
+    # numpy's SeedSequence takes non-negative integers only.
+    seed: int = Field(0, ge=0, le=INT64_MAX)
     out: str = "runs"
     name: str | None = None
 
@@ -194,12 +220,39 @@ class ExperimentConfig(_Model):
             raise ValueError("set steps or duration (or both: the run stops at whichever comes first)")
         if self.reclaim.policy == "pageout-idle" and not self.write_tracking:
             raise ValueError("reclaim: policy 'pageout-idle' needs sampling.interval > 0 and sampling.writes = true")
+        if isinstance(self.pattern, SheetPattern):
+            from locality.population.patterns import sheet_width
+
+            width = sheet_width(self.workers)
+            if self.pattern.radius > width:
+                # A wider disc wraps onto itself: it only costs memory ((2r+1)^2 cells per burst).
+                raise ValueError(f"pattern.radius: must be <= {width}, the sheet's width at {self.workers:,} workers "
+                                 f"(got {self.pattern.radius:g})")
+            if self.pattern.waves > self.workers:
+                raise ValueError(f"pattern.waves: must be <= workers ({self.workers:,}): every wave fires at least "
+                                 f"one worker per step (got {self.pattern.waves:,})")
+        if self.arena == "file" and self.arena_dir is not None and not _in_child(info):
+            _check_arena_dir(self.arena_dir)
         if isinstance(self.pattern, ReplayPattern) and not _in_child(info):
             try:
                 check_replay(self.pattern.path, self.workers)
             except ValueError as e:
                 raise ValueError(f"pattern.path: {e} (rows are step,worker: integers, 0 <= worker < workers)") from None
         return self
+
+    @property
+    def window_steps(self) -> int | None:
+        """Steps per sampling window when windows are aligned to steps, else None (windows of time).
+
+        round(sampling.interval / step_interval), at least 1: the steps one
+        interval holds at the configured pace. Aligned windows need written-page
+        tracking and a step pace; page utilization and WSS per window then
+        measure the same work on any machine.
+        """
+        s = self.sampling
+        if not (s.align_to_steps and s.interval > 0 and s.writes and self.step_interval > 0):
+            return None
+        return max(1, round(s.interval / self.step_interval))
 
     @field_validator("name")
     @classmethod
@@ -244,6 +297,20 @@ class ExperimentConfig(_Model):
         if self.reclaim.policy == "pageout-idle" and self.arena == "file" and self.write_tracking:
             return float(self.sampling.interval)
         return 0.0
+
+
+def _check_arena_dir(path: str) -> None:
+    # The child creates its arena files there: a missing or unwritable directory
+    # is a config error, found before any child starts.
+    import tempfile
+
+    if not os.path.isdir(path):
+        raise ValueError(f"arena_dir: {path!r} is not a directory (create it or choose another)")
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(f"arena_dir: cannot create a file in {path!r} ({e.strerror})") from None
 
 
 def check_replay(path: str, workers: int) -> int:
@@ -324,7 +391,7 @@ def validate(data: dict[str, Any], base_dir: str | os.PathLike | None = None) ->
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_one_line(e.errors()[0])) from None
+        raise ConfigError(one_line(e.errors()[0], _ALLOWED_LITERALS)) from None
 
 
 def from_parent(data: dict[str, Any]) -> ExperimentConfig:
@@ -332,7 +399,7 @@ def from_parent(data: dict[str, Any]) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data, context={"child": True})
     except ValidationError as e:
-        raise ConfigError(_one_line(e.errors()[0])) from None
+        raise ConfigError(one_line(e.errors()[0], _ALLOWED_LITERALS)) from None
 
 
 # Top-level tables of an experiment file that are not run settings
@@ -380,44 +447,10 @@ _PATTERN_FIELDS = {
     "replay": set(ReplayPattern.model_fields),
 }
 
+
 _ALLOWED_LITERALS = {
     "scheduler": SCHEDULERS,
     "arena": ARENAS,
     "reclaim.policy": POLICIES,
     "pattern.name": PATTERN_NAMES,
 }
-
-
-def _one_line(err: dict[str, Any]) -> str:
-    loc = [str(p) for p in err["loc"]]
-    # List positions read as key[i], not key.i.
-    for i in range(len(loc) - 1, 0, -1):
-        if isinstance(err["loc"][i], int):
-            loc[i - 1] += f"[{loc.pop(i)}]"
-    # Discriminated unions put the tag into the path: pattern.sheet.radius.
-    if len(loc) >= 2 and loc[0] == "pattern" and loc[1] in PATTERN_NAMES:
-        loc = [loc[0]] + loc[2:]
-    key = ".".join(loc)
-    typ = err["type"]
-    got = err.get("input")
-    ctx = err.get("ctx") or {}
-    if typ == "extra_forbidden":
-        return f"unknown key {key!r}"
-    if typ == "missing":
-        return f"{key}: missing (required)"
-    if typ in ("union_tag_invalid", "union_tag_not_found"):
-        return f"pattern.name: unknown {ctx.get('tag', got)!r} (allowed: {', '.join(PATTERN_NAMES)})" if typ == "union_tag_invalid" else "pattern.name: missing (allowed: " + ", ".join(PATTERN_NAMES) + ")"
-    if typ == "literal_error":
-        allowed = _ALLOWED_LITERALS.get(key)
-        if allowed:
-            return f"{key}: unknown {got!r} (allowed: {', '.join(allowed)})"
-        return f"{key}: {err['msg']} (got {got!r})"
-    for bound, word in (("greater_than", ">"), ("greater_than_equal", ">="), ("less_than", "<"), ("less_than_equal", "<=")):
-        if typ == bound:
-            return f"{key}: must be {word} {ctx[next(iter(ctx))]} (got {got!r})"
-    if typ == "value_error":
-        msg = str(ctx.get("error", err["msg"]))
-        return f"{key}: {msg}" if key else msg
-    if typ in ("int_parsing", "int_type", "int_from_float", "float_parsing", "float_type", "bool_parsing", "bool_type", "string_type", "list_type", "model_type", "model_attributes_type", "dict_type"):
-        return f"{key}: {err['msg'].lower()} (got {got!r})"
-    return f"{key}: {err['msg']} (got {got!r})" if key else err["msg"]

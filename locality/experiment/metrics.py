@@ -3,10 +3,15 @@
 Pure functions of the timeline and the child's counters, so a report can
 recompute them from a stored run alone.
 
-- bytes_per_worker = (PSS after spawn - PSS of the same child before spawn) / N,
-  both read by the parent from /proc/CHILD/smaps_rollup.
-- page_utilization = useful bytes of all activations (from the layout) /
-  (sum over windows of written pages x page size).
+- bytes_per_worker = (USS after spawn - USS of the same child before spawn) / N,
+  USS = Private_Clean + Private_Dirty, both read by the parent from
+  /proc/CHILD/smaps_rollup (owned_empty_bytes, owned_spawned_bytes): what the
+  population itself owns. bytes_per_worker_pss is the same growth of PSS,
+  which also moves with whatever else shares the child's file pages.
+- page_utilization = useful bytes of the activations in the full sampling
+  windows (from the layout) / (sum over those windows of written pages x page
+  size). A run's last, shorter window is left out (as for WSS): how many steps
+  it holds is a matter of timing.
 - wss_pages_mean = mean written pages per full sampling window.
   Both are whole-process figures: every tracked page (arenas, heap,
   interpreter, coroutine frames) counts.
@@ -55,6 +60,8 @@ def compute(
     interval: float,
     state_pages: int | None = None,
     state_tracked_pages: int | None = None,
+    rollup_empty: Mapping[str, int] | None = None,
+    rollup_spawned: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     n = int(config.workers)
     steps = int(child.get("steps", 0))
@@ -73,30 +80,39 @@ def compute(
     }
     out["pss_empty_bytes"] = pss_empty
     out["pss_spawned_bytes"] = pss_spawned
-    out["bytes_per_worker"] = (pss_spawned - pss_empty) / n if pss_empty is not None and pss_spawned is not None else None
+    out["bytes_per_worker_pss"] = (pss_spawned - pss_empty) / n if pss_empty is not None and pss_spawned is not None else None
+    owned_empty, owned_spawned = owned_bytes(rollup_empty), owned_bytes(rollup_spawned)
+    out["owned_empty_bytes"] = owned_empty
+    out["owned_spawned_bytes"] = owned_spawned
+    out["bytes_per_worker"] = (owned_spawned - owned_empty) / n if owned_empty is not None and owned_spawned is not None else None
 
     resident_sampled = interval > 0 and "written_pages" in timeline and len(timeline) > 1
     sampled = resident_sampled and bool(config.sampling.writes)  # written sets measured
     windows = timeline.iloc[1:] if resident_sampled else timeline.iloc[0:0]
-    written_total = int(windows["written_pages"].sum()) if sampled else 0
     useful = int(child.get("useful_bytes", 0))
     out["useful_bytes"] = useful
-    out["page_utilization"] = useful / (written_total * page_size) if written_total else None
-
+    full = windows
     if sampled:
-        full = timeline.iloc[full_windows(timeline, interval)]
-        wss = full["written_pages"]
-        out["wss_pages_mean"] = float(wss.mean())
-    else:
-        out["wss_pages_mean"] = None
+        full = timeline.iloc[full_windows(timeline, interval, getattr(config, "window_steps", None))]
+    # Utilization over the full windows only, with their own useful bytes: the
+    # run's last window is cut short at a moment set by timing (4 steps or 40),
+    # and its few steps rewrite the interpreter's pages as a full window does,
+    # which moved the figure by 12% between repeats of one config.
+    # Without per-window useful bytes (older runs) all windows count.
+    util, useful_w = windows, useful
+    if sampled and "useful_bytes" in full and len(full) < len(windows):
+        util, useful_w = full, int(full["useful_bytes"].sum())
+    written_total = int(util["written_pages"].sum()) if sampled else 0
+    out["page_utilization"] = useful_w / (written_total * page_size) if written_total else None
+    out["wss_pages_mean"] = float(full["written_pages"].mean()) if sampled else None
     out["wss_bytes_mean"] = out["wss_pages_mean"] * page_size if out["wss_pages_mean"] is not None else None
 
     # Worker state only: same windows, same useful bytes, the state pages' writes.
     out["state_pages"] = state_pages
     out["state_tracked_pages"] = state_tracked_pages
     state_sampled = sampled and "written_state_pages" in timeline and bool(state_tracked_pages)
-    state_total = int(windows["written_state_pages"].sum()) if state_sampled else 0
-    out["state_page_utilization"] = useful / (state_total * page_size) if state_total else None
+    state_total = int(util["written_state_pages"].sum()) if state_sampled else 0
+    out["state_page_utilization"] = useful_w / (state_total * page_size) if state_total else None
     if state_sampled:
         out["state_wss_pages_mean"] = float(full["written_state_pages"].mean())
     else:
@@ -159,16 +175,29 @@ def compute(
     return out
 
 
-def full_windows(timeline: pd.DataFrame, interval: float) -> np.ndarray:
-    """Row positions of the sample windows a mean WSS is taken over: every
-    window after the first sample at least 0.9 intervals long (all windows
-    if none is)."""
+# What the child owns: its private pages (USS). PSS also moves with whatever
+# else maps the same files (423-746 B per worker over repeats of one config).
+OWNED_KEYS = ("private_clean", "private_dirty")
+
+
+def owned_bytes(rollup: Mapping[str, int] | None) -> int | None:
+    """USS of a process from its smaps_rollup totals."""
+    return None if rollup is None else sum(int(rollup[k]) for k in OWNED_KEYS)
+
+
+def full_windows(timeline: pd.DataFrame, interval: float, steps_per_window: int | None = None) -> np.ndarray:
+    """Row positions of the sample windows a mean WSS is taken over: with
+    windows aligned to steps (config.window_steps), those of exactly that
+    many steps; else every window after the first sample at least 0.9
+    intervals long. All windows if none qualifies."""
     if len(timeline) < 2:
         return np.empty(0, np.int64)
-    t = timeline["t"].to_numpy(dtype=np.float64)
-    dt = np.diff(t)
-    full = np.flatnonzero(dt >= 0.9 * interval) + 1
-    return full if full.size else np.arange(1, len(t))
+    if steps_per_window and "step" in timeline:
+        full = np.flatnonzero(np.diff(timeline["step"].to_numpy()) == steps_per_window) + 1
+    else:
+        t = timeline["t"].to_numpy(dtype=np.float64)
+        full = np.flatnonzero(np.diff(t) >= 0.9 * interval) + 1
+    return full if full.size else np.arange(1, len(timeline))
 
 
 def _tkey(t: float) -> str:

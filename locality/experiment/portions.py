@@ -236,6 +236,7 @@ class PortionCounter:
             useful_bytes=useful_bytes, resident=self.resident, rss_bytes=self.rss,
             mixed_pages=int(np.count_nonzero(self.mixed)), walk_seconds=self.map.walk.seconds,
             cold_thresholds=list(config.sampling.cold_thresholds), reclaim=config.reclaim.policy != "none",
+            steps_per_window=getattr(config, "window_steps", None),
         )
 
     def npz_arrays(self) -> dict[str, np.ndarray]:
@@ -283,7 +284,7 @@ def resident_bytes(pid: int, sampler: Any, counter: PortionCounter, portion_map:
 
 def metrics(table: pd.DataFrame, timeline: pd.DataFrame, *, interval: float, page_size: int, useful_bytes: int,
             resident: Mapping[str, int] | None, rss_bytes: int | None, mixed_pages: int, walk_seconds: float,
-            cold_thresholds: Iterable[float], reclaim: bool) -> dict[str, Any]:
+            cold_thresholds: Iterable[float], reclaim: bool, steps_per_window: int | None = None) -> dict[str, Any]:
     """metrics.json keys ``portions`` (name -> figures), ``mixed_pages``, ``portions_rss_bytes``,
     ``portions_walk_s`` and ``portion_dominating_wss``.
 
@@ -294,7 +295,7 @@ def metrics(table: pd.DataFrame, timeline: pd.DataFrame, *, interval: float, pag
     """
     from locality.experiment.metrics import full_windows
 
-    full = set(full_windows(timeline, interval).tolist())
+    full = set(full_windows(timeline, interval, steps_per_window).tolist())
     per: dict[str, Any] = {}
     for name in PORTIONS:
         rows = table[table["portion"] == name] if len(table) else pd.DataFrame(columns=["sample", "t", *COUNT_FIELDS])

@@ -93,7 +93,8 @@ class RunRecord:
 
     def write(self, *, child: dict[str, Any], latency_path: Path, sampler: Any, pss_empty: int | None,
               pss_spawned: int | None, spawn_s: float | None, state_info: dict[str, Any] | None,
-              portions: Any = None) -> None:
+              portions: Any = None, rollup_empty: dict[str, int] | None = None,
+              rollup_spawned: dict[str, int] | None = None) -> None:
         """Store every file of the run from what was measured (any status)."""
         from locality.kernel import PAGE_SIZE
 
@@ -119,6 +120,8 @@ class RunRecord:
             page_size=int(PAGE_SIZE),
             pss_empty=pss_empty,
             pss_spawned=pss_spawned,
+            rollup_empty=rollup_empty,
+            rollup_spawned=rollup_spawned,
             latencies_ns=lat,
             cold_thresholds=list(self.config.sampling.cold_thresholds),
             interval=float(self.config.sampling.interval),

@@ -293,3 +293,40 @@ def pack_bits(matrix: np.ndarray) -> np.ndarray:
 
 def unpack_bits(packed: np.ndarray, n_pages: int) -> np.ndarray:
     return np.unpackbits(packed, axis=1, count=int(n_pages)).astype(bool)
+
+
+# Columns of stored tables that hold text (probe and beam VMA rows); every other column is numeric.
+TEXT_COLUMNS = frozenset({"perms", "path", "class", "name", "region", "kind"})
+
+
+def read_table(path: str | os.PathLike) -> "pd.DataFrame":
+    """A stored CSV as a DataFrame: whole rows only, numbers checked.
+
+    A run killed while appending leaves a last row without its newline: it is
+    dropped with a LocalityWarning, and the whole rows are read. A numeric
+    column holding text raises ValueError naming the row and the value.
+    """
+    import warnings
+
+    import pandas as pd
+
+    from locality.errors import LocalityWarning
+
+    path = Path(path)
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        warnings.warn(LocalityWarning(f"{path}: the last row is incomplete (the run stopped while writing it); "
+                                      "it is left out"), stacklevel=2)
+    if not data.strip():
+        return pd.DataFrame()
+    table = pd.read_csv(io.BytesIO(data))
+    for col in table.columns:
+        if col in TEXT_COLUMNS or pd.api.types.is_numeric_dtype(table[col]):
+            continue
+        bad = table[col].notna() & pd.to_numeric(table[col], errors="coerce").isna()
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise ValueError(f"row {row + 2}, column {col}: {table[col].iloc[row]!r} is not a number")
+        table[col] = pd.to_numeric(table[col])
+    return table

@@ -6,16 +6,8 @@ runs of the same sweep again and never mistakes a run of another base
 config for one of this sweep.
 
 Memory-budget guard (local executor): before anything runs, each point's
-peak memory is estimated as
-
-    estimate = pss_empty + MARGIN x workers x bytes_per_worker
-
-with ``bytes_per_worker`` and ``pss_empty`` measured: taken from a complete
-run under ``out`` with the same layout, scheduler, arena and hugepages, or
-else from a calibration run of min(workers, CALIBRATION_WORKERS) workers
-(spawn only, no steps, no sampling). MARGIN (1.25) covers what stepping
-adds (objects touched, heap growth) and the sampler's page vectors. A point
-whose estimate exceeds the available memory (psutil) is refused, naming both
+peak memory is estimated (locality.experiment.estimate) and a point whose
+estimate exceeds the available memory (psutil) is refused, naming both
 numbers.
 """
 
@@ -27,24 +19,18 @@ import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from locality import tempfiles
 from locality.errors import InvalidArgument, LocalityError
 from locality.experiment import store
 from locality.experiment.config import ExperimentConfig, parse_value, with_overrides
-from locality.units import format_bytes
+from locality.experiment.estimate import MemoryBudgetExceeded, check_memory
 
-MARGIN = 1.25
-CALIBRATION_WORKERS = 10_000
+__all__ = ["MemoryBudgetExceeded", "SweepPoint", "check_budget", "parse_grid", "file_grid", "points", "pending", "run_sweep"]
+
 EXECUTORS = ("local", "dask")
-
-
-class MemoryBudgetExceeded(LocalityError):
-    """A sweep point would need more memory than is free."""
 
 
 @dataclass(frozen=True)
@@ -148,65 +134,9 @@ def pending(points: Sequence[SweepPoint], out: str | os.PathLike, resume: bool) 
 # -- memory budget -------------------------------------------------------------
 
 
-def _kind(cfg: ExperimentConfig) -> tuple:
-    return (cfg.layout, cfg.scheduler, cfg.arena, cfg.hugepages)
-
-
-def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict) -> tuple[float, int, str]:
-    """(bytes_per_worker, pss_empty, source) for cfg's kind of population, measured."""
-    key = _kind(cfg)
-    if key in cache:
-        return cache[key]
-    for d in sorted(Path(out).glob("*/metrics.json")) if Path(out).is_dir() else []:
-        try:
-            m = json.loads(d.read_text())
-            c = store.read_manifest(d.parent)
-        except (OSError, ValueError):
-            continue
-        if not isinstance(c, dict) or not isinstance(m, dict):
-            continue  # not a run this module wrote
-        cc = c.get("config") or {}
-        if c.get("status") == "complete" and m.get("bytes_per_worker") and (
-            cc.get("layout"), cc.get("scheduler"), cc.get("arena"), cc.get("hugepages")
-        ) == key:
-            cache[key] = (float(m["bytes_per_worker"]), int(m["pss_empty_bytes"]), f"run {d.parent.name}")
-            return cache[key]
-    from locality.experiment.runner import run
-    from locality.experiment.config import validate
-
-    n = min(cfg.workers, CALIBRATION_WORKERS)
-    data = cfg.model_dump(mode="json")
-    data.update(workers=n, steps=0, duration=None, name=None)
-    data["pattern"] = {"name": "uniform"}
-    data["sampling"] = {"interval": 0, "pages": False}
-    data["reclaim"] = {"policy": "none"}
-    with tempfile.TemporaryDirectory(prefix=tempfiles.prefix("calibrate")) as tmp:
-        run_dir = run(validate(data), tmp, run_id="calibration", progress=False)
-        m = json.loads((run_dir / "metrics.json").read_text())
-    cache[key] = (max(0.0, float(m["bytes_per_worker"])), int(m["pss_empty_bytes"]), f"calibration run of {n:,} workers")
-    return cache[key]
-
-
-def estimate_bytes(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict | None = None) -> tuple[int, str]:
-    """Estimated peak memory of a point (formula in the module docstring) and how it was derived."""
-    bpw, empty, source = measured_footprint(cfg, out, {} if cache is None else cache)
-    est = int(empty + MARGIN * cfg.workers * bpw)
-    how = f"{cfg.workers:,} workers x {bpw:,.0f} B/worker x {MARGIN} + {format_bytes(empty)} empty interpreter ({source})"
-    return est, how
-
-
 def check_budget(pts: Sequence[SweepPoint], out: str | os.PathLike, cache: dict | None = None) -> None:
-    import psutil
-
-    cache = {} if cache is None else cache
-    for p in pts:
-        est, how = estimate_bytes(p.config, out, cache)
-        avail = psutil.virtual_memory().available
-        if est > avail:
-            raise MemoryBudgetExceeded(
-                f"sweep point {p.point_id} needs about {format_bytes(est)} ({how}) but only {format_bytes(avail)} is available",
-                "lower workers or run it on a bigger machine (--executor dask)",
-            )
+    """Refuse the sweep before its first run if any point's estimate exceeds the available memory."""
+    check_memory([(f"sweep point {p.point_id}", p.config) for p in pts], out, cache)
 
 
 # -- running -------------------------------------------------------------------

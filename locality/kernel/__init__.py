@@ -9,7 +9,7 @@ capabilities). The names are bound here after their modules are imported, so
 ``from locality.kernel.pagemap import X`` for a module's other names.
 """
 
-from locality.kernel._platform import PAGE_SIZE, SWP_PTE_MARKER, check_pid, die_with_parent
+from locality.kernel._platform import PAGE_SIZE, SWP_PTE_MARKER, check_pid, die_with_parent, fixed_address_layout
 from locality.kernel.capabilities import capabilities
 from locality.kernel.mincore import mincore
 from locality.kernel.pagemap import PageMap, pagemap, read_entries, residency
@@ -29,6 +29,7 @@ __all__ = [
     "clear_refs",
     "cold",
     "die_with_parent",
+    "fixed_address_layout",
     "faults",
     "mincore",
     "pagemap",

@@ -222,6 +222,21 @@ def open_proc(pid: int | None, name: str, flags: int = os.O_RDONLY) -> int:
 PR_SET_PDEATHSIG = 1
 
 
+ADDR_NO_RANDOMIZE = 0x0040000  # personality(2) flag: no address-space layout randomization
+
+
+def fixed_address_layout() -> None:
+    """Turn off address-space layout randomization for the next exec of this process.
+
+    The layout of mmap, brk and stack then is the same on every run of the
+    same program on the same kernel (setarch -R does the same).
+    """
+    current = libc.personality(0xFFFFFFFF)
+    if current == -1 or libc.personality(current | ADDR_NO_RANDOMIZE) == -1:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
 def die_with_parent(sig: int) -> None:
     """Have the kernel send ``sig`` to this process when its parent thread exits."""
     if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:

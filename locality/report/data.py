@@ -160,7 +160,7 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     try:
-        return pd.read_csv(path)
+        return store.read_table(path)
     except (OSError, ValueError) as e:
         raise CorruptRun(f"cannot read {path}: {e}", "re-run it, or leave it out of the report") from None
 
