@@ -8,6 +8,7 @@ This layer parses, validates and prints; the work happens in the layers below.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import click
@@ -63,7 +64,24 @@ def fail(message: str) -> "NoReturn":  # noqa: F821
     sys.exit(2)
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _stop)  # SIGTERM stops like Ctrl-C (exit 130) wherever it lands
+    try:
+        _main(argv)
+    finally:
+        if argv is None:
+            # The exit status is decided; Python's finalization restores the default handlers,
+            # so a signal landing now would kill a finished command and report it as killed.
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, signal.SIG_IGN)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         rv = cli.main(args=argv, prog_name="locality", standalone_mode=False)
     except click.exceptions.Abort:
