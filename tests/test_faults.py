@@ -109,6 +109,7 @@ class Moment:
         self.args, self.cwd, self.out, self.sig, self.delay = args, cwd, out, sig, delay
         self.tag = uuid.uuid4().hex
         self.cgroups = cgroups()
+        self.swaps: list[str] | None = None  # checked only when play() held the swap lock
 
     def _swap_lock(self) -> int | None:
         """The machine's swap lock if free: then nobody else turns swap on or off during the moment."""
@@ -318,3 +319,8 @@ def test_sigkill_loses_at_most_the_last_interval(tmp_path):
     assert len(pages["t"]) >= 2 and len(t_rows) >= len(pages["t"])
     np.testing.assert_allclose(pages["t"], t_rows[: len(pages["t"])], atol=1e-6)
     assert run.pages["written"].shape == (len(pages["t"]), int(pages["n_pages"]))
+    from locality.report.html import write_report
+
+    html = write_report([run_dir], tmp_path / "report.html").read_text()
+    assert f"crashed: its runner (PID {proc.pid}) died while it ran. It kept {len(t_rows)} timeline rows, " \
+           f"{len(pages['t'])} page-matrix samples; it lacks metrics.json, latency.csv, pages.npz" in html

@@ -202,6 +202,22 @@ def shared_node_notes(runs: list[RunData]) -> list[str]:
     return notes
 
 
+def crashed_notes(runs: list[RunData]) -> list[str]:
+    """What a run whose runner died kept, and which files it lacks (its figures use what it kept)."""
+    notes = []
+    for r in runs:
+        if r.status != "crashed":
+            continue
+        pid = (r.manifest.get("runner") or {}).get("pid", "?")
+        kept = [f"{len(r.timeline)} timeline rows" if r.timeline is not None else None,
+                f"{len(r.pages.t)} page-matrix samples" if r.pages is not None else None]
+        lacks = [name for name in ("metrics.json", "latency.csv", "pages.npz") if not (r.path / name).exists()]
+        notes.append(f"{r.label} crashed: its runner (PID {pid}) died while it ran. It kept "
+                     f"{', '.join(k for k in kept if k) or 'no samples'}"
+                     + (f"; it lacks {', '.join(lacks)}, so its metrics are not shown." if lacks else "."))
+    return notes
+
+
 def render_html(runs: list[RunData], *, title: str | None = None, figure_names: Iterable[str] | None = None,
                 notes: Iterable[str] = ()) -> str:
     if not runs:
@@ -218,7 +234,7 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
         rows=rows,
         setup=setup_of(runs),
         figures=figure_blocks(runs, names),
-        notes=[*notes, *shared_node_notes(runs)],
+        notes=[*notes, *shared_node_notes(runs), *crashed_notes(runs)],
         created=store.utcnow(),
     )
 
