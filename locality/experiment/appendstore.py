@@ -2,7 +2,7 @@
 
 One mechanism for every kind of run (``run``, ``probe``, ``beam``):
 
-- ``timeline.csv`` grows by appended rows. New rows go out in one
+- ``timeline.csv`` (and any other per-sample CSV, e.g. beam's ``vmas.csv``) grows by appended rows. New rows go out in one
   ``write(2)`` on an ``O_APPEND`` descriptor, then ``fsync``; a reader that
   still finds a last line without its newline (power loss, a full disk)
   drops it (``read_timeline``). A row with a column the file's header lacks
@@ -33,7 +33,6 @@ from locality.experiment import store
 
 FLUSH_EVERY_S = 2.0
 CHUNKS = "pages"  # the directory of page-matrix chunks inside a run directory
-ROW_KEYS = ("t", "written", "resident", "swapped")  # one entry per sample; every other key describes columns
 
 
 class AppendStore:
@@ -43,7 +42,7 @@ class AppendStore:
         self.dir = Path(run_dir)
         self.every = float(every)
         self.last = float("-inf")
-        self.header: list[str] | None = None
+        self.headers: dict[str, list[str]] = {}
         self.chunks = 0
 
     def due(self, now: float) -> bool:
@@ -54,21 +53,22 @@ class AppendStore:
         return True
 
     # -- timeline ----------------------------------------------------------------
-    def append(self, rows: pd.DataFrame) -> None:
-        """Append ``rows`` to timeline.csv (created with its header on the first call)."""
+    def append(self, rows: pd.DataFrame, name: str = "timeline.csv") -> None:
+        """Append ``rows`` to the CSV ``name`` (created with its header on the first call)."""
         if not len(rows):
             return
-        path = self.dir / "timeline.csv"
-        if self.header is not None and not set(rows.columns) <= set(self.header):
+        path = self.dir / name
+        header = self.headers.get(name)
+        if header is not None and not set(rows.columns) <= set(header):
             merged = pd.concat([read_timeline(path), rows], ignore_index=True)
             store.atomic_write_csv(path, merged)
-            self.header = list(merged.columns)
+            self.headers[name] = list(merged.columns)
             return
-        first = self.header is None
+        first = header is None
         if first:
-            self.header = list(rows.columns)
+            header = self.headers[name] = list(rows.columns)
         buf = io.StringIO()
-        rows.reindex(columns=self.header).to_csv(buf, index=False, header=first)
+        rows.reindex(columns=header).to_csv(buf, index=False, header=first)
         data = buf.getvalue().encode()
         if first:  # the header and first rows appear at once, whole
             store.atomic_write_bytes(path, data)
@@ -117,9 +117,12 @@ def merge_chunks(paths: list[Path]) -> dict[str, np.ndarray] | None:
             parts.append({k: z[k] for k in z.files})
     if not parts:
         return None
-    out = {k: v for k, v in parts[-1].items() if k not in ROW_KEYS}  # the columns as the last chunk saw them
+    # ``t`` and the 2-D arrays (packed bit matrices) have a row per sample; the other arrays
+    # describe the columns, as the last chunk saw them.
+    rows = ["t"] + [k for k, v in parts[-1].items() if v.ndim == 2]
+    out = {k: v for k, v in parts[-1].items() if k not in rows}
     out["t"] = np.concatenate([p["t"] for p in parts]).astype(np.float64)
-    for key in ROW_KEYS[1:]:
+    for key in rows[1:]:
         mats = [p[key] for p in parts if key in p]
         if len(mats) != len(parts):
             continue
