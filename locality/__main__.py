@@ -1,13 +1,8 @@
-import signal
 import sys
 
+from locality.interrupts import install
 
-def _stop(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-# Before the imports (a second of them at start-up): SIGTERM stops like Ctrl-C, exit 130, never a bare kill.
-signal.signal(signal.SIGTERM, _stop)
+install()  # before the imports (most of a second): a signal during them is exit 130, never a kill or a traceback
 try:
     from locality.cli import main
 except KeyboardInterrupt:

@@ -15,6 +15,7 @@ import click
 
 from locality import __version__
 from locality.errors import LocalityError
+from locality.interrupts import install
 
 # name -> (module, attribute, one-line help shown by `locality --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -64,19 +65,16 @@ def fail(message: str) -> "NoReturn":  # noqa: F821
     sys.exit(2)
 
 
-def _stop(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _stop)  # SIGTERM stops like Ctrl-C (exit 130) wherever it lands
+    if argv is None and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the `locality` script
+        install()  # SIGTERM stops like Ctrl-C (exit 130) wherever it lands, imports included
     try:
         _main(argv)
     finally:
         if argv is None:
             # The exit status is decided; Python's finalization restores the default handlers,
             # so a signal landing now would kill a finished command and report it as killed.
+            signal.setitimer(signal.ITIMER_REAL, 0)  # a signal held in an import: too late to matter
             for s in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(s, signal.SIG_IGN)
 
