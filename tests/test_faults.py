@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,7 @@ class Moment:
         self.tag = uuid.uuid4().hex
         self.cgroups = cgroups()
         self.swaps: list[str] | None = None  # checked only when play() held the swap lock
+        self.sent_at: float | None = None  # wall-clock time the signal was sent (None: the command ended first)
 
     def _swap_lock(self) -> int | None:
         """The machine's swap lock if free: then nobody else turns swap on or off during the moment."""
@@ -139,6 +141,7 @@ class Moment:
             try:
                 proc.wait(self.delay)
             except subprocess.TimeoutExpired:
+                self.sent_at = time.time()
                 if self.sig == "INT":
                     os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: the whole foreground group
                 else:
@@ -175,6 +178,10 @@ class Moment:
             assert status in allowed, f"{d}: {status} ({store.read_manifest(d).get('error')}) after {self}"
             if self.rc == 0:
                 assert status == "complete", f"{d}: {status} but exit 0 after {self}"
+            if status == "complete" and self.sent_at is not None and not killed:
+                # A run that started after the signal and ran to its end: the signal was dropped.
+                created = datetime.fromisoformat(store.read_manifest(d)["created"]).timestamp()  # whole seconds
+                assert created <= self.sent_at, f"{d} started after the signal and completed: {self}"
             if status == "crashed":
                 run = load_run(d)  # what a crashed run kept reads back
                 assert run.timeline is not None
@@ -283,7 +290,7 @@ def test_beam(tmp_path, sig):
         find_escript()
     except Exception as e:  # noqa: BLE001 - the error says what is missing
         pytest.skip(str(e))
-    for i, delay in enumerate(plan("beam", sig, moments(3), 8.0)):
+    for i, delay in enumerate(plan("beam", sig, moments(3), 5.0)):
         out = tmp_path / f"b{i}"
         m = Moment(["beam", "-n", "5000", "--steps", "5", "--interval", "200ms", "--pattern", "uniform", "--out", str(out),
                     "--json"], tmp_path, out, sig, delay)
