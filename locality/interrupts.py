@@ -3,8 +3,9 @@
 A KeyboardInterrupt raised while an extension module initialises (numpy,
 pandas) can leave it half made and come out as an ImportError with a
 traceback (seen in 1 of 40 SIGTERMs sent during `import pandas`). So a signal
-that lands inside an import is held and raised once the import is over (a
-SIGALRM timer retries every few milliseconds). Long work (runs, sweeps,
+that lands inside an import is held and delivered again once the import is
+over (a SIGALRM timer retries every few milliseconds), to the handler current
+then. Long work (runs, sweeps,
 compare) holds signals as a flag instead (experiment/signals.py) and puts
 these handlers back when it ends. Used by the entry points only.
 """
@@ -38,8 +39,12 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def _retry(signum: int, frame: FrameType | None) -> None:
+    global _pending
     if _pending is not None:
-        _on_signal(_pending, frame)
+        # Delivered again, to whichever handler is current: by now a run may hold signals
+        # as a flag (experiment/signals.py), and a KeyboardInterrupt would cut it anywhere.
+        held, _pending = _pending, None
+        signal.raise_signal(held)
 
 
 def install() -> None:
