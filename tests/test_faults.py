@@ -208,6 +208,8 @@ class Moment:
 def plan(command: str, sig: str, n: int, span: float) -> list[float]:
     """``n`` seeded delays over ``span`` s: one early (start-up), the rest spread at random."""
     rng = random.Random(f"{SEED}-{command}-{sig}")
+    if n == 1:
+        return [rng.uniform(0.3, span)]
     return sorted([rng.uniform(0.05, 0.6)] + [rng.uniform(0.3, span) for _ in range(n - 1)])
 
 
@@ -331,3 +333,16 @@ def test_sigkill_loses_at_most_the_last_interval(tmp_path):
     html = write_report([run_dir], tmp_path / "report.html").read_text()
     assert f"crashed: its runner (PID {proc.pid}) died while it ran. It kept {len(t_rows)} timeline rows, " \
            f"{len(pages['t'])} page-matrix samples; it lacks metrics.json, latency.csv, pages.npz" in html
+
+
+@pytest.mark.parametrize("sig", list(SIGNALS))
+def test_sweep_on_dask(tmp_path, sig):
+    """The Dask executor: its scheduler, workers and point processes end with the sweep."""
+    pytest.importorskip("distributed")
+    (tmp_path / "c.toml").write_text(RUN_TOML.replace("steps = 25", "steps = 10"))
+    for i, delay in enumerate(plan("dask", sig, moments(1), 12.0)):
+        out = tmp_path / f"d{i}"
+        m = Moment(["sweep", "c.toml", "--grid", "workers=2000,2500", "--out", str(out), "--executor", "dask", "--json"],
+                   tmp_path, out, sig, delay)
+        m.play()
+        m.check()
