@@ -54,3 +54,18 @@ def test_chunks_with_growing_columns_merge_into_the_whole_matrix(tmp_path):
     assert np.array_equal(np.unpackbits(merged["written"], axis=1, count=20).astype(bool), whole)
     disk.finish_pages({"t": merged["t"], "n_pages": merged["n_pages"]})
     assert not (tmp_path / "pages").exists() and set(read_pages(tmp_path)) == {"t", "n_pages"}
+
+
+def test_an_unchanged_column_description_is_stored_once(tmp_path):
+    disk = AppendStore(tmp_path)
+    addr = np.arange(1000, dtype=np.uint64) * 4096
+    rows = np.packbits(np.eye(3, 1000, dtype=bool), axis=1)
+    for i in range(3):
+        disk.chunk({"t": np.asarray([float(i)]), "resident": rows[i:i + 1], "page_addr": addr, "n_pages": np.asarray(1000)})
+    stored = []
+    for p in chunk_paths(tmp_path):
+        with np.load(p) as z:
+            stored.append(sorted(z.files))
+    assert stored == [["n_pages", "page_addr", "resident", "t"], ["n_pages", "resident", "t"], ["n_pages", "resident", "t"]]
+    merged = read_pages(tmp_path)
+    assert np.array_equal(merged["page_addr"], addr) and np.array_equal(merged["resident"], rows)

@@ -10,7 +10,8 @@ One mechanism for every kind of run (``run``, ``probe``, ``beam``):
 - Page matrices go to ``pages/chunk-NNNNN.npz``, each written atomically:
   the rows sampled since the previous chunk (``t`` and the packed bit
   matrices), plus the column description as it is now (``page_addr``,
-  ``region``, ``regions``, ``n_pages``, ``state``). Columns only ever grow at
+  ``region``, ``regions``, ``n_pages``, ``state``; a large one only if it
+  changed since the chunk that last stored it). Columns only ever grow at
   the end, so a shorter row is a prefix of a longer one. At the end of a run
   the whole ``pages.npz`` is written and ``pages/`` removed; a reader of a
   run without ``pages.npz`` merges the chunks (``read_pages``).
@@ -44,6 +45,7 @@ class AppendStore:
         self.last = float("-inf")
         self.headers: dict[str, list[str]] = {}
         self.chunks = 0
+        self.described: dict[str, np.ndarray] = {}  # the column description last stored
 
     def due(self, now: float) -> bool:
         """True once every ``every`` seconds (the caller then appends and chunks)."""
@@ -82,10 +84,24 @@ class AppendStore:
 
     # -- page matrices -------------------------------------------------------------
     def chunk(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Store the rows sampled since the previous chunk (nothing if there are none)."""
+        """Store the rows sampled since the previous chunk (nothing if there are none).
+
+        A large column description (``page_addr``, ``region``) is stored only when it
+        changed: compressing a million page addresses takes half a second, the rows
+        of a chunk about 15 ms.
+        """
         if not len(arrays.get("t", ())):
             return
-        store.atomic_write_npz(self.dir / CHUNKS / f"chunk-{self.chunks:05d}.npz", **arrays)
+        out = {}
+        for key, value in arrays.items():
+            value = np.asarray(value)
+            if key != "t" and value.ndim == 1 and value.size > 64:
+                old = self.described.get(key)
+                if old is not None and old.shape == value.shape and np.array_equal(old, value):
+                    continue
+                self.described[key] = value
+            out[key] = value
+        store.atomic_write_npz(self.dir / CHUNKS / f"chunk-{self.chunks:05d}.npz", **out)
         self.chunks += 1
 
     def finish_pages(self, arrays: Mapping[str, np.ndarray] | None) -> None:
@@ -118,9 +134,9 @@ def merge_chunks(paths: list[Path]) -> dict[str, np.ndarray] | None:
     if not parts:
         return None
     # ``t`` and the 2-D arrays (packed bit matrices) have a row per sample; the other arrays
-    # describe the columns, as the last chunk saw them.
-    rows = ["t"] + [k for k, v in parts[-1].items() if v.ndim == 2]
-    out = {k: v for k, v in parts[-1].items() if k not in rows}
+    # describe the columns, as the last chunk that stored them saw them.
+    rows = ["t"] + sorted({k for p in parts for k, v in p.items() if v.ndim == 2})
+    out = {k: v for p in parts for k, v in p.items() if k not in rows}
     out["t"] = np.concatenate([p["t"] for p in parts]).astype(np.float64)
     for key in rows[1:]:
         mats = [p[key] for p in parts if key in p]
