@@ -332,7 +332,7 @@ def test_sigkill_loses_at_most_the_last_interval(tmp_path):
 
     html = write_report([run_dir], tmp_path / "report.html").read_text()
     assert f"crashed: its runner (PID {proc.pid}) died while it ran. It kept {len(t_rows)} timeline rows, " \
-           f"{len(pages['t'])} page-matrix samples; it lacks metrics.json, latency.csv, pages.npz" in html
+           f"{len(pages['t'])} page-matrix samples; it lacks pages.npz, latency.csv, metrics.json" in html
 
 
 @pytest.mark.parametrize("sig", list(SIGNALS))

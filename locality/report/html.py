@@ -19,6 +19,7 @@ import jinja2
 from markupsafe import Markup
 
 from locality.experiment import store
+from locality.experiment.schema import FILES
 from locality.report import figures as figs
 from locality.report.data import RunData, baseline_index, find_key, load_runs
 
@@ -211,10 +212,11 @@ def crashed_notes(runs: list[RunData]) -> list[str]:
         pid = (r.manifest.get("runner") or {}).get("pid", "?")
         kept = [f"{len(r.timeline)} timeline rows" if r.timeline is not None else None,
                 f"{len(r.pages.t)} page-matrix samples" if r.pages is not None else None]
-        lacks = [name for name in ("metrics.json", "latency.csv", "pages.npz") if not (r.path / name).exists()]
+        lacks = [f.name for f in FILES if r.kind in f.kinds and "/" not in f.name and not (r.path / f.name).exists()]
         notes.append(f"{r.label} crashed: its runner (PID {pid}) died while it ran. It kept "
                      f"{', '.join(k for k in kept if k) or 'no samples'}"
-                     + (f"; it lacks {', '.join(lacks)}, so its metrics are not shown." if lacks else "."))
+                     + (f"; it lacks {', '.join(lacks)}" if lacks else "")
+                     + (", so its metrics are not shown." if "metrics.json" in lacks else "."))
     return notes
 
 
