@@ -102,7 +102,8 @@ class RunRecord:
             self.pages_on_disk = len(sampler.rows)
 
     def write(self, *, child: dict[str, Any], latency_path: Path, sampler: Any, pss_empty: int | None,
-              pss_spawned: int | None, spawn_s: float | None, state_info: dict[str, Any] | None) -> None:
+              pss_spawned: int | None, spawn_s: float | None, state_info: dict[str, Any] | None,
+              portions: Any = None) -> None:
         """Store every file of the run from what was measured (any status)."""
         from locality.kernel import PAGE_SIZE
 
@@ -114,8 +115,11 @@ class RunRecord:
         except (OSError, ValueError):
             lat = np.empty(0, np.int64)
         store.atomic_write_csv(d / "latency.csv", pd.DataFrame({"latency_ns": lat.astype(np.int64)}))
+        if portions is not None:  # experiment.portions.PortionCounter
+            store.atomic_write_csv(d / "portions.csv", portions.table())
         keep = sampler is not None and self.config.sampling.pages and sampler.times
-        self.disk.finish_pages(sampler.page_matrices() if keep else None)
+        extra = portions.npz_arrays() if keep and portions is not None else {}
+        self.disk.finish_pages({**sampler.page_matrices(), **extra} if keep else None)
         if not len(timeline):
             return
         metrics = compute(
@@ -133,4 +137,6 @@ class RunRecord:
         )
         metrics["spawn_s"] = spawn_s
         metrics["pageout_bytes"] = self.pageout_bytes
+        if portions is not None:
+            metrics.update(portions.metrics(timeline, self.config, int(child.get("useful_bytes", 0))))
         store.atomic_write_json(d / "metrics.json", store.check_metrics("run", metrics))
