@@ -274,7 +274,7 @@ def target():
 
 @pytest.mark.parametrize("sig", list(SIGNALS))
 def test_probe(tmp_path, sig, target):
-    for i, delay in enumerate(plan("probe", sig, moments(4), 4.0)):
+    for i, delay in enumerate(plan("probe", sig, moments(3), 4.0)):
         out = tmp_path / f"p{i}"
         m = Moment(["probe", str(target), "--interval", "100ms", "--duration", "3s", "--out", str(out / "run"), "--json"],
                    tmp_path, out, sig, delay)
