@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import signal
 import sys
 import warnings
 
@@ -16,6 +17,7 @@ import click
 
 from locality import __version__
 from locality.errors import LocalityError, LocalityWarning
+from locality.interrupts import install
 
 # name -> (module, attribute, one-line help shown by `locality --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -85,6 +87,20 @@ _python_show_warning = warnings.showwarning
 
 def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = _show_warning
+    if argv is None and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the `locality` script
+        install()  # SIGTERM stops like Ctrl-C (exit 130) wherever it lands, imports included
+    try:
+        _main(argv)
+    finally:
+        if argv is None:
+            # The exit status is decided; Python's finalization restores the default handlers,
+            # so a signal landing now would kill a finished command and report it as killed.
+            signal.setitimer(signal.ITIMER_REAL, 0)  # a signal held in an import: too late to matter
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, signal.SIG_IGN)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         rv = cli.main(args=argv, prog_name="locality", standalone_mode=False)
     except click.exceptions.Abort:

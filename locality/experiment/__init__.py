@@ -28,14 +28,14 @@ def _dir(run_dir: str | Path) -> Path:
 
 
 def load(run_dir: str | Path) -> pd.DataFrame:
-    """The run's timeline.csv (one row per sample)."""
+    """The run's timeline.csv (one row per sample; a torn last row of a killed runner is left out)."""
+    from locality.experiment.appendstore import read_timeline
+
     d = _dir(run_dir)
     path = d / "timeline.csv"
     if not path.exists():
         return pd.DataFrame(columns=["t", "rss_bytes", "pss_bytes", "swap_bytes"])
-    from locality.experiment.store import read_table
-
-    return read_table(path)
+    return read_timeline(path)
 
 
 @dataclass
@@ -55,12 +55,13 @@ class Run:
 
     @cached_property
     def pages(self) -> dict[str, np.ndarray] | None:
-        """pages.npz with the bit matrices unpacked to bool (samples x pages); None if not stored."""
-        path = self.path / "pages.npz"
-        if not path.exists():
+        """pages.npz (or its chunks, if the runner died) with the bit matrices unpacked to bool
+        (samples x pages); None if not stored."""
+        from locality.experiment.appendstore import read_pages
+
+        data = read_pages(self.path)
+        if data is None:
             return None
-        with np.load(path) as z:
-            data = {k: z[k] for k in z.files}
         n = int(data["n_pages"])
         for k in ("written", "resident", "swapped"):
             if k in data:

@@ -44,6 +44,7 @@ import numpy as np
 
 from locality.errors import InvalidArgument, NoSuchProcess
 from locality.experiment import store
+from locality.experiment.appendstore import AppendStore
 from locality.experiment.lifecycle import RunLifecycle
 from locality.experiment.schema import TIMELINE
 from locality.kernel import PAGE_SIZE, check_pid, clear_refs, faults, pagemap, rollup, smaps
@@ -71,7 +72,6 @@ class ProbeSample:
     sample_ms: float  # time the sampler spent on this sample
 
 
-FLUSH_EVERY_S = 5.0  # a probe killed with SIGKILL loses at most this much of its timeline
 _MERGE_GAP = 256 * PAGE_SIZE  # read across gaps up to 1 MiB (2 KiB of pagemap)
 # pagemap covers the user address space only ([vsyscall] lies above it); the
 # bound is the largest x86_64/aarch64 user address with 5-level page tables.
@@ -196,8 +196,8 @@ class _Probe:
         self.region_bounds: list[tuple[int, int]] = []
         self.page_sizes: set[int] = set()
         self.note: str | None = None
-        self.flushed = 0  # samples already appended to timeline.csv
-        self.last_flush = time.monotonic()
+        self.disk = AppendStore(self.out)  # samples on disk every few seconds: SIGKILL loses one interval
+        self.on_disk = 0
 
     def execute(self) -> None:
         try:
@@ -231,8 +231,15 @@ class _Probe:
                 return
             if self.on_sample is not None:
                 self.on_sample(summary)
-            if time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
+            if self.disk.due(time.monotonic()):
                 self._flush()
+
+    def _flush(self) -> None:
+        self.disk.append(self._timeline(self.on_disk))
+        self.disk.chunk(self._pages(self.on_disk))
+        self.on_disk = len(self.times)
+        self.manifest["samples"] = len(self.times)
+        self.life.save()
 
     def _region(self, e: Any) -> int:
         key = (e.start, e.end, e.perms, e.offset, e.inode, e.path)
@@ -323,26 +330,16 @@ class _Probe:
         return counts
 
     # -- files
-    def _flush(self) -> None:
-        """Append the samples taken since the last flush to timeline.csv, so a killed probe keeps them
-        (the end rewrites the whole file atomically)."""
-        if len(self.blocks) > self.flushed:
-            self._timeline(self.flushed).to_csv(self.out / "timeline.csv", mode="a", header=not self.flushed, index=False)
-            self.flushed = len(self.blocks)
-            self.manifest["samples"] = len(self.times)
-            self.life.save()
-        self.last_flush = time.monotonic()
-
-    def _timeline(self, first: int = 0) -> "Any":
-        """The timeline of samples ``first``, ``first`` + 1, ... as a DataFrame."""
+    def _timeline(self, start: int = 0) -> "Any":
+        """Rows of the samples from ``start`` on."""
         import pandas as pd
 
-        blocks = self.blocks[first:]
+        blocks = self.blocks[start:]
         if not blocks:
             return pd.DataFrame(columns=TIMELINE_COLUMNS)
         data = np.concatenate(blocks)
         per_sample = [len(b) for b in blocks]
-        meta = list(zip(*self.sample_meta[first:]))
+        meta = list(zip(*self.sample_meta[start:]))
         keys = list(self.regions)
         vma = data[:, 0]
         columns: dict[str, Any] = {
@@ -364,17 +361,26 @@ class _Probe:
         columns["sample_ms"] = np.repeat(np.asarray(meta[4], dtype=np.float64), per_sample)
         return pd.DataFrame(columns, columns=TIMELINE_COLUMNS)
 
-    def _pages(self) -> dict[str, np.ndarray]:
-        page_addr, resident, swapped = self.pages.matrices()
-        region = np.full(len(page_addr), -1, dtype=np.int32)
-        for index, (start, end) in enumerate(self.region_bounds):  # first region seen holding the page
-            lo, hi = np.searchsorted(page_addr, [start, end])
-            block = region[lo:hi]
+    def _pages(self, start: int | None = None) -> dict[str, np.ndarray]:
+        """pages.npz's arrays; with ``start``, a chunk: the samples from ``start`` on, pages numbered
+        in order of first appearance (so chunks extend each other) rather than by address."""
+        if start is None:
+            page_addr, resident, swapped = self.pages.matrices()
+        else:
+            page_addr, resident, swapped = self.pages.slot_rows(start)
+        order = np.argsort(page_addr, kind="stable")
+        by_address = page_addr[order]
+        region_sorted = np.full(len(page_addr), -1, dtype=np.int32)
+        for index, (lo_addr, hi_addr) in enumerate(self.region_bounds):  # first region seen holding the page
+            lo, hi = np.searchsorted(by_address, [lo_addr, hi_addr])
+            block = region_sorted[lo:hi]
             block[block < 0] = index
+        region = np.empty_like(region_sorted)
+        region[order] = region_sorted
         names = [f"{start:#x}-{end:#x} {perms} {path}".rstrip()
                  for (start, end, perms, _offset, _inode, path) in self.regions]
         return {
-            "t": np.asarray(self.times, dtype=np.float64),
+            "t": np.asarray(self.times[start or 0:], dtype=np.float64),
             "page_addr": page_addr,
             "region": region,
             "regions": np.asarray(names, dtype=str),
@@ -385,7 +391,7 @@ class _Probe:
 
     def _write(self) -> None:
         store.atomic_write_csv(self.out / "timeline.csv", self._timeline())
-        store.atomic_write_npz(self.out / "pages.npz", **self._pages())
+        self.disk.finish_pages(self._pages())
         self.manifest.update(samples=len(self.times), note=self.note, page_sizes_seen=sorted(self.page_sizes))
 
 
@@ -435,6 +441,17 @@ class _PageHistory:
             last = self.rows[-1]
             rows = [old if np.array_equal(old, new) else new for old, new in zip(last[1:], rows)]
         self.rows.append((self.n, rows[0], rows[1]))
+
+    def slot_rows(self, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(page address per number, resident, swapped) of the samples from ``start`` on, columns by number."""
+        addr = np.empty(self.n, dtype=np.uint64)
+        addr[self.slot] = self.sorted
+        rows = self.rows[start:]
+        out = [np.zeros((len(rows), (self.n + 7) // 8), dtype=np.uint8) for _ in range(2)]
+        for i, (_, *packed) in enumerate(rows):
+            for matrix, bits in zip(out, packed):
+                matrix[i, : len(bits)] = bits
+        return addr, out[0], out[1]
 
     def matrices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(page addresses sorted, resident, swapped): samples x pages, packed bits."""

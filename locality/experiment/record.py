@@ -2,9 +2,11 @@
 
 ``RunRecord.sample`` measures the child from outside (smaps_rollup, fault
 counters, and the sampler's page state when sampling) and appends a row;
-timeline.csv is rewritten every few seconds, so even a killed runner leaves
-a readable timeline. ``RunRecord.write`` stores timeline.csv, latency.csv,
-pages.npz and metrics.json whole (docs/internals.md), whatever the status.
+every few seconds the new rows are appended to timeline.csv and the new
+page-matrix rows stored as a chunk (appendstore), so a killed runner loses
+at most the last interval. ``RunRecord.write`` stores timeline.csv,
+latency.csv, pages.npz and metrics.json whole (docs/internals.md), whatever
+the status.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import pandas as pd
 
 from locality.errors import LocalityError
 from locality.experiment import store
+from locality.experiment.appendstore import AppendStore
 from locality.experiment.config import ExperimentConfig
 from locality.experiment.metrics import _tkey, compute
-
-FLUSH_EVERY_S = 5.0
 
 
 class RunRecord:
@@ -32,7 +33,9 @@ class RunRecord:
         self.window = {"activations": 0, "useful_bytes": 0}
         self.step = 0
         self.pageout_bytes = 0
-        self.last_flush = 0.0
+        self.disk = AppendStore(run_dir)
+        self.rows_on_disk = 0
+        self.pages_on_disk = 0
 
     def steps(self, m: dict[str, Any]) -> None:
         """Count a batch of steps the child reported into the current window."""
@@ -86,10 +89,17 @@ class RunRecord:
                 row.update(store.row("run", {"written_state_pages": s.written_state_pages}))
             row.update(store.row("run", {f"cold_pages_{_tkey(t)}": c for t, c in s.cold_pages.items()}))
         self.rows.append(row)
-        if now - self.last_flush >= FLUSH_EVERY_S:
-            store.atomic_write_csv(self.run_dir / "timeline.csv", pd.DataFrame(self.rows))
-            self.last_flush = now
+        if self.disk.due(now):
+            self.flush(sampler)
         return row
+
+    def flush(self, sampler: Any) -> None:
+        """Put the rows taken since the last flush on disk (appendstore)."""
+        self.disk.append(pd.DataFrame(self.rows[self.rows_on_disk:]))
+        self.rows_on_disk = len(self.rows)
+        if sampler is not None and self.config.sampling.pages and len(sampler.rows) > self.pages_on_disk:
+            self.disk.chunk(sampler.page_matrices(self.pages_on_disk))
+            self.pages_on_disk = len(sampler.rows)
 
     def write(self, *, child: dict[str, Any], latency_path: Path, sampler: Any, pss_empty: int | None,
               pss_spawned: int | None, spawn_s: float | None, state_info: dict[str, Any] | None,
@@ -108,9 +118,9 @@ class RunRecord:
         store.atomic_write_csv(d / "latency.csv", pd.DataFrame({"latency_ns": lat.astype(np.int64)}))
         if portions is not None:  # experiment.portions.PortionCounter
             store.atomic_write_csv(d / "portions.csv", portions.table())
-        if sampler is not None and self.config.sampling.pages and sampler.times:
-            extra = portions.npz_arrays() if portions is not None else {}
-            store.atomic_write_npz(d / "pages.npz", **sampler.page_matrices(), **extra)
+        keep = sampler is not None and self.config.sampling.pages and sampler.times
+        extra = portions.npz_arrays() if keep and portions is not None else {}
+        self.disk.finish_pages({**sampler.page_matrices(), **extra} if keep else None)
         if not len(timeline):
             return
         metrics = compute(

@@ -345,15 +345,17 @@ class Sampler:
                 r.tracker.close()
 
     # -- results ----------------------------------------------------------------
-    def page_matrices(self) -> dict[str, np.ndarray]:
+    def page_matrices(self, start: int = 0) -> dict[str, np.ndarray]:
         """pages.npz arrays (docs/internals.md): t, page_addr, region, regions, written/resident/swapped packed, state.
 
         Columns of regions added after a sample read as zeros in that sample.
+        ``start``: only the samples from that one on (a chunk of appendstore).
         """
         n = self.n_cols
         width = (n + 7) // 8
-        mats = {k: np.zeros((len(self.rows), width), dtype=np.uint8) for k in ("written", "resident", "swapped")}
-        for i, (_, w, p, sw) in enumerate(self.rows):
+        rows = self.rows[start:]
+        mats = {k: np.zeros((len(rows), width), dtype=np.uint8) for k in ("written", "resident", "swapped")}
+        for i, (_, w, p, sw) in enumerate(rows):
             # Columns only ever grow at the end, so an older row is a prefix of the matrix row.
             mats["written"][i, : len(w)] = w
             mats["resident"][i, : len(p)] = p
@@ -365,7 +367,7 @@ class Sampler:
             region[r.cols] = r.index
         t0 = self.times[0] if self.times else 0.0
         return {
-            "t": np.asarray(self.times, dtype=np.float64) - t0,
+            "t": np.asarray(self.times[start:], dtype=np.float64) - t0,
             "page_addr": addr,
             "region": region,
             "regions": np.asarray([r.name for r in self.regions], dtype=str),

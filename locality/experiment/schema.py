@@ -232,6 +232,34 @@ METRICS: dict[str, tuple[Field, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class StoreFile:
+    name: str
+    kinds: tuple[str, ...]  # which kinds of run write it
+    written: str  # how: whole and atomic, or appended while the run runs
+    doc: str
+
+
+# Every file of a run directory. "Growing" files are on disk while the run runs
+# (appendstore): a runner killed with SIGKILL leaves them with at most the last
+# few seconds missing.
+FILES: tuple[StoreFile, ...] = (
+    StoreFile("manifest.json", ("run", "probe", "beam"), "atomic, at start, at milestones and at the end",
+              "config, versions, machine, runner, status"),
+    StoreFile("timeline.csv", ("run", "probe", "beam"), "growing (run, probe): rows appended every few seconds, rewritten whole at the end",
+              "one row per sample (tables below); a reader drops a torn last row"),
+    StoreFile("pages/chunk-NNNNN.npz", ("run", "probe"), "growing: one chunk atomically every few seconds; removed once pages.npz is written",
+              "the samples since the previous chunk and the columns as they are now; a reader of a run without pages.npz merges them"),
+    StoreFile("pages.npz", ("run", "probe", "beam"), "atomic, at the end", "page x time bit matrices"),
+    StoreFile("latency.csv", ("run", "beam"), "atomic, at the end", "a sample of activation latencies"),
+    StoreFile("metrics.json", ("run", "beam"), "atomic, at the end", "the run's metrics (tables below); absent if the runner died"),
+    StoreFile("portions.csv", ("run",), "atomic, at the end", "the run's memory portions (experiment/portions.py)"),
+    StoreFile("vmas.csv", ("beam",), "atomic, at the end", "one row per (sample, VMA) of the VM"),
+    StoreFile("steps.json", ("beam",), "atomic, at the end", "the VM's steps as it reported them"),
+    StoreFile("beam.json", ("beam",), "atomic, at the end", "the VM's own accounting (erlang:memory, allocators)"),
+)
+
+
 def _find(fields: Iterable[Field], name: str) -> Field | None:
     for f in fields:
         if f.name == name or ("<T>" in f.name and f.pattern.match(name)):
@@ -326,7 +354,9 @@ def _table(fields: Iterable[Field]) -> list[str]:
 
 def render_markdown() -> str:
     """The store-schema section of docs/internals.md."""
-    out = [BEGIN, "<!-- generated from locality/experiment/schema.py by `python -m locality.experiment.schema --docs` -->", ""]
+    out = [BEGIN, "<!-- generated from locality/experiment/schema.py by `python -m locality.experiment.schema --docs` -->", "",
+           "#### Files of a run directory", "", "| file | kinds | written | what |", "|---|---|---|---|"]
+    out += [f"| `{f.name}` | {', '.join(f.kinds)} | {f.written} | {f.doc} |" for f in FILES] + [""]
     for kind in KINDS:
         out += [f"#### `timeline.csv` ({kind})", ""] + _table(TIMELINE[kind]) + [""]
         if METRICS[kind]:

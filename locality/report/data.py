@@ -20,6 +20,7 @@ import pandas as pd
 
 from locality.errors import LocalityError
 from locality.experiment import store
+from locality.experiment.appendstore import CHUNKS, read_pages, read_timeline
 
 
 class RunNotFound(LocalityError):
@@ -160,51 +161,54 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     try:
-        return store.read_table(path)
+        return read_timeline(path)  # any CSV of a run: a torn last row (a killed writer) is left out
     except (OSError, ValueError) as e:
         raise CorruptRun(f"cannot read {path}: {e}", "re-run it, or leave it out of the report") from None
 
 
 def _read_pages(path: Path) -> Pages | None:
-    if not path.exists():
-        return None
+    """pages.npz at ``path``, or the chunks beside it merged (a runner that died before writing it)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            names = set(z.files)
-            page_addr = np.asarray(z["page_addr"], dtype=np.uint64)
-            n_pages = int(z["n_pages"]) if "n_pages" in names else int(page_addr.shape[0])
-            if n_pages != page_addr.shape[0]:
-                raise ValueError(f"n_pages {n_pages} != {page_addr.shape[0]} page addresses")
-            t = np.asarray(z["t"], dtype=np.float64)
-            packed = {}
-            for name in ("written", "resident", "swapped"):
-                if name in names:
-                    m = z[name]
-                    if m.ndim == 2 and m.shape[0] > 0:
-                        if m.shape != (t.shape[0], (n_pages + 7) // 8):
-                            raise ValueError(f"{name} has shape {m.shape}, expected ({t.shape[0]}, {(n_pages + 7) // 8})")
-                        packed[name] = m
-            state = None
-            if "state" in names:
-                bits = np.asarray(z["state"], dtype=np.uint8)
-                if bits.shape != ((n_pages + 7) // 8,):
-                    raise ValueError(f"state has shape {bits.shape}, expected ({(n_pages + 7) // 8},)")
-                state = np.unpackbits(bits, count=n_pages).astype(bool)
-            portion = None
-            if "portion" in names:
-                portion = np.asarray(z["portion"], dtype=np.int8)
-                if portion.shape != (n_pages,):
-                    raise ValueError(f"portion has shape {portion.shape}, expected ({n_pages},)")
-            return Pages(
-                portion=portion,
-                portion_names=[str(p) for p in z["portion_names"]] if "portion_names" in names else [],
-                t=t,
-                page_addr=page_addr,
-                region=np.asarray(z["region"], dtype=np.int64) if "region" in names else np.zeros(n_pages, np.int64),
-                regions=[str(r) for r in z["regions"]] if "regions" in names else ["tracked"],
-                packed=packed,
-                state=state,
-            )
+        z = read_pages(path.parent)
+        if z is None:
+            return None
+        if not path.exists():
+            path = path.parent / CHUNKS  # named in errors
+        names = set(z)
+        page_addr = np.asarray(z["page_addr"], dtype=np.uint64)
+        n_pages = int(z["n_pages"]) if "n_pages" in names else int(page_addr.shape[0])
+        if n_pages != page_addr.shape[0]:
+            raise ValueError(f"n_pages {n_pages} != {page_addr.shape[0]} page addresses")
+        t = np.asarray(z["t"], dtype=np.float64)
+        packed = {}
+        for name in ("written", "resident", "swapped"):
+            if name in names:
+                m = z[name]
+                if m.ndim == 2 and m.shape[0] > 0:
+                    if m.shape != (t.shape[0], (n_pages + 7) // 8):
+                        raise ValueError(f"{name} has shape {m.shape}, expected ({t.shape[0]}, {(n_pages + 7) // 8})")
+                    packed[name] = m
+        state = None
+        if "state" in names:
+            bits = np.asarray(z["state"], dtype=np.uint8)
+            if bits.shape != ((n_pages + 7) // 8,):
+                raise ValueError(f"state has shape {bits.shape}, expected ({(n_pages + 7) // 8},)")
+            state = np.unpackbits(bits, count=n_pages).astype(bool)
+        portion = None
+        if "portion" in names:
+            portion = np.asarray(z["portion"], dtype=np.int8)
+            if portion.shape != (n_pages,):
+                raise ValueError(f"portion has shape {portion.shape}, expected ({n_pages},)")
+        return Pages(
+            portion=portion,
+            portion_names=[str(p) for p in z["portion_names"]] if "portion_names" in names else [],
+            t=t,
+            page_addr=page_addr,
+            region=np.asarray(z["region"], dtype=np.int64) if "region" in names else np.zeros(n_pages, np.int64),
+            regions=[str(r) for r in z["regions"]] if "regions" in names else ["tracked"],
+            packed=packed,
+            state=state,
+        )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise CorruptRun(f"cannot read {path}: {e}", "re-run it, or leave it out of the report") from None
 

@@ -19,6 +19,7 @@ import jinja2
 from markupsafe import Markup
 
 from locality.experiment import store
+from locality.experiment.schema import FILES
 from locality.report import figures as figs
 from locality.report.data import RunData, baseline_index, find_key, load_runs
 from locality.report.portions import table as portion_table
@@ -204,6 +205,23 @@ def shared_node_notes(runs: list[RunData]) -> list[str]:
     return notes
 
 
+def crashed_notes(runs: list[RunData]) -> list[str]:
+    """What a run whose runner died kept, and which files it lacks (its figures use what it kept)."""
+    notes = []
+    for r in runs:
+        if r.status != "crashed":
+            continue
+        pid = (r.manifest.get("runner") or {}).get("pid", "?")
+        kept = [f"{len(r.timeline)} timeline rows" if r.timeline is not None else None,
+                f"{len(r.pages.t)} page-matrix samples" if r.pages is not None else None]
+        lacks = [f.name for f in FILES if r.kind in f.kinds and "/" not in f.name and not (r.path / f.name).exists()]
+        notes.append(f"{r.label} crashed: its runner (PID {pid}) died while it ran. It kept "
+                     f"{', '.join(k for k in kept if k) or 'no samples'}"
+                     + (f"; it lacks {', '.join(lacks)}" if lacks else "")
+                     + (", so its metrics are not shown." if "metrics.json" in lacks else "."))
+    return notes
+
+
 def render_html(runs: list[RunData], *, title: str | None = None, figure_names: Iterable[str] | None = None,
                 notes: Iterable[str] = (), verdict: dict[str, Any] | None = None) -> str:
     """``verdict``: computed by the experiment that made the runs (e.g. `locality beam compare`),
@@ -225,7 +243,7 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
         figures=figure_blocks(runs, names),
         portion_verdicts=portion_verdicts(runs),
         portion_table=portion_table(runs),
-        notes=[*notes, *shared_node_notes(runs)],
+        notes=[*notes, *shared_node_notes(runs), *crashed_notes(runs)],
         verdict=verdict or {},
         created=store.utcnow(),
     )
