@@ -11,6 +11,7 @@ capabilities). The names are bound here after their modules are imported, so
 
 from locality.kernel._platform import PAGE_SIZE
 from locality.kernel.capabilities import capabilities
+from locality.kernel.damon import active_kdamonds, kdamonds
 from locality.kernel.mincore import mincore
 from locality.kernel.pagemap import PageMap, pagemap, residency
 from locality.kernel.procfs import Vma, clear_refs, faults, rollup, smaps, vmas
@@ -23,10 +24,12 @@ __all__ = [
     "PageMap",
     "Vma",
     "WriteTracker",
+    "active_kdamonds",
     "capabilities",
     "clear_refs",
     "cold",
     "faults",
+    "kdamonds",
     "mincore",
     "pagemap",
     "pageout",
