@@ -108,6 +108,10 @@ class _Run:
         self.state_info: dict[str, Any] | None = None  # the child's state page set: count, source, seconds
         self.bar: Any = None
         self.last_flush = 0.0
+        # A system DAMON scheme may page the child out behind our back: recorded, reports warn.
+        from locality.kernel import active_kdamonds
+
+        self.damon = active_kdamonds()
 
 
     def execute(self) -> Path:
@@ -416,8 +420,9 @@ class _Run:
         except (OSError, ValueError):
             lat = np.empty(0, np.int64)
         store.atomic_write_csv(d / "latency.csv", pd.DataFrame({"latency_ns": lat.astype(np.int64)}))
-        if self.sampler is not None and self.config.sampling.pages and self.sampler.times:
-            store.atomic_write_npz(d / "pages.npz", **self.sampler.page_matrices())
+        matrices = self.sampler.page_matrices() if self.sampler is not None and self.sampler.times else None
+        if matrices is not None and self.config.sampling.pages:
+            store.atomic_write_npz(d / "pages.npz", **matrices)
         from locality.kernel import PAGE_SIZE
 
         child = self.child_done or {}
@@ -437,6 +442,13 @@ class _Run:
             )
             metrics["spawn_s"] = self.spawn_s
             metrics["pageout_bytes"] = self.pageout_bytes
+            if matrices is not None:
+                from locality.experiment.paging import run_metrics
+
+                try:
+                    metrics.update(run_metrics(self.config, timeline, matrices, int(PAGE_SIZE)))
+                except Exception as e:  # the measured figures are still worth storing
+                    metrics["paging_error"] = f"{type(e).__name__}: {e}"
             store.atomic_write_json(d / "metrics.json", metrics)
         self.manifest.update(
             status=status,
@@ -451,6 +463,7 @@ class _Run:
                 {"name": r.name, "start": r.start, "length": r.length, "alive": r.alive, "error": r.error} for r in self.sampler.regions
             ]
         self.manifest.setdefault("page_sizes_seen", [])
+        self.manifest.setdefault("system_damon", self.damon)
         store.write_manifest(d, self.manifest)
 
 
