@@ -64,9 +64,16 @@ def open_report(report: Path, profile_dir: Path, screenshot_name: str) -> dict:
             # Rendered content, not just the box: the bounding box of what the SVG draws.
             bbox = driver.execute_script("const s = arguments[0].querySelector(':scope > svg'); if (!s) return null;"
                                          "const b = s.getBBox(); return [b.width, b.height];", fig)
-            figures[fig.get_attribute("id")] = {"class": fig.get_attribute("class"), "size": size, "bbox": bbox}
+            # Drawn lines and point sets (matplotlib's SVG groups: line2d_*, PathCollection_*), legend included.
+            marks = driver.execute_script("const s = arguments[0].querySelector(':scope > svg'); if (!s) return 0;"
+                                          "return s.querySelectorAll('g[id^=line2d], g[id^=PathCollection]').length;", fig)
+            figures[fig.get_attribute("id")] = {"class": fig.get_attribute("class"), "size": size, "bbox": bbox,
+                                                "marks": marks}
         table_rows = driver.find_elements(By.CSS_SELECTOR, "#metrics-table tbody tr")
         rows = {r.get_attribute("data-run"): r.get_attribute("class") for r in table_rows}
+        verdict = [[c.text for c in r.find_elements(By.CSS_SELECTOR, "td")]
+                   for r in driver.find_elements(By.CSS_SELECTOR, "#verdict-table tr")]
+        verdict = [v for v in verdict if v]
 
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1400, min(int(height) + 100, 16000))
@@ -92,4 +99,4 @@ def open_report(report: Path, profile_dir: Path, screenshot_name: str) -> dict:
         assert fig["bbox"][0] > 50 and fig["bbox"][1] > 30, (name, fig)
     assert table_rows, "no metrics table"
     assert shot.stat().st_size > 10_000
-    return {"figures": figures, "rows": rows, "requests": [u for u, _ in requests], "console": console, "screenshot": shot}
+    return {"figures": figures, "rows": rows, "verdict": verdict, "requests": [u for u, _ in requests], "console": console, "screenshot": shot}

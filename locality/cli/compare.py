@@ -1,4 +1,4 @@
-"""`locality compare`: every layout on one seeded workload, then one report."""
+"""`locality compare`: every layout on one seeded workload, the paging curve, then one report with a verdict."""
 
 from __future__ import annotations
 
@@ -8,7 +8,18 @@ from pathlib import Path
 
 import click
 
-from locality.report.compare import DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEP_INTERVAL, DEFAULT_STEPS, DEFAULT_WORKERS
+from locality.cli.swap import SIZE
+from locality.report.compare import (DEFAULT_DURATION, DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEP_INTERVAL, DEFAULT_WORKERS,
+                                     DEFAULT_WORKLOAD, WORKLOADS)
+
+
+def _idle(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma list of seconds (e.g. 10,30)") from None
 
 
 @click.command("compare")
@@ -16,56 +27,71 @@ from locality.report.compare import DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEP_INTERV
               help="Workers in each population.")
 @click.option("--layouts", default="all", show_default=True, metavar="all|L1,L2",
               help="Layouts to compare: all, or a comma list (objects, slab, hot-cold, clustered, ...).")
-@click.option("--pattern", type=click.Choice(["uniform", "zipf", "sheet", "bursty"]), default="sheet", show_default=True,
-              help="Activation pattern, with its default parameters (1% of workers per step).")
-@click.option("--steps", type=click.IntRange(min=1), default=DEFAULT_STEPS, show_default=True,
-              help="Activation steps per layout.")
+@click.option("--pattern", type=click.Choice([*WORKLOADS, "uniform", "zipf", "sheet", "bursty"]), default=DEFAULT_WORKLOAD,
+              show_default=True,
+              help="Workload: patches (the default: persistent sheet patches, about 95% of workers idle for the "
+                   "whole run), waves (the travelling-wave sheet, adversarial), or a pattern with its defaults.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"Seconds each layout runs [default: {DEFAULT_DURATION:g}, unless --steps is given].")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Activation steps per layout (a cap with --duration).")
 @click.option("--step-interval", type=click.FloatRange(min=0), default=DEFAULT_STEP_INTERVAL, show_default=True,
               help="Seconds the population idles between steps.")
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_SAMPLE_INTERVAL, show_default=True,
               help="Seconds between samples of the child's pages.")
+@click.option("--reclaim", type=click.Choice(["auto", "none", "pageout-idle", "cgroup"]), default="auto", show_default=True,
+              help="Measured paging points: auto pages out for real (MADV_PAGEOUT after --idle T) when swap is active, "
+                   "or with --swap as root; otherwise the report has the simulated curve alone. cgroup limits memory "
+                   "to what pageout-idle would keep.")
+@click.option("--swap", type=SIZE, default=None, metavar="SIZE",
+              help="Turn zram swap of SIZE on for the comparison (root) and restore the exact prior state at the end.")
+@click.option("--idle", callback=_idle, default=None, metavar="T1,T2",
+              help="Idle thresholds (s) of the real page-outs [default: the verdict's threshold].")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/compare"),
               show_default=True, help="Runs are stored under RUNS/<UTC time>/<layout>.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/compare.html"),
               show_default=True, help="HTML report to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report path, run dirs and statuses as JSON; no progress bars.")
-def compare(workers: int, layouts: str, pattern: str, steps: int, step_interval: float, interval: float, runs_dir: Path,
-            out: Path, as_json: bool) -> None:
-    """Run every layout on the same seeded workload and write one report.
+def compare(workers: int, layouts: str, pattern: str, duration: float | None, steps: int | None, step_interval: float,
+            interval: float, reclaim: str, swap: int | None, idle: list[float] | None, runs_dir: Path, out: Path,
+            as_json: bool) -> None:
+    """Run every layout on the same seeded workload and write one report with a verdict.
 
     One run per layout, one after the other (each in its own child process,
-    sampled from outside), all with the same workers, pattern, steps and
-    seed; then one self-contained HTML report with the `objects` layout as
-    the baseline. The defaults (1,000,000 workers, all 8 layouts, 80 steps)
-    are sized to finish in under 10 minutes on a 2-core machine; the
-    isolated layout (a page fault per activation) takes longest. A layout that
-    fails is a failed row in the report; Ctrl-C keeps the finished runs and
-    writes their report (exit status 130).
+    sampled from outside), all with the same workers, workload, length and
+    seed. Each run's written-page trace gives its whole paging curve (memory
+    a page-out-after-T policy holds out vs the pages it brings back, for
+    every T) beside the oracle bound. The best layout and the baseline are
+    also run on the travelling-wave sheet (the adversarial case), and with
+    swap the best layout is paged out for real at the verdict's threshold to
+    check the simulated curve. The defaults (1,000,000 workers, all 8
+    layouts, 40 s each) are sized to finish in under 10 minutes on a 2-core
+    machine. A layout that fails is a failed row in the report; Ctrl-C or
+    SIGTERM keeps the finished runs, writes their report, restores swap
+    (exit status 130).
     """
+    from locality.report.compare import CompareInterrupted, parse_layouts
     from locality.report.compare import compare as run_compare
-    from locality.report.compare import parse_layouts
-
-    from locality.report.compare import CompareInterrupted
 
     chosen = parse_layouts(layouts)
     try:
-        result = run_compare(chosen, workers=workers, pattern=pattern, steps=steps, interval=interval,
-                             step_interval=step_interval, runs=runs_dir, out=out, progress=not as_json)
+        result = run_compare(chosen, workers=workers, pattern=pattern, steps=steps, duration=duration, interval=interval,
+                             step_interval=step_interval, runs=runs_dir, out=out, progress=not as_json,
+                             reclaim=reclaim, swap=swap, idle=idle)
     except CompareInterrupted as e:
         click.echo(f"locality: interrupted: {e}", err=True)
         sys.exit(130)
     if as_json:
         click.echo(json.dumps({
             "report": str(result.report),
-            "runs": {r.label: {"run_dir": str(r.path), "status": r.status, "seconds": result.seconds.get(r.label)}
+            "runs": {r.label: {"run_dir": str(r.path), "status": r.status, "seconds": result.seconds.get(r.id)}
                      for r in result.runs},
             "interrupted_at": result.interrupted_at,
             "not_run": result.not_run,
         }))
     else:
         for r in result.runs:
-            took = result.seconds.get(r.label)
-            click.echo(f"{r.status:<11} {r.label:<18} {f'{took:6.1f} s' if took is not None else '':>8}  {r.path}")
+            took = result.seconds.get(r.id)
+            click.echo(f"{r.status:<11} {r.label:<28} {f'{took:6.1f} s' if took is not None else '':>8}  {r.path}")
         if result.interrupted_at:
             click.echo(f"interrupted during {result.interrupted_at}; report of the finished runs:", err=True)
         click.echo(f"report: {result.report}")

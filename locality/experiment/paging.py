@@ -214,7 +214,8 @@ def compute(*, t: np.ndarray, step_col: np.ndarray, written_packed: np.ndarray, 
     windows = step_windows(step_col, n_steps)
     times = step_times(t, step_col, n_steps)
     trace = worker_trace(steps, workers, windows, times, S, GAP_EDGES)
-    out: dict[str, Any] = {"idle_profile": idle_profile(trace["min_gap"], run_s, trace["gap_hist"], GAP_EDGES)}
+    profile_T = sorted({*IDLE_PROFILE_S, *[float(x) for x in extra_thresholds]})
+    out: dict[str, Any] = {"idle_profile": idle_profile(trace["min_gap"], run_s, trace["gap_hist"], GAP_EDGES, profile_T)}
     if S < 3:
         out["paging"] = None
         return out
@@ -239,7 +240,7 @@ def compute(*, t: np.ndarray, step_col: np.ndarray, written_packed: np.ndarray, 
             ever |= np.unpackbits(np.bitwise_or.reduce(m, axis=0), count=n_pages).astype(bool)
     else:
         ever[:] = True
-    paging: dict[str, Any] = {"thresholds_s": grid.tolist(), "record_bytes": record_bytes,
+    paging: dict[str, Any] = {"thresholds_s": grid.tolist(), "record_bytes": record_bytes, "page_size": page_size,
                               "budget_pct_wss_per_min": REFAULT_BUDGET_PCT_PER_MIN}
     parts = {"process": ever}
     if state is not None:
@@ -257,6 +258,9 @@ def compute(*, t: np.ndarray, step_col: np.ndarray, written_packed: np.ndarray, 
             "refaults_per_min": _clean(c["refaults_per_min"]),
             "refault_pct_wss_per_min": _clean(100.0 * c["refaults_per_min"] / written_per_window
                                               if written_per_window else np.full(grid.size, np.nan)),
+            # One page over the span after T, as a rate: a rate of 0 only means "below this".
+            "refault_pct_resolution": _clean(100.0 * 60.0 / np.maximum(run_s - grid, 1e-9) / written_per_window
+                                             if written_per_window else np.full(grid.size, np.nan)),
         }
     o_pages = oracle_refault_pages(t, trace["W"], grid, record_bytes, page_size)
     co = curve(t, trace["W"], _worker_last(trace["W"], workers), grid, total=float(workers))

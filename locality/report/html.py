@@ -208,8 +208,13 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
         raise ValueError("no runs to report")
     headings, rows = metrics_rows(runs)
     names = list(figure_names) if figure_names is not None else figs.default_names(runs)
+    from locality.report.verdict import IDLE_KEYS, paging_notes, paging_rows, verdict_lines
+
     template = _environment().get_template("report.html.j2")
     return template.render(
+        verdict=verdict_lines(runs),
+        paging_rows=paging_rows(runs),
+        idle_keys=IDLE_KEYS,
         title=title or ("locality report: " + ", ".join(r.label for r in runs)),
         question=QUESTION,
         runs=runs,
@@ -218,7 +223,7 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
         rows=rows,
         setup=setup_of(runs),
         figures=figure_blocks(runs, names),
-        notes=[*notes, *shared_node_notes(runs)],
+        notes=[*notes, *shared_node_notes(runs), *paging_notes(runs)],
         created=store.utcnow(),
     )
 
