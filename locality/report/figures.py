@@ -224,10 +224,17 @@ def memory_saved_pct(run: RunData) -> float | None:
 def _curve_points(run: RunData) -> np.ndarray | None:
     """(refault % WSS/min, % held out) of a run's simulated worker-state curve, or None."""
     st = ((run.metrics or {}).get("paging") or {}).get("state") or {}
+    from locality.experiment.paging import REFAULT_BUDGET_PCT_PER_MIN
+
     x, y = st.get("refault_pct_wss_per_min"), st.get("saved_fraction")
     if not x or not y:
         return None
-    pts = np.array([(a, 100.0 * b) for a, b in zip(x, y) if a is not None and b is not None], dtype=np.float64)
+    n = len(x)
+    res = st.get("refault_pct_resolution") or [None] * n
+    back = st.get("refault_pages") or [None] * n
+    # No refault over a span too short to resolve the budget says nothing: left out, not drawn at 0.
+    pts = np.array([(a, 100.0 * b) for a, b, r, k in zip(x, y, res, back) if a is not None and b is not None
+                    and not (k == 0 and r is not None and r > REFAULT_BUDGET_PCT_PER_MIN)], dtype=np.float64)
     return pts if pts.size else None
 
 
