@@ -242,11 +242,15 @@ def compute(*, t: np.ndarray, step_col: np.ndarray, written_packed: np.ndarray, 
         ever[:] = True
     paging: dict[str, Any] = {"thresholds_s": grid.tolist(), "record_bytes": record_bytes, "page_size": page_size,
                               "budget_pct_wss_per_min": REFAULT_BUDGET_PCT_PER_MIN}
-    parts = {"process": ever}
+    # Whole process: only pages that exist (a page the heap grows into is a first touch, not
+    # a refault). Worker state: every state page, as the oracle counts every worker's record;
+    # a layout that leaves a record's page unpopulated until its worker wakes (isolated)
+    # holds it out for free and pays a fault when it wakes, like any refault.
+    parts = {"process": (ever, True)}
     if state is not None:
-        parts["state"] = np.asarray(state, dtype=bool) & ever
-    for name, mask in parts.items():
-        W, L = transition_counts(rows(written_packed), S, mask, pops())
+        parts["state"] = (np.asarray(state, dtype=bool), False)
+    for name, (mask, only_populated) in parts.items():
+        W, L = transition_counts(rows(written_packed), S, mask, pops() if only_populated else None)
         c = curve(t, W, L, grid, total=float(mask.sum()))
         written_per_window = _written_per_window(rows(written_packed), mask)
         paging[name] = {

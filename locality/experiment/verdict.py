@@ -102,7 +102,7 @@ def verdict(metrics: Mapping[str, Mapping[str, Any]], baseline: str | None) -> l
                          constraint=f"{'refault rate' if key != 'amplification' else 'refault amplification'} at the "
                                     f"shortest threshold that stays within the limit")
         else:
-            lowest = _lowest(metrics, key)
+            lowest = lowest_on_curve(metrics, key)
             entry.update(run=None, lowest=lowest,
                          constraint="pages woken after a long idle (new patches) come back at every threshold the run "
                                     "can tell apart" if key != "amplification" else
@@ -122,7 +122,7 @@ def verdict(metrics: Mapping[str, Mapping[str, Any]], baseline: str | None) -> l
     return out
 
 
-def _lowest(metrics: Mapping[str, Mapping[str, Any]], key: str) -> dict[str, Any] | None:
+def lowest_on_curve(metrics: Mapping[str, Mapping[str, Any]], key: str) -> dict[str, Any] | None:
     """The closest any run came to the limit: its smallest value over the curve."""
     best = None
     for run_id, m in _candidates(metrics).items():
