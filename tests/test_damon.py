@@ -76,3 +76,16 @@ def test_doctor_lists_active_kdamonds(cli, monkeypatch, tmp_path):
     assert "system DAMON" in out
     for line in expected or ["no kdamond is on"]:
         assert line in out
+
+
+def test_unreadable_state_is_reported_as_unknown_not_off(tmp_path):
+    root = fake_tree(tmp_path)
+    (root / "kdamonds/0/state").chmod(0)
+    (root / "kdamonds/0/pid").chmod(0)
+    import os
+
+    if os.geteuid() == 0:  # root reads through mode 0: stand in for an unprivileged read
+        (root / "kdamonds/0/state").unlink()
+    (k0,) = [k for k in damon.active_kdamonds(root)]
+    assert k0["index"] == 0 and k0["state"] is None
+    assert damon.describe(k0) == "kdamond 0: state unknown (its sysfs files are readable by root only)"

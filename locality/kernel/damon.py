@@ -76,8 +76,8 @@ def kdamonds(root: str | Path = DAMON_ADMIN) -> list[dict[str, Any]]:
 
 
 def active_kdamonds(root: str | Path = DAMON_ADMIN) -> list[dict[str, Any]]:
-    """The kdamonds that are on."""
-    return [k for k in kdamonds(root) if k.get("state") == "on"]
+    """The kdamonds that are on, or whose state cannot be read (the files are root-only): they may be on."""
+    return [k for k in kdamonds(root) if k.get("state") in ("on", None)]
 
 
 def reclaiming(kds: list[dict[str, Any]]) -> list[str]:
@@ -100,4 +100,6 @@ def describe(k: dict[str, Any]) -> str:
         for c in k.get("contexts", [])
     ) or "no contexts"
     pid = f" (pid {k['pid']})" if k.get("pid") else ""
+    if k.get("state") is None:
+        return f"kdamond {k['index']}: state unknown (its sysfs files are readable by root only)"
     return f"kdamond {k['index']} {k.get('state')}{pid}: {ctxs}"
