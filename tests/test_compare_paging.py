@@ -30,7 +30,7 @@ def swap_state() -> tuple:
             attrs[a] = (zram.ZRAM_SYSFS / a).read_text()
         except OSError:
             attrs[a] = None
-    return shown, attrs, zram.STATE_FILE.exists(), zram.USERS_FILE.exists()
+    return shown, attrs, zram.STATE_FILE.exists(), zram.USERS_FILE.parent.exists()
 
 
 def _refused(rc: int, err: str, *needles: str) -> None:

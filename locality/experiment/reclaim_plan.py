@@ -47,11 +47,11 @@ class ReclaimPlan:
     def session(self) -> contextlib.AbstractContextManager:
         """Swap for the comparison: turned on if --swap asked and none is active, and in any case
         registered as used, so a concurrent compare that turned it on does not switch it off under us."""
-        if self.measured:
-            from locality.kernel.swap import shared_zram_swap
+        from locality.kernel.swap import ZRAM_SYSFS, shared_zram_swap
 
+        if self.measured and os.geteuid() == 0 and ZRAM_SYSFS.is_dir():
             return shared_zram_swap(self.swap_bytes)
-        return contextlib.nullcontext()
+        return contextlib.nullcontext()  # swap someone else turned on, which we could not turn off anyway
 
     def thresholds(self, done: Sequence[Any], best: str) -> list[float]:
         """--idle, else the verdict's threshold for the best layout, else the longest cold threshold."""

@@ -258,13 +258,13 @@ def zram_swap(size_bytes: int) -> Iterator[None]:
 
 
 USERS_FILE = Path("/run/locality/zram-users.json")
-USERS_LOCK = Path("/run/locality/zram-users.lock")
 
 
 @contextlib.contextmanager
 def _users_lock() -> Iterator[None]:
-    USERS_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(USERS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # A sysfs attribute of the device as the lock's inode: nothing to create or leave behind,
+    # and not the directory _device_lock takes inside zram_swap_on.
+    fd = os.open(ZRAM_SYSFS / "disksize", os.O_RDONLY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -284,9 +284,12 @@ def _sessions() -> dict:
 
 def _save_sessions(data: dict) -> None:
     if data["users"]:
+        USERS_FILE.parent.mkdir(parents=True, exist_ok=True)
         USERS_FILE.write_text(json.dumps(data))
     else:
         USERS_FILE.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # leave /run as found when nothing else is in there
+            USERS_FILE.parent.rmdir()
 
 
 @contextlib.contextmanager
@@ -301,6 +304,7 @@ def shared_zram_swap(size_bytes: int | None) -> Iterator[bool]:
     enters or leaves. Swap that was on before the first user came (any device,
     or `locality swap on`) is used as it is and left on.
     """
+    _require_zram_and_root()
     me = [os.getpid(), _start_time(os.getpid())]
     turned_on = False
     with _users_lock():
