@@ -46,7 +46,7 @@ def _refused(rc: int, err: str, *needles: str) -> None:
     (["--idle=-5"], ["--idle -5: thresholds must be > 0"]),
     (["--idle", "10,50"], ["--idle 50: longer than the run (40 s)", "--duration"]),
     (["--duration", "20", "--idle", "20"], ["--idle 20: longer than the run (20 s)"]),
-    (["--swap", "64T"], ["--swap 64.0 TiB is larger than this machine's memory", "smaller --swap"]),
+    (["--swap", "64T"], ["--swap 65536.0 GiB is larger than this machine's memory", "smaller --swap"]),
 ])
 def test_bad_paging_arguments_exit_2_with_the_fix(args, needles, tmp_path, capsys):
     if "--swap" in args and os.geteuid() != 0:

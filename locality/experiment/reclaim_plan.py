@@ -20,14 +20,6 @@ MODES = ("auto", "none", "pageout-idle", "cgroup")
 HOW_TO_MEASURE = "for measured points run as root with --swap 4G, or turn swap on first with `locality swap on`"
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 @dataclass
 class ReclaimPlan:
     requested: str
@@ -94,7 +86,8 @@ def plan_reclaim(reclaim: str, swap: int | None, idle: Sequence[float] | None, r
 
         total = psutil.virtual_memory().total
         if swap > total:
-            raise InvalidArgument(f"--swap {_human(swap)} is larger than this machine's memory ({_human(total)})",
+            raise InvalidArgument(f"--swap {swap / 2**30:.1f} GiB is larger than this machine's memory "
+                                  f"({total / 2**30:.1f} GiB)",
                                   "give a smaller --swap, e.g. 4G")
     length = run_s if run_s is not None else (steps * step_interval if steps else None)
     for T in idle or []:
