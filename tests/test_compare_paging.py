@@ -109,6 +109,13 @@ def test_no_swap_path_as_unprivileged_user(tmp_path):
                     else work / res["runs"]["clustered"]["run_dir"]).joinpath("metrics.json").read_text())
     assert m["reclaim"] == "none" and m["paging"]["state"]["pages"] > 0 and m["pageout_check"] is None
     assert set(m["idle_profile"]["share_idle_at_least"]) >= {"1", "10", "60", "600"}
+    run_dir = Path(res["runs"]["clustered"]["run_dir"])
+    manifest = json.loads(((work / run_dir) if not run_dir.is_absolute() else run_dir).joinpath("manifest.json").read_text())
+    # UNPRIVILEGED keeps CAP_DAC_READ_SEARCH (see conftest), so the run reads the root-only DAMON
+    # files as root does (the unreadable case is tested on a fake tree in test_damon.py).
+    from locality.kernel import active_kdamonds
+
+    assert manifest["system_damon"] == active_kdamonds()
 
 
 @needs_root_and_zram
@@ -181,3 +188,40 @@ def test_browser_finds_the_verdict_and_the_curves(tmp_path):
     pareto = seen["figures"]["fig-pareto"]
     # two simulated curves, the Pareto front and the budget line (each with its legend handle)
     assert "drawn" in pareto["class"] and pareto["marks"] >= 4
+
+
+@needs_root_and_zram
+@pytest.mark.swap
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_keeps_finished_runs_and_restores_swap(signum, tmp_path):
+    import glob
+    import signal
+    import time
+
+    if swap_active():
+        pytest.skip("swap is already active")
+    before = swap_state()
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "locality", "compare", "--workers", "20000", "--layouts", "slab,objects",
+         "--duration", "30", "--interval", "0.5", "--swap", "1G", "--runs", str(runs), "--out", str(tmp_path / "c.html")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        deadline = time.monotonic() + 180
+        while not glob.glob(str(runs / "*" / "objects" / "manifest.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.1)
+        assert any(a["filename"] == "/dev/zram0" for a in swap_active())
+        time.sleep(1.0)
+        proc.send_signal(getattr(signal, signum))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-2000:]
+    assert swap_state() == before
+    assert f"report: {tmp_path / 'c.html'}" in out
+    (root,) = runs.iterdir()
+    statuses = {p.name: json.loads((p / "manifest.json").read_text())["status"] for p in root.iterdir()}
+    assert statuses == {"slab": "complete", "objects": "interrupted"}
