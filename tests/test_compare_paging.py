@@ -175,7 +175,7 @@ def test_a_second_user_keeps_swap_on_until_it_leaves(tmp_path):
 def test_browser_finds_the_verdict_and_the_curves(tmp_path):
     from browser_check import open_report
 
-    from locality.report import compare as cmp
+    from locality.experiment import compare as cmp
 
     result = cmp.compare(["objects", "clustered"], workers=20_000, duration=6, interval=0.5, step_interval=0.02,
                          runs=tmp_path / "runs", out=tmp_path / "compare.html", progress=False, reclaim="none")

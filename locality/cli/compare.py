@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from locality.cli.swap import SIZE
-from locality.report.compare import (DEFAULT_DURATION, DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEP_INTERVAL, DEFAULT_WORKERS,
+from locality.experiment.compare import (DEFAULT_DURATION, DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEP_INTERVAL, DEFAULT_WORKERS,
                                      DEFAULT_WORKLOAD, WORKLOADS)
 
 
@@ -69,8 +69,8 @@ def compare(workers: int, layouts: str, pattern: str, duration: float | None, st
     SIGTERM keeps the finished runs, writes their report, restores swap
     (exit status 130).
     """
-    from locality.report.compare import CompareInterrupted, parse_layouts
-    from locality.report.compare import compare as run_compare
+    from locality.experiment.compare import CompareInterrupted, parse_layouts
+    from locality.experiment.compare import compare as run_compare
 
     chosen = parse_layouts(layouts)
     try:
