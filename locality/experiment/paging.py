@@ -302,12 +302,12 @@ def _clean(a: Any) -> list[float | None]:
 
 def measured_refaults(t: np.ndarray, written_packed: np.ndarray, resident_packed: np.ndarray,
                       swapped_packed: np.ndarray, n_pages: int, idle_seconds: float,
-                      mask: np.ndarray | None = None) -> dict[str, int]:
+                      mask: np.ndarray | None = None, pageable: np.ndarray | None = None) -> dict[str, int]:
     """In a run that really paged out after each sample: pages that came back, written or only read.
 
     The matrices hold residency as sampled, before the policy acted, so what
     was out after sample k-1 is rebuilt: swapped then, or present and idle
-    for ``idle_seconds`` (what the policy advised). Of those, the pages
+    for ``idle_seconds`` (what the policy advised; only ``pageable`` pages if given). Of those, the pages
     present at sample k came back; the ones not written in window k were
     brought back by reads, which write tracking cannot see: the part of a
     real refault count the simulated curve misses.
@@ -329,7 +329,8 @@ def measured_refaults(t: np.ndarray, written_packed: np.ndarray, resident_packed
         if k > 0:
             last[w] = t[k]
         swapped = _unpack_row(swapped_packed, k, n_pages)
-        out_prev = swapped | (present & (t[k] - last >= idle_seconds))
+        idle = present & (t[k] - last >= idle_seconds)
+        out_prev = swapped | (idle if pageable is None else idle & pageable)
         if t[k] - t[0] >= idle_seconds:
             held.append(int(np.count_nonzero(out_prev & m)))
     total = int(np.count_nonzero(m))
@@ -375,11 +376,13 @@ def run_metrics(config: Any, timeline: Any, matrices: dict[str, np.ndarray], pag
     out["pageout_check"] = None
     if policy_T and out.get("paging"):
         T = policy_T[0]
-        check: dict[str, Any] = {"idle_seconds": T}
+        check: dict[str, Any] = {"idle_seconds": T, "scope": config.reclaim.scope}
         for part, mask in (("process", None), ("state", state)):
             if part == "state" and mask is None:
                 continue
-            m = measured_refaults(t, matrices["written"], matrices["resident"], matrices["swapped"], n_pages, T, mask)
+            pageable = state if config.reclaim.scope == "state" else None
+            m = measured_refaults(t, matrices["written"], matrices["resident"], matrices["swapped"], n_pages, T, mask,
+                                  pageable)
             measured = m["refaulted_written"] + m["refaulted_readonly"]
             wss = out["paging"][part]["wss_pages_mean"]
             span_min = (t[-1] - t[0] - T) / 60.0

@@ -59,7 +59,8 @@ class ReclaimPlan:
 
     def reclaim_config(self, T: float, done: Sequence[Any], best: str) -> dict[str, Any]:
         if self.mode == "pageout-idle":
-            return {"policy": "pageout-idle", "idle_seconds": float(T)}
+            # Worker state only: the curve being checked is the worker state's (docs/paging.md).
+            return {"policy": "pageout-idle", "idle_seconds": float(T), "scope": "state"}
         # cgroup: a limit that forces out what pageout-idle T would hold out (from the no-reclaim run).
         from locality.experiment.paging import at
 
