@@ -274,18 +274,18 @@ def draw_paging_curves(runs: list[RunData], left_out: list[str]) -> Figure:
         pts = _curve_points(run)
         if pts is not None:
             ax.plot(pts[:, 0], pts[:, 1], color=colors[i], linestyle=_linestyle(i), marker=".", markersize=3,
-                    label=f"{run.label} (simulated)")
+                    label=run.label)
             every.append(pts)
         mp = _measured_point(run)
         if mp is not None:
             ax.scatter([mp[0]], [mp[1]], color=colors[i], marker="*", s=90, zorder=4, edgecolors="black",
-                       linewidths=0.5, label=f"{run.label} (measured)")
+                       linewidths=0.5, label=f"{run.label}, measured")
             every.append(np.array([mp]))
     allpts = np.concatenate(every)
     front = _front(allpts)
     ax.step(front[:, 0], front[:, 1], where="post", color="0.4", linewidth=1.2, zorder=2, label="Pareto front")
     ax.axvline(REFAULT_BUDGET_PCT_PER_MIN, color="#b00020", linestyle=":", linewidth=1,
-               label=f"budget {REFAULT_BUDGET_PCT_PER_MIN:g}% WSS/min")
+               label=f"{REFAULT_BUDGET_PCT_PER_MIN:g}%/min budget")
     ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlim(left=0)
     ax.set_xlabel("refault rate (% of WSS per min)")
