@@ -225,3 +225,32 @@ def test_a_signal_keeps_finished_runs_and_restores_swap(signum, tmp_path):
     (root,) = runs.iterdir()
     statuses = {p.name: json.loads((p / "manifest.json").read_text())["status"] for p in root.iterdir()}
     assert statuses == {"slab": "complete", "objects": "interrupted"}
+
+
+@pytest.mark.parametrize("active, reclaim, swap, mode, noted", [
+    ([], "auto", None, "none", True),  # no swap: simulated alone, said once
+    ([{"filename": "/dev/zram0"}], "auto", None, "pageout-idle", False),  # swap active: page out for real
+    ([], "none", None, "none", True),
+    ([{"filename": "/dev/sda2"}], "cgroup", None, "cgroup", False),
+])
+def test_reclaim_plan(monkeypatch, active, reclaim, swap, mode, noted):
+    from locality.experiment import reclaim_plan
+
+    monkeypatch.setattr("locality.kernel.swap_active", lambda: active)
+    plan = reclaim_plan.plan_reclaim(reclaim, swap, [10.0], 40.0)
+    assert plan.mode == mode and plan.idle == [10.0]
+    assert bool(plan.notes) == noted
+    if noted:
+        assert "--swap 4G" in plan.notes[0] and "locality swap on" in plan.notes[0]
+    if mode == "pageout-idle":
+        assert plan.reclaim_config(10.0, [], "clustered") == {"policy": "pageout-idle", "idle_seconds": 10.0,
+                                                              "scope": "state"}
+
+
+def test_auto_with_swap_given_by_root_pages_out_for_real(monkeypatch):
+    from locality.experiment import reclaim_plan
+
+    monkeypatch.setattr("locality.kernel.swap_active", lambda: [])
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    plan = reclaim_plan.plan_reclaim("auto", 1 << 30, None, 40.0)
+    assert plan.mode == "pageout-idle" and plan.swap_bytes == 1 << 30 and not plan.notes
