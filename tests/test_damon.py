@@ -76,6 +76,10 @@ def test_doctor_lists_active_kdamonds(cli, monkeypatch, tmp_path):
     assert "system DAMON" in out
     for line in expected or ["no kdamond is on"]:
         assert line in out
+    rc, js, _ = cli("doctor", "--json")
+    import json
+
+    assert rc == 0 and json.loads(js)["system_damon"] == {"kdamonds": damon.active_kdamonds()}
 
 
 def test_unreadable_state_is_reported_as_unknown_not_off(tmp_path):

@@ -1,26 +1,24 @@
-"""The main job: every layout on the same seeded workload, one report comparing them.
+"""The main job: every layout on the same seeded workload, ready for one report.
 
 Runs are made one after the other by the experiment runner (a child process
-per layout, sampled from outside), stored under ``runs/compare/<UTC time>/
-<layout>``, then rendered with the `objects` run as the baseline. A layout
-that fails is a failed row in the report and the others go on; Ctrl-C stops
-the current run (the runner marks it interrupted) and the report is written
-from the runs that completed.
+per layout, sampled from outside) and stored under ``runs/compare/<UTC time>/
+<layout>``; ``locality.report.compare`` renders them with the `objects` run
+as the baseline. A layout that fails is a failed run and the others go on;
+Ctrl-C stops the current run (the runner marks it interrupted) and the
+report is written from the runs that completed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
+import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from locality.errors import InvalidArgument, LocalityError
-from locality.experiment import store
-from locality.report.data import RunData, label_runs, load_run_data
 
 # Defaults chosen so that all layouts at 1,000,000 workers finish within
 # 10 minutes on a 2-core machine (measured: see `locality compare --help`).
@@ -53,16 +51,15 @@ ADVERSARIAL_DURATION = 20.0  # and a slow layout (isolated: a page fault per act
 
 @dataclass
 class CompareResult:
-    report: Path
+    """Where a comparison's runs are; ``report.compare.write_compare_report`` renders it."""
+
     run_root: Path
-    runs: list[RunData]
+    run_dirs: list[Path]  # one per layout that ran or was refused, in order (failed ones included)
+    title: str
+    notes: list[str]
     seconds: dict[str, float] = field(default_factory=dict)
     interrupted_at: str | None = None
     not_run: list[str] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[str]:
-        return [r.label for r in self.runs if r.failed]
 
 
 def layout_names() -> list[str]:
@@ -110,14 +107,6 @@ def compare_config(layout: str, *, workers: int, pattern: str, steps: int | None
     return validate(cfg)
 
 
-def _failed_placeholder(run_root: Path, layout: str, config: Any, error: str) -> RunData:
-    """A layout refused before its run directory existed: still a (failed) row in the report."""
-    manifest = {"id": layout, "kind": "run", "status": "failed", "error": error, "created": store.utcnow(),
-                "finished": store.utcnow(), "config": config.model_dump(mode="json") if config is not None else {"layout": layout},
-                "machine": store.machine(), "versions": store.versions(), "capabilities": {}}
-    return RunData(path=run_root / layout, manifest=manifest)
-
-
 def compare(
     layouts: Sequence[str],
     *,
@@ -128,15 +117,25 @@ def compare(
     interval: float = DEFAULT_SAMPLE_INTERVAL,
     step_interval: float = DEFAULT_STEP_INTERVAL,
     runs: str | Path = "runs/compare",
-    out: str | Path = "reports/compare.html",
     progress: bool = True,
     reclaim: str = "auto",
     swap: int | None = None,
     idle: Sequence[float] | None = None,
     adversarial: bool | None = None,
 ) -> CompareResult:
-    """Run each layout, then the paging checks, then write the report; returns where everything is."""
+    """Run each layout, then the paging checks, one after the other, under ``runs/<UTC time>/<run id>``.
+
+    The layouts run without reclaim on the workload (default: patches); then
+    the baseline and the best pager on the adversarial wave sheet; then, when
+    the reclaim plan measures (swap active, or --swap as root), the best pager
+    with a real page-out at each idle threshold. A layout refused up front is
+    stored as a failed run; a failed one stays failed and the others go on.
+    SIGINT/SIGTERM, during a run or between two, stops after the current run
+    (stored ``interrupted``), restores swap and returns what ran;
+    CompareInterrupted if nothing finished.
+    """
     from locality.experiment.reclaim_plan import plan_reclaim
+    from locality.experiment.signals import StopSignals
 
     if workers <= 0:
         raise InvalidArgument(f"--workers must be > 0 (got {workers})")
@@ -144,7 +143,7 @@ def compare(
         raise InvalidArgument(f"--steps must be > 0 (got {steps})")
     run_s = duration if duration is not None else (None if steps is not None else DEFAULT_DURATION)
     plan = plan_reclaim(reclaim, swap, idle, run_s, steps, step_interval)
-    # Validate every config before the first (long) run starts.
+    # Validate every layout's config before the first (long) run starts.
     common = dict(workers=workers, pattern=pattern, steps=steps, interval=interval, step_interval=step_interval,
                   duration=duration)
     configs = {name: compare_config(name, **common) for name in layouts}
@@ -159,13 +158,13 @@ def compare(
 
     job = _Job(run_root, progress)
     plan.announce()
-    try:
-        with plan.session(), _sigterm_as_interrupt():
-            _run_job(job, layouts, configs, common, plan, adversarial)
-    except KeyboardInterrupt:  # between runs: the same as during one
-        job.interrupted_at = job.interrupted_at or "between runs"
+    with StopSignals() as stop, plan.session():
+        job.stop = stop
+        job.run_all([(name, configs[name]) for name in layouts])
+        if not job.interrupted_at and job.done:
+            job.run_all(_paging_runs(job, layouts, common, plan, adversarial))
 
-    not_run = list(layouts[len(job.done) + (1 if job.interrupted_at else 0):]) if job.interrupted_at in layouts else []
+    not_run = list(layouts[len(job.done) + (1 if job.ran_interrupted else 0):]) if job.interrupted_at in layouts else []
     label = WORKLOADS.get(pattern, (pattern, {}, pattern))[2] or pattern
     length = f"{run_s:g} s per layout" if run_s is not None else f"{steps} steps"
     notes = [f"Same workload for every layout: {workers:,} workers, {label}; {length}, steps "
@@ -178,68 +177,72 @@ def compare(
         notes.append(f"Interrupted (Ctrl-C) during {job.interrupted_at}; this report shows only the runs that had finished."
                      + (f" Not run: {', '.join(not_run)}." if not_run else ""))
     if not job.done:
-        raise CompareInterrupted(f"interrupted during {job.interrupted_at} before any run finished", f"runs so far are in {run_root}")
-    from locality.report.html import write_report
-
-    label_runs(job.done)
-    for r in job.done:  # run ids name layout and case (objects, waves-objects, clustered-pageout-idle-30s)
-        r.label = r.id
-    report = write_report(job.done, out, title=f"locality compare: {len(layouts)} layouts, {workers:,} workers, {pattern}",
-                          notes=notes)
-    return CompareResult(report, run_root, job.done, job.seconds, job.interrupted_at, not_run)
+        raise CompareInterrupted(f"interrupted during {job.interrupted_at} before any run finished",
+                                 f"runs so far are in {run_root}")
+    title = f"locality compare: {len(layouts)} layouts, {workers:,} workers, {pattern}"
+    return CompareResult(run_root, job.done, title, notes, job.seconds, job.interrupted_at, not_run)
 
 
-def _run_job(job: "_Job", layouts: Sequence[str], configs: dict[str, Any], common: dict[str, Any], plan: Any,
-             adversarial: bool) -> None:
-    """The layouts without reclaim, then the adversarial workload, then real page-outs of the best layout."""
-    job.run_all([(name, configs[name]) for name in layouts], bar_total=len(layouts))
-    if job.interrupted_at or not job.done:
-        return
-    best = _best_paging_layout(job.done)
+def _paging_runs(job: "_Job", layouts: Sequence[str], common: dict[str, Any], plan: Any,
+                 adversarial: bool) -> list[tuple[str, Any]]:
+    """The adversarial workload for the baseline and the best pager, then real page-outs of the best pager."""
+    metrics = _metrics(job.done)
+    best = _best_paging_layout(metrics)
     extra = []
     if adversarial:
         for name in dict.fromkeys([baseline_layout(layouts), best]):
             if name:
                 extra.append((f"{ADVERSARIAL}-{name}", compare_config(
                     name, **{**common, "pattern": ADVERSARIAL, "steps": ADVERSARIAL_STEPS,
-                                       "duration": ADVERSARIAL_DURATION},
-                    name=f"compare-{ADVERSARIAL}-{name}")))
+                             "duration": ADVERSARIAL_DURATION}, name=f"compare-{ADVERSARIAL}-{name}")))
     if plan.measured and best:
-        for T in plan.thresholds(job.done, best):
+        for T in plan.thresholds(metrics, best):
             extra.append((f"{best}-{plan.mode}-{T:g}s", compare_config(
-                best, **common, reclaim=plan.reclaim_config(T, job.done, best), name=f"compare-{best}-{plan.mode}")))
-    job.run_all(extra, bar_total=len(extra))
+                best, **common, reclaim=plan.reclaim_config(T, job.run_root / best, metrics[best]),
+                name=f"compare-{best}-{plan.mode}")))
+    return extra
+
+
+def _metrics(run_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    """metrics.json of each finished run, by run id (failed and refused runs have none)."""
+    out = {}
+    for d in run_dirs:
+        try:
+            out[d.name] = json.loads((d / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def baseline_layout(layouts: Sequence[str]) -> str | None:
     return "objects" if "objects" in layouts else (layouts[0] if layouts else None)
 
 
-def _best_paging_layout(done: list[RunData]) -> str | None:
-    from locality.experiment.verdict import best_paging
+def _best_paging_layout(metrics: dict[str, dict[str, Any]]) -> str | None:
+    from locality.experiment.verdict import best_paging, lowest_on_curve
 
-    metrics = {r.id: r.metrics for r in done if not r.failed}
     # Within 2x the oracle if any layout manages it, else the one closest to the oracle.
     best = best_paging(metrics)
     if best:
         return best["layout"]
-    from locality.experiment.verdict import lowest_on_curve
-
     low = lowest_on_curve(metrics, "amplification")
     return metrics[low["run"]].get("layout", low["run"]) if low else None
 
 
 class _Job:
-    """Runs one after the other; a failed run is a failed row, Ctrl-C stops and keeps what finished."""
+    """Runs one after the other; a failed run stays failed, a signal stops and keeps what finished."""
 
     def __init__(self, run_root: Path, progress: bool) -> None:
         self.run_root = run_root
         self.progress = progress
-        self.done: list[RunData] = []
+        self.done: list[Path] = []
         self.seconds: dict[str, float] = {}
         self.interrupted_at: str | None = None
+        self.ran_interrupted = False
+        self.stop: Any = None
 
-    def run_all(self, items: list[tuple[str, Any]], bar_total: int) -> None:
+    def run_all(self, items: list[tuple[str, Any]]) -> None:
+        from locality.experiment.lifecycle import record_refused
         from locality.experiment.runner import RunFailed, run
 
         if not items or self.interrupted_at:
@@ -248,22 +251,25 @@ class _Job:
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=bar_total, unit="run", desc="compare", file=sys.stderr, position=0, dynamic_ncols=True)
+            bar = tqdm(total=len(items), unit="run", desc="compare", file=sys.stderr, position=0, dynamic_ncols=True)
         try:
             for run_id, config in items:
+                if self.stop is not None and self.stop.signum is not None:  # arrived between two runs
+                    self.interrupted_at = run_id
+                    break
                 if bar is not None:
                     bar.set_postfix_str(run_id, refresh=True)
                 t0 = time.monotonic()
                 try:
-                    run_dir = run(config, self.run_root, run_id=run_id, progress=self.progress)
-                    self.done.append(load_run_data(run_dir))
+                    run(config, self.run_root, run_id=run_id, progress=self.progress)
                 except RunFailed:
-                    self.done.append(_load_or_placeholder(self.run_root, run_id, config, "the run failed"))
+                    pass  # stored as failed
                 except KeyboardInterrupt:
-                    self.interrupted_at = run_id
+                    self.interrupted_at, self.ran_interrupted = run_id, True
                     break
                 except LocalityError as e:  # refused up front (e.g. a kernel feature missing)
-                    self.done.append(_load_or_placeholder(self.run_root, run_id, config, str(e)))
+                    record_refused("run", self.run_root, run_id, config.model_dump(mode="json"), str(e))
+                self.done.append(self.run_root / run_id)
                 self.seconds[run_id] = time.monotonic() - t0
                 if bar is not None:
                     bar.update(1)
@@ -272,35 +278,5 @@ class _Job:
                 bar.close()
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM between runs ends the job like Ctrl-C: finished runs kept, swap restored, report written."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class CompareInterrupted(LocalityError):
     """Ctrl-C before any layout finished: there is nothing to report."""
-
-
-def _load_or_placeholder(run_root: Path, name: str, config: Any, error: str) -> RunData:
-    path = run_root / name
-    if (path / "manifest.json").exists():
-        try:
-            return load_run_data(path)
-        except LocalityError:
-            pass
-    return _failed_placeholder(run_root, name, config, error)

@@ -366,7 +366,7 @@ def run_metrics(config: Any, timeline: Any, matrices: dict[str, np.ndarray], pag
     step_col = timeline["step"].to_numpy()[: t.size]
     n_steps = int(step_col.max()) if step_col.size else 0
     state = np.unpackbits(matrices["state"], count=n_pages).astype(bool) if "state" in matrices else None
-    pattern = make_pattern(config.pattern.name, int(config.workers), seed=int(config.seed), **config.population_params())
+    pattern = make_pattern(config.pattern.name, int(config.workers), seed=int(config.seed), **config.pattern_params)
     policy_T = [float(config.reclaim.idle_seconds)] if config.reclaim.policy == "pageout-idle" else []
     extra = [*policy_T, *[float(x) for x in config.sampling.cold_thresholds]]
     out = compute(t=t, step_col=step_col, written_packed=matrices["written"], n_pages=n_pages, state=state,

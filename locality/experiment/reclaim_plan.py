@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from locality.errors import InvalidArgument
@@ -45,30 +46,34 @@ class ReclaimPlan:
             return shared_zram_swap(self.swap_bytes)
         return contextlib.nullcontext()  # swap someone else turned on, which we could not turn off anyway
 
-    def thresholds(self, done: Sequence[Any], best: str) -> list[float]:
-        """--idle, else the verdict's threshold for the best layout, else the longest cold threshold."""
+    def thresholds(self, metrics: dict[str, dict[str, Any]], best: str) -> list[float]:
+        """--idle, else the verdict's threshold for the best layout, else its longest cold threshold."""
         if self.idle:
             return list(self.idle)
         from locality.experiment.verdict import best_paging
 
-        pick = best_paging({r.id: r.metrics for r in done if not r.failed})
+        pick = best_paging(metrics)
         if pick and pick.get("threshold_s"):
             return [float(pick["threshold_s"])]
-        run = next(r for r in done if r.id == best)
-        return [max(run.metrics.get("cold_fraction", {"30": None}), key=float)]
+        colds = [float(k) for k in (metrics.get(best, {}).get("cold_fraction") or {"30": None})]
+        return [max(colds)]
 
-    def reclaim_config(self, T: float, done: Sequence[Any], best: str) -> dict[str, Any]:
+    def reclaim_config(self, T: float, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The reclaim settings of a measured run at T, from the no-reclaim run of the same layout."""
         if self.mode == "pageout-idle":
             # Worker state only: the curve being checked is the worker state's (docs/paging.md).
             return {"policy": "pageout-idle", "idle_seconds": float(T), "scope": "state"}
-        # cgroup: a limit that forces out what pageout-idle T would hold out (from the no-reclaim run).
+        # cgroup: a limit that forces out what pageout-idle T would hold out.
+        import pandas as pd
+
         from locality.experiment.paging import at
 
-        run = next(r for r in done if r.id == best)
-        peak = int(run.timeline["rss_bytes"].max()) if run.timeline is not None and "rss_bytes" in run.timeline else 0
-        held = at(run.metrics.get("paging") or {"thresholds_s": []}, "process", "held_pages", T) or 0.0
-        limit = max(64 << 20, peak - int(held * int(run.metrics.get("page_size") or 4096)))
-        return {"policy": "cgroup", "limit": limit}
+        try:
+            peak = int(pd.read_csv(run_dir / "timeline.csv", usecols=["rss_bytes"])["rss_bytes"].max())
+        except (OSError, ValueError, KeyError):
+            peak = 0
+        held = at(metrics.get("paging") or {"thresholds_s": []}, "process", "held_pages", T) or 0.0
+        return {"policy": "cgroup", "limit": max(64 << 20, peak - int(held * int(metrics.get("page_size") or 4096)))}
 
 
 def plan_reclaim(reclaim: str, swap: int | None, idle: Sequence[float] | None, run_s: float | None,

@@ -208,6 +208,8 @@ def load_run_data(path: str | Path) -> RunData:
     if not (path / "manifest.json").exists():
         raise RunNotFound(f"{path} is not a run directory (no manifest.json)", "pass directories written by `locality run`, `probe`, `compare` or `beam`")
     manifest = _read_json(path / "manifest.json")
+    if isinstance(manifest, dict) and manifest.get("status") == "running":
+        manifest["status"] = store.effective_status(manifest)  # "crashed" if its runner is dead
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else {}
     latency = _read_csv(path / "latency.csv")
     latency_ns = None
@@ -253,7 +255,8 @@ def expand_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir() and not (p / "manifest.json").exists():
-            inner = sorted(d for d in p.iterdir() if (d / "manifest.json").is_file())
+            # Hidden entries are run directories still being created or replaced.
+            inner = sorted(d for d in p.iterdir() if not d.name.startswith(".") and (d / "manifest.json").is_file())
             if inner:
                 out += inner
                 continue
