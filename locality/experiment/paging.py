@@ -358,17 +358,27 @@ def run_metrics(config: Any, timeline: Any, matrices: dict[str, np.ndarray], pag
     from locality.layouts.base import RECORD_BYTES
     from locality.population import make_pattern
 
-    empty = {"idle_profile": None, "paging": None, "pageout_check": None}
-    if "written" not in matrices or "step" not in timeline or len(timeline) < 2 or not config.sampling.writes:
-        return empty
+    out_empty: dict[str, Any] = {"idle_profile": None, "paging": None, "pageout_check": None}
+    if "step" not in timeline or len(timeline) < 2:
+        return out_empty
+    pattern = make_pattern(config.pattern.name, int(config.workers), seed=int(config.seed), **config.pattern_params)
+    policy_T = [float(config.reclaim.idle_seconds)] if config.reclaim.policy == "pageout-idle" else []
+    extra = [*policy_T, *[float(x) for x in config.sampling.cold_thresholds]]
+    traced = "written" in matrices and config.sampling.writes and matrices["written"].shape[0] == len(matrices["t"])
+    if not traced:  # no page trace (writes not sampled, or sampling.pages = false): the idle profile alone
+        t = timeline["t"].to_numpy(dtype=np.float64)
+        step_col = timeline["step"].to_numpy()
+        n_steps = int(step_col.max())
+        tr = worker_trace(pattern.steps(), int(config.workers), step_windows(step_col, n_steps),
+                          step_times(t, step_col, n_steps), t.size, GAP_EDGES)
+        profile_T = sorted({*IDLE_PROFILE_S, *extra})
+        return {**out_empty, "idle_profile": idle_profile(tr["min_gap"], float(t[-1] - t[0]), tr["gap_hist"],
+                                                          GAP_EDGES, profile_T)}
     n_pages = int(matrices["n_pages"])
     t = np.asarray(matrices["t"], dtype=np.float64)
     step_col = timeline["step"].to_numpy()[: t.size]
     n_steps = int(step_col.max()) if step_col.size else 0
     state = np.unpackbits(matrices["state"], count=n_pages).astype(bool) if "state" in matrices else None
-    pattern = make_pattern(config.pattern.name, int(config.workers), seed=int(config.seed), **config.pattern_params)
-    policy_T = [float(config.reclaim.idle_seconds)] if config.reclaim.policy == "pageout-idle" else []
-    extra = [*policy_T, *[float(x) for x in config.sampling.cold_thresholds]]
     out = compute(t=t, step_col=step_col, written_packed=matrices["written"], n_pages=n_pages, state=state,
                   populated_packed=(matrices["resident"], matrices["swapped"]), steps=pattern.steps(),
                   n_steps=n_steps, workers=int(config.workers), record_bytes=RECORD_BYTES, page_size=page_size,

@@ -125,11 +125,11 @@ class RunRecord:
         )
         metrics["spawn_s"] = spawn_s
         metrics["pageout_bytes"] = self.pageout_bytes
-        if matrices is not None:
+        if len(timeline) > 1:
             from locality.experiment.paging import run_metrics
 
             try:
-                metrics.update(run_metrics(self.config, timeline, matrices, int(PAGE_SIZE)))
+                metrics.update(run_metrics(self.config, timeline, matrices or {}, int(PAGE_SIZE)))
             except Exception as e:  # the measured figures are still worth storing (tests want the error)
                 if os.environ.get("LOCALITY_STRICT_SCHEMA") == "1":
                     raise
