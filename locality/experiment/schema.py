@@ -171,6 +171,12 @@ METRICS: dict[str, tuple[Field, ...]] = {
           "scope, state/process {refaulted_written, refaulted_readonly, measured_refaults, simulated_refaults, "
           "saved_fraction, measured_refault_pct_wss_per_min}, timeline_refaulted_pages", nullable=True),
         F("paging_error", "str", "", "why the paging figures could not be computed (only then)", nullable=True),
+        F("portions", "dict", "", "portion -> resident_bytes, share_of_rss, tracked_pages, wss_pages_mean, wss_bytes_mean, "
+          "page_utilization, cold_fraction, paged_out_pages_max, refaulted_pages (experiment/portions.py)", nullable=True),
+        F("mixed_pages", "int", "pages", "tracked pages holding bytes of two or more portions", nullable=True),
+        F("portions_rss_bytes", "int", "bytes", "RSS read right after the portions' resident bytes", nullable=True),
+        F("portions_walk_s", "float", "s", "the child's walk of the portions it can name, once after spawn", nullable=True),
+        F("portion_dominating_wss", "str", "", "the portion with the largest mean WSS", nullable=True),
     ),
     "probe": (),
     "beam": _COMMON_METRICS + (
