@@ -65,10 +65,17 @@ def open_report(report: Path, profile_dir: Path, screenshot_name: str, script: s
             # Rendered content, not just the box: the bounding box of what the SVG draws.
             bbox = driver.execute_script("const s = arguments[0].querySelector(':scope > svg'); if (!s) return null;"
                                          "const b = s.getBBox(); return [b.width, b.height];", fig)
-            figures[fig.get_attribute("id")] = {"class": fig.get_attribute("class"), "size": size, "bbox": bbox}
+            # Drawn lines and point sets (matplotlib's SVG groups: line2d_*, PathCollection_*), legend included.
+            marks = driver.execute_script("const s = arguments[0].querySelector(':scope > svg'); if (!s) return 0;"
+                                          "return s.querySelectorAll('g[id^=line2d], g[id^=PathCollection]').length;", fig)
+            figures[fig.get_attribute("id")] = {"class": fig.get_attribute("class"), "size": size, "bbox": bbox,
+                                                "marks": marks}
         scripted = driver.execute_script(script) if script else None
         table_rows = driver.find_elements(By.CSS_SELECTOR, "#metrics-table tbody tr")
         rows = {r.get_attribute("data-run"): r.get_attribute("class") for r in table_rows}
+        verdict = [[c.text for c in r.find_elements(By.CSS_SELECTOR, "td")]
+                   for r in driver.find_elements(By.CSS_SELECTOR, "#verdict-table tr")]
+        verdict = [v for v in verdict if v]
 
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1400, min(int(height) + 100, 16000))
@@ -94,4 +101,5 @@ def open_report(report: Path, profile_dir: Path, screenshot_name: str, script: s
         assert fig["bbox"][0] > 50 and fig["bbox"][1] > 30, (name, fig)
     assert table_rows, "no metrics table"
     assert shot.stat().st_size > 10_000
-    return {"script": scripted, "figures": figures, "rows": rows, "requests": [u for u, _ in requests], "console": console, "screenshot": shot}
+    return {"script": scripted, "figures": figures, "rows": rows, "verdict": verdict, "requests": [u for u, _ in requests],
+            "console": console, "screenshot": shot}

@@ -84,8 +84,9 @@ def test_failed_and_refused_layouts_are_failed_rows(fake, tmp_path, capsys):
               "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "c.html"), "--json"])
     assert e.value.code == 1
     out = json.loads(capsys.readouterr().out)
+    # the default workload adds the adversarial wave sheet for the baseline (and the best pager, none here)
     assert {k: v["status"] for k, v in out["runs"].items()} == {
-        "objects": "complete", "isolated": "failed", "grouped": "failed", "slab": "complete"}
+        "objects": "complete", "isolated": "failed", "grouped": "failed", "slab": "complete", "waves-objects": "complete"}
     html = (tmp_path / "c.html").read_text()
     rows = table(html)
     assert rows["isolated"]["status"] == "failed child exited with status 1: MemoryError"

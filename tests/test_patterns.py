@@ -148,6 +148,16 @@ def test_sheet_bursts_persist_for_their_lifetime():
     assert np.isin(steps[32], steps[16]).mean() < 0.1
 
 
+def test_sheet_few_long_lived_bursts_move_evenly_spread():
+    """13 bursts of 797 workers living 100 steps (the main job's patches): one moves every 7-8 steps."""
+    n = 1_000_000
+    steps = take(make_pattern("sheet", n, seed=1, p=0.01, radius=16, waves=0, lifetime=100), 201)
+    moved = [t for t in range(1, 201) if np.setdiff1d(steps[t], steps[t - 1]).size > 0]
+    assert len(moved) == 26  # each of the 13 bursts moves once per 100 steps
+    gaps = np.diff(moved)
+    assert gaps.min() >= 7 and gaps.max() <= 8, moved
+
+
 def test_sheet_lifetime_must_be_a_positive_integer():
     for bad in (0, -3, 1.5, "4", True):
         with pytest.raises(InvalidArgument, match="lifetime") as e:

@@ -26,12 +26,20 @@ def doctor(as_json: bool, fix: bool) -> None:
     them (cgroups and swap need root). This is a report: the exit status is
     0 even when features are missing, and 2 only when --fix could not
     remove something.
+
+    It also lists every system DAMON monitor (kdamond) that is on, with its
+    operations and scheme actions, read from /sys/kernel/mm/damon/admin: a
+    scheme with action pageout can page out a measured process behind
+    locality's back. Read only; locality never stops a kdamond.
     """
     from locality.errors import LocalityError
     from locality.experiment import leftovers
     from locality.kernel.capabilities import capabilities
 
+    from locality.kernel import active_kdamonds
+
     caps = capabilities()
+    damon = active_kdamonds()
     found = leftovers.find()
     removed: list = []
     failed: list = []
@@ -43,13 +51,14 @@ def doctor(as_json: bool, fix: bool) -> None:
             except (OSError, LocalityError) as e:
                 failed.append((item, getattr(e, "strerror", None) or str(e)))
     if as_json:
-        report = {"capabilities": caps, "leftovers": leftovers.as_dicts(found)}
+        report = {"capabilities": caps, "leftovers": leftovers.as_dicts(found), "system_damon": {"kdamonds": damon}}
         if fix:
             report["removed"] = leftovers.as_dicts(removed)
             report["not_removed"] = [{**leftovers.as_dicts([i])[0], "error": why} for i, why in failed]
         click.echo(json.dumps(report, indent=2, sort_keys=False))
     else:
         _print_capabilities(caps)
+        _print_damon(damon)
         _print_leftovers(found, fix, removed, failed)
     if failed:
         raise LocalityError(f"could not remove {len(failed)} leftover(s): "
@@ -86,3 +95,18 @@ def _print_leftovers(found: list, fix: bool, removed: list, failed: list) -> Non
         click.echo(f"  {item.kind:<10} {item.path}  owner PID {item.owner_pid} dead; {item.detail}{state}")
     if not fix:
         click.echo("remove them with `locality doctor --fix`")
+
+
+def _print_damon(kds: list) -> None:
+    """System DAMON: every kdamond that is on (read only; locality never stops one)."""
+    from locality.kernel.damon import describe, reclaiming
+
+    click.echo("\nsystem DAMON (/sys/kernel/mm/damon/admin, read only):")
+    if not kds:
+        click.echo("  no kdamond is on")
+        return
+    for k in kds:
+        click.echo("  " + describe(k))
+    if reclaiming(kds):
+        click.echo("  it may page out memory of measured processes: runs record it and reports warn "
+                   "when residency includes page-outs locality did not make")

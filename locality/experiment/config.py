@@ -163,6 +163,9 @@ class Reclaim(_Model):
     policy: Literal["none", "pageout-idle", "cgroup"] = "none"
     # pageout-idle: page out pages not written for this many seconds.
     idle_seconds: PositiveSeconds | None = None
+    # pageout-idle: which tracked pages it may page out: all of them, or only the pages
+    # holding worker state (what the paging curve and its oracle are about).
+    scope: Literal["all", "state"] = "all"
     # cgroup: memory limit of the run's own cgroup (bytes, or '512M').
     limit: int | None = None
 

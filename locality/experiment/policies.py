@@ -3,7 +3,7 @@
 - ``none``: nothing; the run measures what could be reclaimed.
 - ``pageout-idle T``: after each sample, page out (process_madvise
   MADV_PAGEOUT from the parent) every present tracked page not written for
-  T seconds. The user chose it explicitly, so writing to the child is allowed.
+  T seconds (``scope = "state"``: only the pages holding worker state). The user chose it explicitly, so writing to the child is allowed.
   Anonymous memory needs swap; without it the run is refused up front.
 - ``cgroup LIMIT``: the child runs in its own memory cgroup with that limit,
   created for the run and removed afterwards (also on error and Ctrl-C).
@@ -47,8 +47,9 @@ class NoReclaim:
 class PageoutIdle(NoReclaim):
     name = "pageout-idle"
 
-    def __init__(self, idle_seconds: float) -> None:
+    def __init__(self, idle_seconds: float, scope: str = "all") -> None:
         self.idle_seconds = float(idle_seconds)
+        self.scope = scope
         self.pid: int | None = None
         self.advised_bytes = 0
         self.calls = 0
@@ -73,7 +74,7 @@ class PageoutIdle(NoReclaim):
     def after_sample(self, sampler: Any, now: float) -> int:
         from locality.kernel import process_pageout
 
-        ranges = sampler.idle_ranges(now, self.idle_seconds)
+        ranges = sampler.idle_ranges(now, self.idle_seconds, state_only=self.scope == "state")
         if not ranges or self.pid is None:
             return 0
         advised = process_pageout(self.pid, ranges)
@@ -83,7 +84,7 @@ class PageoutIdle(NoReclaim):
         return advised
 
     def info(self) -> dict[str, Any]:
-        return {"policy": self.name, "idle_seconds": self.idle_seconds, "advised_bytes": self.advised_bytes, "pageout_calls": self.calls}
+        return {"policy": self.name, "idle_seconds": self.idle_seconds, "scope": self.scope, "advised_bytes": self.advised_bytes, "pageout_calls": self.calls}
 
 
 class CgroupLimit(NoReclaim):
@@ -123,7 +124,7 @@ class CgroupLimit(NoReclaim):
 def make_policy(config: Any, run_name: str = "run") -> NoReclaim:
     r = config.reclaim
     if r.policy == "pageout-idle":
-        return PageoutIdle(r.idle_seconds)
+        return PageoutIdle(r.idle_seconds, r.scope)
     if r.policy == "cgroup":
         return CgroupLimit(r.limit, run_name)
     return NoReclaim()

@@ -11,6 +11,7 @@ the status.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -118,9 +119,10 @@ class RunRecord:
         store.atomic_write_csv(d / "latency.csv", pd.DataFrame({"latency_ns": lat.astype(np.int64)}))
         if portions is not None:  # experiment.portions.PortionCounter
             store.atomic_write_csv(d / "portions.csv", portions.table())
-        keep = sampler is not None and self.config.sampling.pages and sampler.times
+        matrices = sampler.page_matrices() if sampler is not None and sampler.times else None
+        keep = matrices is not None and self.config.sampling.pages
         extra = portions.npz_arrays() if keep and portions is not None else {}
-        self.disk.finish_pages({**sampler.page_matrices(), **extra} if keep else None)
+        self.disk.finish_pages({**matrices, **extra} if keep else None)
         if not len(timeline):
             return
         metrics = compute(
@@ -142,4 +144,13 @@ class RunRecord:
         metrics["pageout_bytes"] = self.pageout_bytes
         if portions is not None:
             metrics.update(portions.metrics(timeline, self.config, int(child.get("useful_bytes", 0))))
+        if len(timeline) > 1:
+            from locality.experiment.paging import run_metrics
+
+            try:
+                metrics.update(run_metrics(self.config, timeline, matrices or {}, int(PAGE_SIZE)))
+            except Exception as e:  # the measured figures are still worth storing (tests want the error)
+                if os.environ.get("LOCALITY_STRICT_SCHEMA") == "1":
+                    raise
+                metrics["paging_error"] = f"{type(e).__name__}: {e}"
         store.atomic_write_json(d / "metrics.json", store.check_metrics("run", metrics))

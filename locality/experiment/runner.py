@@ -129,6 +129,10 @@ class _Run:
         self.portions: Any = None  # experiment.portions.PortionCounter once the child walked its portions
         self.bar: Any = None
         life.on_end = self._finish_manifest
+        # A system DAMON scheme may page the child out behind our back: recorded, reports warn.
+        from locality.kernel import active_kdamonds
+
+        self.damon = active_kdamonds()
 
     def execute(self) -> None:
         leftovers.clean()  # what killed runs left behind (their owners are dead)
@@ -169,6 +173,7 @@ class _Run:
                 {"name": r.name, "start": r.start, "length": r.length, "alive": r.alive, "error": r.error} for r in self.sampler.regions
             ]
         self.manifest.setdefault("page_sizes_seen", [])
+        self.manifest.setdefault("system_damon", self.damon)
 
     # -- child process -------------------------------------------------------
     def _start(self, latency_path: Path) -> None:

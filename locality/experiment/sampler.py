@@ -315,9 +315,14 @@ class Sampler:
             unresolved_pages=self.unresolved,
         )
 
-    def idle_ranges(self, now: float, idle_seconds: float) -> list[tuple[int, int]]:
-        """Present pages not written for ``idle_seconds``, as (addr, length) runs; marks them paged out."""
+    def idle_ranges(self, now: float, idle_seconds: float, *, state_only: bool = False) -> list[tuple[int, int]]:
+        """Present pages not written for ``idle_seconds``, as (addr, length) runs; marks them paged out.
+
+        ``state_only``: only pages holding worker state (none if the child did not say which).
+        """
         idle = self.present & (now - self.last_written >= idle_seconds)
+        if state_only:
+            idle &= self.state if self.state_addrs is not None else False
         if not idle.any():
             return []
         self.paged_out |= idle

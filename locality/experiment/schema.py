@@ -162,6 +162,18 @@ METRICS: dict[str, tuple[Field, ...]] = {
         F("reclaim_overhead_pct", "float", "%", "the reclaim policy's share of the wall time", nullable=True),
         F("sampler_overhead_kind", "str", "", "how sampler_overhead_pct is measured"),
         F("pageout_bytes", "int", "bytes", "bytes the reclaim policy advised out in all"),
+        # experiment/paging.py (docs/paging.md); null when writes were not sampled
+        F("idle_profile", "dict", "", "the workload's idle-time profile from the pattern's ids: share_idle_at_least "
+          "{T s: fraction of workers never woken twice within T, null if the run is shorter}, run_seconds, workers, "
+          "workers_woken_twice_or_more, gap_histogram {edges_s, counts}, definition", nullable=True),
+        F("paging", "dict", "", "the simulated page-out-after-T curve for every T: thresholds_s, record_bytes, "
+          "page_size, budget_pct_wss_per_min; state and process {pages, wss_pages_mean, per-T lists saved_fraction, "
+          "held_pages, refault_pages, refaults_per_min, refault_pct_wss_per_min, refault_pct_resolution; state adds "
+          "amplification}; oracle {refault_pages, refault_workers, saved_fraction}", nullable=True),
+        F("pageout_check", "dict", "", "pageout-idle runs: measured vs simulated refaults of the same run: idle_seconds, "
+          "scope, state/process {refaulted_written, refaulted_readonly, measured_refaults, simulated_refaults, "
+          "saved_fraction, measured_refault_pct_wss_per_min}, timeline_refaulted_pages", nullable=True),
+        F("paging_error", "str", "", "why the paging figures could not be computed (only then)", nullable=True),
         F("portions", "dict", "", "portion -> resident_bytes, share_of_rss, tracked_pages, wss_pages_mean, wss_bytes_mean, "
           "page_utilization, cold_fraction, paged_out_pages_max, refaulted_pages (experiment/portions.py)", nullable=True),
         F("mixed_pages", "int", "pages", "tracked pages holding bytes of two or more portions", nullable=True),

@@ -11,6 +11,7 @@ capabilities). The names are bound here after their modules are imported, so
 
 from locality.kernel._platform import PAGE_SIZE, SWP_PTE_MARKER, check_pid, die_with_parent, fixed_address_layout
 from locality.kernel.capabilities import capabilities
+from locality.kernel.damon import active_kdamonds, kdamonds
 from locality.kernel.mincore import mincore
 from locality.kernel.pagemap import PageMap, pagemap, read_entries, residency
 from locality.kernel.procfs import Vma, clear_refs, faults, rollup, smaps, thread_stack_pointers, vmas
@@ -24,6 +25,7 @@ __all__ = [
     "PageMap",
     "Vma",
     "WriteTracker",
+    "active_kdamonds",
     "capabilities",
     "check_pid",
     "clear_refs",
@@ -31,6 +33,7 @@ __all__ = [
     "die_with_parent",
     "fixed_address_layout",
     "faults",
+    "kdamonds",
     "mincore",
     "pagemap",
     "pageout",

@@ -260,3 +260,76 @@ def zram_swap(size_bytes: int) -> Iterator[None]:
         yield
     finally:
         zram_swap_off()
+
+
+USERS_FILE = Path("/run/locality/zram-users.json")
+
+
+@contextlib.contextmanager
+def _users_lock() -> Iterator[None]:
+    # A sysfs attribute of the device as the lock's inode: nothing to create or leave behind,
+    # and not the directory _device_lock takes inside zram_swap_on.
+    fd = os.open(ZRAM_SYSFS / "disksize", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _sessions() -> dict:
+    """{"owned": whether a session turned swap on, "users": [[pid, start], ...] still running}."""
+    try:
+        data = json.loads(USERS_FILE.read_text())
+    except (OSError, ValueError):
+        return {"owned": False, "users": []}
+    data["users"] = [[int(p), st] for p, st in data.get("users", []) if _start_time(int(p)) == st]
+    return data
+
+
+def _save_sessions(data: dict) -> None:
+    if data["users"]:
+        USERS_FILE.parent.mkdir(parents=True, exist_ok=True)
+        USERS_FILE.write_text(json.dumps(data))
+    else:
+        USERS_FILE.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # leave /run as found when nothing else is in there
+            USERS_FILE.parent.rmdir()
+
+
+@contextlib.contextmanager
+def shared_zram_swap(size_bytes: int | None) -> Iterator[bool]:
+    """Swap for the block, shared by concurrent users; yields True if this call turned it on.
+
+    Each user is recorded (pid and start time) in /run/locality/zram-users.json
+    under a lock. The first user turns locality's zram swap on if no swap is
+    active; the last one to leave turns it off and restores the device's
+    prior state, so a second concurrent caller never switches swap off under
+    the first. Users that died without leaving are dropped when the next one
+    enters or leaves. Swap that was on before the first user came (any device,
+    or `locality swap on`) is used as it is and left on.
+    """
+    _require_zram_and_root()
+    me = [os.getpid(), _start_time(os.getpid())]
+    turned_on = False
+    with _users_lock():
+        data = _sessions()
+        if not swap_active():
+            if not size_bytes:
+                raise LocalityError("no swap is active any more", "give --swap SIZE, or turn it on with `locality swap on`")
+            zram_swap_on(size_bytes)
+            turned_on = True
+            data = {"owned": True, "users": []}
+        elif not data["users"] and not data.get("owned"):
+            data = {"owned": False, "users": []}
+        data["users"].append(me)
+        _save_sessions(data)
+    try:
+        yield turned_on
+    finally:
+        with _users_lock():
+            data = _sessions()
+            data["users"] = [u for u in data["users"] if u != me]
+            _save_sessions(data)
+            if not data["users"] and data.get("owned") and STATE_FILE.exists():
+                zram_swap_off(force=True)

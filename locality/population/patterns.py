@@ -157,9 +157,10 @@ class Sheet(Pattern):
     ``lifetime`` (integer >= 1, default 1) is how many steps a burst stays at
     its centre: in a cortical sheet a patch of activity persists for tens to
     hundreds of ms, i.e. many steps.  Lifetimes are staggered: burst k gets a
-    new random centre at the steps t >= 1 with (t + k) % lifetime == 0, so
-    about 1/lifetime of the bursts move each step and the per-step count
-    stays about p*n.  lifetime=1 moves every burst every step (the same ids,
+    new random centre at the steps t >= 1 with (t + phase_k) % lifetime == 0
+    (phase_k = k % lifetime, or k * lifetime // bursts when there are fewer
+    bursts than lifetime steps), so about 1/lifetime of the bursts move each
+    step, evenly spread, and the per-step count stays about p*n.  lifetime=1 moves every burst every step (the same ids,
     seed for seed, as before the parameter existed).  Waves are not affected:
     a front reaches new cells every step whatever the lifetime.
     """
@@ -207,7 +208,9 @@ class Sheet(Pattern):
         wave_cells = float(np.sum(thickness * seg_len))
         bursts = max(1, round((budget - wave_cells) / dx.size))
         lifetime = self.params["lifetime"]
-        phase = np.arange(bursts) % lifetime
+        # Fewer bursts than steps in a lifetime: spread their moves over the lifetime (k % lifetime
+        # would move all of them within `bursts` consecutive steps, then none for the rest).
+        phase = np.arange(bursts) % lifetime if bursts >= lifetime else np.arange(bursts) * lifetime // bursts
         cx = cy = np.empty(0, np.int64)
         t = 0
         while True:

@@ -27,4 +27,6 @@ def write_compare_report(result: CompareResult, out: str | Path) -> CompareRepor
     from locality.report.html import write_report
 
     runs = label_runs([load_run_data(d) for d in result.run_dirs])
+    for r in runs:  # run ids name layout and case: objects, waves-objects, clustered-pageout-idle-30s
+        r.label = r.id
     return CompareReport(write_report(runs, out, title=result.title, notes=result.notes), runs)

@@ -231,8 +231,14 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
         raise ValueError("no runs to report")
     headings, rows = metrics_rows(runs)
     names = list(figure_names) if figure_names is not None else figs.default_names(runs)
+    from locality.report.verdict import IDLE_KEYS, paging_notes, paging_rows, verdict_lines
+
     template = _environment().get_template("report.html.j2")
     return template.render(
+        # An experiment's own verdict (beam compare) replaces the one read off the layout runs' metrics.
+        paging_verdict=[] if verdict else verdict_lines(runs),
+        paging_rows=paging_rows(runs),
+        idle_keys=IDLE_KEYS,
         title=title or ("locality report: " + ", ".join(r.label for r in runs)),
         question=QUESTION,
         runs=runs,
@@ -243,7 +249,7 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
         figures=figure_blocks(runs, names),
         portion_verdicts=portion_verdicts(runs),
         portion_table=portion_table(runs),
-        notes=[*notes, *shared_node_notes(runs), *crashed_notes(runs)],
+        notes=[*notes, *shared_node_notes(runs), *crashed_notes(runs), *paging_notes(runs)],
         verdict=verdict or {},
         created=store.utcnow(),
     )
