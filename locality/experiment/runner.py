@@ -436,6 +436,9 @@ class _Run:
                 state_tracked_pages=self.state_info["tracked"] if self.state_info else None,
             )
             metrics["spawn_s"] = self.spawn_s
+            from locality.experiment.ceiling import ceiling_metrics
+
+            metrics.update(ceiling_metrics(self.config, timeline, metrics))
             metrics["pageout_bytes"] = self.pageout_bytes
             store.atomic_write_json(d / "metrics.json", metrics)
         self.manifest.update(

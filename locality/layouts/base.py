@@ -316,6 +316,9 @@ class Layout:
     name: ClassVar[str] = "?"
     group_size: int = 1
     moves: ClassVar[bool] = False
+    # (bytes a worker's hot part occupies as stored, bytes a cold touch adds elsewhere):
+    # what the utilization ceiling packs per co-activation group (layouts/ceiling.py)
+    PACKING: ClassVar[tuple[int, int] | None] = (HOT_BYTES, COLD_BYTES)
 
     def __init__(self, n: int) -> None:
         if int(n) <= 0:
@@ -442,6 +445,17 @@ class Layout:
 
     def arena_bytes(self) -> int:
         return sum(a.length for a in self.arenas.values())
+
+    def packing(self) -> tuple[int, int]:
+        """(hot, cold) bytes per worker as this layout stores them (see layouts/ceiling.py)."""
+        assert self.PACKING is not None
+        return self.PACKING
+
+    def spawn_order(self) -> np.ndarray:
+        """Worker ids in the order their coroutines should be created: the order of
+        the layout's state, so neighbours' frames share allocator pools as their
+        records share pages (id order unless the layout says otherwise)."""
+        return np.arange(self.n, dtype=np.int64)
 
     def bytes_per_worker(self) -> float:
         """Mapped state bytes per worker (what the layout reserves; RSS is measured separately)."""
