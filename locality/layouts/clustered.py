@@ -106,6 +106,10 @@ class _PermutedHotCold(ArenaLayout):
         self._set_order(hot_order, cold_order)
         self._create_arenas({"hot": self.hot_order.size * HOT_BYTES, "cold": self.n * COLD_BYTES})
 
+    def spawn_order(self) -> np.ndarray:
+        """Workers in hot-slot order: their coroutines are allocated in the order of their state."""
+        return self.order.astype(np.int64)
+
     @property
     def order(self) -> np.ndarray:
         """Workers in hot-slot order (holes left out)."""
@@ -212,9 +216,6 @@ class ClusteredLearnedLayout(_PermutedHotCold):
         self._candidate: np.ndarray | None = None
         self._held: list[np.ndarray] = []
         super().__init__(n, hilbert_slots(int(n)) if prior == "hilbert" else np.arange(int(n)), **kw)
-
-    def spawn_order(self) -> np.ndarray:
-        return self.order.astype(np.int64)
 
     def learned_order(self) -> np.ndarray:
         """Worker ids sorted by first-activation rank (observed); workers never seen keep the

@@ -93,6 +93,10 @@ class CompactingLayout(ArenaLayout):
         self._hot_rows = self.arenas["hot"].u32.reshape(-1, HOT_WORDS)
         self._hot_items = self.arenas["hot"].u32.view(f"V{HOT_BYTES}")
 
+    def spawn_order(self) -> np.ndarray:
+        """Workers in home (Hilbert) order: their coroutines are allocated in the order of their state."""
+        return self.cold_home_order.astype(np.int64)
+
     def hot_word(self, ids: np.ndarray) -> np.ndarray:
         return self.slot[np.asarray(ids, dtype=np.int64)].astype(np.int64) * HOT_WORDS
 

@@ -9,6 +9,13 @@ layout, only counts its activations in its own frame.
 Layouts with ``group_size`` K > 1 get one coroutine per block of K workers,
 woken once per step with the ids of its block (``update_group``).
 
+Frames follow state (``frames_order="layout"``, the default): coroutines are
+allocated in the layout's locality order (``Layout.spawn_order``, e.g. the
+Hilbert order of ``clustered``), so neighbours' frames share pymalloc pools
+and pages as their records do; when a moving layout changes its order
+(``order_generation``) every coroutine is re-created in the new order, the
+time counted as relocation. ``frames_order="id"`` keeps id order.
+
 Fan-out (``fanout=q``): each activated worker activates one of its four sheet
 neighbours in the next step with probability q. The choice is drawn
 vectorised from a generator seeded with ``seed``, so runs stay reproducible.
@@ -31,6 +38,9 @@ from locality.population.patterns import Pattern, make_pattern, sheet_width, uni
 from locality.population.schedulers import SCHEDULERS, Scheduler, object_span
 
 PAGE_SIZE = mmap.PAGESIZE
+# "layout": coroutines allocated in the layout's locality order (Layout.spawn_order) and
+# re-created when a moving layout changes it; "id": in id order, never moved (the reference)
+FRAMES_ORDERS = ("layout", "id")
 LATENCY_SAMPLE = 100_000
 # Python objects and arena slots are at least 8-byte aligned and 8 bytes long,
 # so probing every 8th byte of a page finds every owner with bytes on it.
@@ -135,6 +145,7 @@ class Population:
         fanout: float = 0.0,
         latency_every: int = 1,
         freeze_gc: bool = True,
+        frames_order: str = "layout",
     ) -> None:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
             raise InvalidArgument(f"number of workers must be a positive integer, got {n!r}")
@@ -159,6 +170,9 @@ class Population:
             raise InvalidArgument(f"fanout={fanout!r} is out of range", "give a probability in [0, 1]")
         if isinstance(latency_every, bool) or not isinstance(latency_every, int) or latency_every < 0:
             raise InvalidArgument(f"latency_every={latency_every!r}", "give an integer >= 0 (0: no latency timing)")
+        if frames_order not in FRAMES_ORDERS:
+            raise InvalidArgument(f"frames_order={frames_order!r}", f"use one of: {', '.join(FRAMES_ORDERS)}")
+        self.frames_order = frames_order
         self.scheduler_name = scheduler
         self.pattern = pattern
         self.seed = int(seed)
@@ -175,6 +189,8 @@ class Population:
         self._fan_rng = np.random.default_rng([self.seed, 0xFA9])
         self._blocks: dict[int, np.ndarray] = {}
         self._table: RangeTable | None = None
+        self._order_generation = getattr(layout, "order_generation", None)
+        self.respawned_units = 0  # coroutines re-created to follow the layout's order
         self.last_resume_ns = 0  # time the scheduler spent in the last step
         self.timing_overhead_ns = clock_cost_ns()
 
@@ -190,10 +206,11 @@ class Population:
             action = self.layout.update
         else:
             action = self._update_block
+        order = self._unit_order()
         was_enabled = gc.isenabled()
         gc.disable()  # a collection during spawn would walk (and write) every new worker
         try:
-            sched.spawn(self.units, action)
+            sched.spawn(self.units, action, order)
         finally:
             if self.freeze_gc:
                 # Frozen objects are never traversed again, so a later collection
@@ -203,6 +220,45 @@ class Population:
                 gc.enable()
         self._scheduler = sched
         self._stream = self.pattern.steps()
+
+    def _unit_order(self) -> np.ndarray | None:
+        """Units in the layout's locality order (``Layout.spawn_order``): neighbours' coroutines
+        are allocated one after the other, so their frames share pools as their state shares
+        pages. None (creation in id order) without a layout or when it is id order already."""
+        spawn_order = getattr(self.layout, "spawn_order", None)
+        if spawn_order is None or self.frames_order == "id":
+            return None
+        order = np.asarray(spawn_order(), dtype=np.int64)
+        if self.group_size > 1:
+            order = unique_in_order(order // self.group_size)
+        if np.array_equal(order, np.arange(self.units)):
+            return None
+        return order
+
+    def _follow_layout_order(self) -> int:
+        """When the layout moved its records to a new order (``order_generation`` changed),
+        re-create every coroutine in that order, so frames follow state; returns the ns spent
+        (counted as relocation). Workers with no layout keep their frames (their count lives there)."""
+        gen = getattr(self.layout, "order_generation", None)
+        if gen is None or gen == self._order_generation:
+            return 0
+        self._order_generation = gen
+        if self.frames_order == "id":
+            return 0
+        t0 = time.perf_counter_ns()
+        order = self._unit_order()
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._scheduler.respawn(np.arange(self.units) if order is None else order)
+            self.respawned_units += self.units
+        finally:
+            if self.freeze_gc:
+                gc.freeze()
+            if was_enabled:
+                gc.enable()
+        self._table = None  # the frames moved: attribution ranges are rebuilt on demand
+        return time.perf_counter_ns() - t0
 
     def _update_block(self, g: int, step: int) -> None:
         self.layout.update_group(g, self._blocks.pop(g), step)
@@ -254,6 +310,7 @@ class Population:
         maintain = getattr(self.layout, "maintain", None)
         if maintain is not None:
             relocation_ns = int(round((maintain(step, ids) or 0.0) * 1e9))
+            relocation_ns += self._follow_layout_order()
         if self.fanout > 0:
             self._pending_fanout = self._fan_out(ids)
         self._step += 1
