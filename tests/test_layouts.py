@@ -158,7 +158,7 @@ def test_objects_owners_and_expected_pages_are_a_lower_bound():
 
 
 def test_grouped_update_group_writes_like_single_updates():
-    a = make_layout("grouped", 4096, group_size=64)
+    a = make_layout("grouped", 4096, group_size=64, blocks="id")
     b = make_layout("hot-cold", 4096)
     try:
         assert a.group_size == 64
@@ -181,7 +181,7 @@ def test_grouped_update_group_writes_like_single_updates():
 
 
 def test_compacting_moves_recent_workers_into_the_dense_region():
-    layout = make_layout("compacting", 10_000, window=2, capacity=1000)
+    layout = make_layout("compacting", 10_000, window=2, capacity=1000, repack_every=1)
     try:
         ids = np.array([9000, 10, 5000, 77])
         activate(layout, ids, 0)
@@ -212,7 +212,7 @@ def test_compacting_moves_recent_workers_into_the_dense_region():
 
 def test_compacting_home_region_is_in_hilbert_order_like_clustered():
     side = 256  # 65,536 workers: the sheet is exactly the 2**8 Hilbert grid, so no holes
-    layout = make_layout("compacting", side * side, capacity=1000)
+    layout = make_layout("compacting", side * side, capacity=1000, repack_every=1)
     clustered = make_layout("clustered", side * side)
     tracker = WriteTracker(layout.arenas["hot"].address, layout.arenas["hot"].length)
     try:

@@ -451,6 +451,20 @@ class Layout:
         assert self.PACKING is not None
         return self.PACKING
 
+    def unit_of(self, ids: np.ndarray) -> np.ndarray:
+        """The unit (coroutine) each worker belongs to: itself, or its block when ``group_size > 1``."""
+        return np.asarray(ids, dtype=np.int64) // self.group_size
+
+    def unit_count(self) -> int:
+        """How many units (coroutines) the population spawns for this layout."""
+        return -(-self.n // self.group_size)
+
+    def unit_members(self, units: np.ndarray) -> np.ndarray:
+        """(len(units), group_size) worker ids of each unit, -1 where a unit has fewer."""
+        units = np.asarray(units, dtype=np.int64)
+        ids = units[:, None] * self.group_size + np.arange(self.group_size)[None, :]
+        return np.where(ids < self.n, ids, -1)
+
     def spawn_order(self) -> np.ndarray:
         """Worker ids in the order their coroutines should be created: the order of
         the layout's state, so neighbours' frames share allocator pools as their

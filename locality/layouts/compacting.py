@@ -52,13 +52,17 @@ class CompactingLayout(ArenaLayout):
     cold_arena = "cold"
     moves = True
 
-    def __init__(self, n: int, *, window: int = 4, every: int = 1, capacity: int | None = None,
-                 stage_cold: bool = True, **kw) -> None:
-        if window < 1 or every < 1:
-            raise InvalidArgument(f"compacting: window and every must be >= 1, got window={window}, every={every}")
+    def __init__(self, n: int, *, window: int = 4, every: int = 1, repack_every: int | None = None,
+                 capacity: int | None = None, stage_cold: bool = True, **kw) -> None:
+        if window < 1 or every < 1 or (repack_every is not None and repack_every < 1):
+            raise InvalidArgument(f"compacting: window, every and repack_every must be >= 1, got window={window}, "
+                                  f"every={every}, repack_every={repack_every}")
         super().__init__(n, **kw)
         self.window = int(window)
         self.every = int(every)
+        self.repack_every = self.window if repack_every is None else int(repack_every)
+        self._mark = np.zeros(self.n, dtype=bool)  # scratch: set and cleared per use (no O(n) work per step)
+        self._index = np.zeros(self.n, dtype=np.int64)  # scratch: position of a worker in this step's ids
         self.capacity = int(capacity) if capacity else max(1, min(self.n, self.n // 8))
         if not 0 < self.capacity <= self.n:
             raise InvalidArgument(f"compacting: capacity must be in 1..{self.n}, got {capacity}")
@@ -115,35 +119,59 @@ class CompactingLayout(ArenaLayout):
         if (step + 1) % self.every:
             return 0.0
         t0 = time.perf_counter()
-        rows = self._hot_rows
+        if ids is not None and len(ids):
+            fresh = np.asarray(ids, dtype=np.int64)  # activation order (a step's ids are distinct)
+            fresh = fresh[self.slot[fresh] < self.dense_base]
+            k = np.arange(fresh.size)
+            self._index[fresh] = k
+            if (self._index[fresh] != k).any():  # not distinct after all: each once, first position
+                _, first = np.unique(fresh, return_index=True)
+                fresh = fresh[np.sort(first)]
+        else:
+            fresh = np.zeros(0, dtype=np.int64)
+        if (step + 1) % (self.every * self.repack_every) == 0 or self.members.size + fresh.size > self.capacity:
+            self._repack(step, fresh)
+            if self.stage_cold:
+                self._stage_cold()
+        else:
+            # between repacks only the newly active move (appended in activation order): members keep
+            # their slots, so a step costs copies of its fresh workers, not of the whole region
+            self._append(fresh)
+            if self.stage_cold:
+                self._stage_cold(np.asarray(ids, dtype=np.int64) if ids is not None else None)
+        dt = time.perf_counter() - t0
+        self.relocation_seconds += dt
+        return dt
+
+    def _repack(self, step: int, fresh: np.ndarray) -> None:
+        """Rebuild the dense region: members active at this step first (in their order), then the
+        fresh workers, then members idle at this step but active within ``window`` steps; the rest
+        go home. Packing this step's workers first keeps a burst that has ended from leaving gaps
+        between the active ones (it drifts to the tail, whole pages of it untouched)."""
         members = self.members
         if members.size:
-            last = rows[self.slot[members], W_LAST_STEP].astype(np.int64)
+            last = self._hot_rows[self.slot[members], W_LAST_STEP].astype(np.int64)
             recent = (last != NEVER) & (last > step - self.window)
             now = recent & (last == step)
             active, idle = members[now], members[recent & ~now]
         else:
             active = idle = members
-        if ids is not None and len(ids):
-            ids = np.asarray(ids, dtype=np.int64)
-            _, first = np.unique(ids, return_index=True)
-            fresh = ids[np.sort(first)]  # activation order, each once
-            fresh = fresh[self.slot[fresh] < self.dense_base]
-        else:
-            fresh = np.zeros(0, dtype=np.int64)
-        # this step's workers packed first, the idle recent ones after them: a burst that ended
-        # leaves whole pages at the tail instead of gaps between the active ones
         order = np.concatenate([active, fresh])
         if order.size >= self.capacity:
             order = order[-self.capacity:]
         elif idle.size:
             order = np.concatenate([order, idle[-(self.capacity - order.size):]])
         self._move(order)
-        if self.stage_cold:
-            self._stage_cold()
-        dt = time.perf_counter() - t0
-        self.relocation_seconds += dt
-        return dt
+
+    def _append(self, fresh: np.ndarray) -> None:
+        if not fresh.size:
+            return
+        base = self.dense_base + self.members.size
+        new_slots = base + np.arange(fresh.size)
+        self._hot_items[new_slots] = self._hot_items[self.slot[fresh]]
+        self.slot[fresh] = new_slots
+        self.members = np.concatenate([self.members, fresh])
+        self.relocated_records += int(fresh.size)
 
     def relocate(self, ids: np.ndarray) -> float:
         """Make ``ids`` (in this order) the dense region's content; returns copy seconds."""
@@ -161,9 +189,10 @@ class CompactingLayout(ArenaLayout):
         """Put ``chosen``'s parts in region slots ``base, base+1, ...`` in that order and send
         ``previous`` occupants not chosen back home; only parts whose slot changes are copied."""
         records = rows[slot[chosen]]  # gather before anything is overwritten
-        kept = np.zeros(self.n, dtype=bool)
+        kept = self._mark
         kept[chosen] = True
         leaving = previous[~kept[previous]]
+        kept[chosen] = False
         if leaving.size:
             rows[home[leaving]] = rows[slot[leaving]]
             slot[leaving] = home[leaving]
@@ -177,11 +206,26 @@ class CompactingLayout(ArenaLayout):
         self._pack(self._hot_items, self.slot, self.home, self.members, order, self.dense_base)
         self.members = order
 
-    def _stage_cold(self) -> None:
-        """Due region := cold parts of dense members whose next activation touches them."""
-        members = self.members
-        count = self._hot_rows[self.slot[members], W_COUNT].astype(np.int64)
-        due = members[(count + 1) % COLD_EVERY == 0]
+    def _stage_cold(self, ids: np.ndarray | None = None) -> None:
+        """Due region := cold parts of dense members whose next activation touches them.
+
+        With ``ids`` (a step between repacks) only those workers' counts changed, so the due set
+        changes only by them: the due ones among them that were activated leave, and members among
+        them now due join (appended after the others, which keep their slots)."""
+        if ids is None:
+            members = self.members
+            count = self._hot_rows[self.slot[members], W_COUNT].astype(np.int64)
+            due = members[(count + 1) % COLD_EVERY == 0]
+        else:
+            ids = ids[self.slot[ids] >= self.dense_base]  # members among them
+            count = self._hot_rows[self.slot[ids], W_COUNT].astype(np.int64)
+            mark = self._mark
+            mark[ids] = True
+            stay = self.due[~mark[self.due]]
+            mark[ids] = False
+            due = np.concatenate([stay, ids[(count + 1) % COLD_EVERY == 0]])
+            if due.size == self.due.size and np.array_equal(due, self.due):
+                return
         self._pack(self._cold_items, self.cold_slot, self.cold_home, self.due, due, self.due_base)
         self.due = due
 

@@ -181,7 +181,7 @@ class Population:
         self.latency_every = latency_every
         self.freeze_gc = freeze_gc
         self.group_size = max(1, int(getattr(layout, "group_size", 1) or 1)) if layout is not None else 1
-        self.units = -(-self.n // self.group_size)
+        self.units = int(layout.unit_count()) if self.group_size > 1 else self.n
         self._scheduler: Scheduler | None = None
         self._stream = None
         self._step = 0
@@ -230,7 +230,9 @@ class Population:
             return None
         order = np.asarray(spawn_order(), dtype=np.int64)
         if self.group_size > 1:
-            order = unique_in_order(order // self.group_size)
+            order = unique_in_order(self.layout.unit_of(order))
+            missing = np.setdiff1d(np.arange(self.units), order)  # units with no worker (holes)
+            order = np.concatenate([order, missing])
         if np.array_equal(order, np.arange(self.units)):
             return None
         return order
@@ -319,7 +321,7 @@ class Population:
     def _units_of(self, ids: np.ndarray) -> list[int]:
         if self.group_size == 1:
             return ids.tolist()
-        blocks = ids // self.group_size
+        blocks = self.layout.unit_of(ids)
         order = np.argsort(blocks, kind="stable")
         g_sorted = blocks[order]
         units, first = np.unique(g_sorted, return_index=True)
@@ -401,12 +403,17 @@ class Population:
         (its coroutine with the embedded frame; Task and Event for asyncio)."""
         if not 0 <= i < self.n:
             raise InvalidArgument(f"worker {i} is outside the population [0, {self.n})")
-        return [object_span(o) for o in self._sched().unit_objects(int(i) // self.group_size)]
+        return [object_span(o) for o in self._sched().unit_objects(self._unit(int(i)))]
+
+    def _unit(self, i: int) -> int:
+        return i if self.group_size == 1 else int(self.layout.unit_of(np.array([i]))[0])
 
     def _ranges(self) -> RangeTable:
         if self._table is None:
             starts, ends, units = self._sched().spans()
-            self._table = RangeTable(starts, ends, units * self.group_size)
+            if self.group_size > 1:
+                units = _first_member(self.layout.unit_members(units))
+            self._table = RangeTable(starts, ends, units)
         return self._table
 
     def owners(self, addresses: np.ndarray) -> np.ndarray:
@@ -432,10 +439,12 @@ class Population:
         wanted = np.isin(pages, page_addrs)
         pages, owners = pages[wanted], owners[wanted]
         if self.group_size > 1:
+            # the table's owner of a block coroutine is its first worker: expand to all its workers
             k = self.group_size
+            members = self.layout.unit_members(self.layout.unit_of(np.maximum(owners, 0)))
             pages = np.repeat(pages, k)
-            owners = (owners[:, None] + np.arange(k)[None, :]).ravel()
-            keep = owners < self.n
+            owners = np.where(np.repeat(owners >= 0, k), members.ravel(), -1)
+            keep = owners >= 0
             pages, owners = pages[keep], owners[keep]
         parts_p, parts_o = [pages], [owners]
         if self.layout is not None:
@@ -447,3 +456,10 @@ class Population:
                 parts_p.append(np.repeat(chunk, probe.size)[hit])
                 parts_o.append(who[hit])
         return csr_by_page(page_addrs, np.concatenate(parts_p), np.concatenate(parts_o))
+
+
+def _first_member(members: np.ndarray) -> np.ndarray:
+    """First worker of each row of unit_members (-1 for a unit with none)."""
+    has = members >= 0
+    first = np.argmax(has, axis=1)
+    return np.where(has.any(axis=1), members[np.arange(members.shape[0]), first], -1)
