@@ -94,3 +94,28 @@ def test_ceiling_useful_bytes_equal_the_measured_ones():
     assert c.useful_bytes == int(m.total("useful_bytes"))
     assert c.packed_pages == sum(-(-s.useful_bytes // PAGE_SIZE) for s in m.steps)
     assert int(m.total("cold_touches")) > 0
+
+
+def _clustered_share_of_ceiling(n: int, **params) -> float:
+    steps = [np.asarray(s) for s in itertools.islice(make_pattern("sheet", n, 0, p=0.01, **params).steps(), 20)]
+    layout = make_layout("clustered", n)
+    try:
+        m = measure(layout, steps, warmup=10)
+        c = ceiling([[s] for s in steps[10:]], n, layout.packing(), skip=steps[:10])
+    finally:
+        layout.close()
+    return m.page_utilization / c.utilization
+
+
+def test_clustered_is_a_fair_share_of_its_ceiling_on_bursts():
+    # bursts only: a radius-3 disc falls on ~1.5 Hilbert 16 x 16 hot pages where its own page is the bound
+    assert _clustered_share_of_ceiling(100_000, waves=0) >= 0.5  # measured 66.8% at 100k, seed 0
+
+
+@pytest.mark.xfail(strict=True, reason="a static order cannot give both sheet shapes pages of their own: a "
+                   "radius-3 burst straddles ~1.5 Hilbert 16x16 hot pages (66.8% of the ceiling with bursts only), "
+                   "and a 1-row travelling wave crosses a 16-row Hilbert page every 16 cells (16 x 16 B of a page "
+                   "written per page, where the ceiling packs the row into ceil(len x 16 / 4096) pages); measured "
+                   "38.9% of the ceiling at 100k (14.7% ceiling, 5.7% clustered), seed 0")
+def test_target_clustered_90_percent_of_its_ceiling():
+    assert _clustered_share_of_ceiling(100_000) >= 0.9

@@ -235,7 +235,7 @@ def run_layout(name: str, n: int, steps: list[np.ndarray], *, warmup: int, windo
             # share of step time (activations + maintain), from the fastest untracked round: under write
             # tracking both halves pay write-protect faults, the copy more (it writes whole pages)
             "relocation_pct": 100.0 * rounds.best_relocation / (rounds.best + rounds.best_relocation)
-            if rounds.best_relocation else 0.0,
+            if rounds.best_relocation and layout.moves else 0.0,
             "relocation_pct_tracked": 100.0 * t_rel / (t_upd_tracked + t_rel) if (t_upd_tracked + t_rel) else 0.0,
             "relocation_pages_per_step": m.total("relocation_pages") / len(measured),
             "cold_touches_per_step": m.total("cold_touches") / len(measured),
