@@ -20,16 +20,24 @@ cold part moves twice per 64 activations, and a step's cold touches land
 on a few dense pages instead of one page each.  (``stage_cold=False`` turns
 this off: cold parts then never move.)
 
-Every ``every`` steps, ``maintain(step, ids)`` rebuilds the dense region:
-members activated at this step first (in their order), then newly activated
-workers in the order they were activated, then members idle at this step
-but activated within the last ``window`` steps; the rest are copied back
-home.  Packing this step's workers first keeps a burst that has ended from
-leaving gaps between the active ones (it drifts to the tail, whole pages of
-it untouched).  The region holds at most ``capacity`` workers (idle ones
-go first, then the oldest).  Then it restages the due cold parts.  The copy time is measured (``relocation_seconds``,
-returned per call) and so is what it writes: the benchmark counts pages
-written by relocation separately from pages written by activations.
+The dense region is a ring of ``capacity`` slots.  Every ``every`` steps,
+``maintain(step, ids)`` appends the workers activated since the last call
+that are not yet in it and were already activated within the last
+``window`` steps (``promote=2``; ``promote=1``: every activated worker;
+``"auto"``, the default: 1 while at least half of a step's workers were
+active within ``window`` steps, else 2), in activation order, at its head (a
+burst's workers side by side).  On the travelling sheet a worker that fires
+once and not again soon -- 85% of them -- is then never moved; with
+persistent bursts (94% reuse) a burst moves in after its first step.  When it is full it evicts from its tail, oldest first: an
+evicted worker activated within the last ``window`` steps is appended again
+(it survives), the others are copied home.  So a step moves its own fresh
+workers and about as many evicted ones: relocation work proportional to
+the step's activations, never to the region's size (measured: rebuilding
+the whole region every step cost 22-35% of the activations' time).  Cold
+staging follows only the activated workers' counts.  The copy time is
+measured (``relocation_seconds``, returned per call) and so is what it
+writes: the benchmark counts pages written by relocation separately from
+pages written by activations.
 """
 
 from __future__ import annotations
@@ -48,21 +56,28 @@ from locality.layouts.clustered import hilbert_slots
 
 class CompactingLayout(ArenaLayout):
     name = "compacting"
+    REUSE_FIRST_TOUCH = 0.5  # promote="auto": above this reuse, a first activation is enough to enter
     hot_arena = "hot"
     cold_arena = "cold"
     moves = True
 
-    def __init__(self, n: int, *, window: int = 4, every: int = 1, repack_every: int | None = None,
-                 capacity: int | None = None, stage_cold: bool = True, **kw) -> None:
-        if window < 1 or every < 1 or (repack_every is not None and repack_every < 1):
-            raise InvalidArgument(f"compacting: window, every and repack_every must be >= 1, got window={window}, "
-                                  f"every={every}, repack_every={repack_every}")
+    def __init__(self, n: int, *, window: int = 4, every: int = 1, capacity: int | None = None,
+                 stage_cold: bool = True, promote: int | str = "auto", **kw) -> None:
+        if window < 1 or every < 1:
+            raise InvalidArgument(f"compacting: window and every must be >= 1, got window={window}, every={every}")
+        if promote not in (1, 2, "auto"):
+            raise InvalidArgument(f"compacting: promote must be 1, 2 or 'auto', got {promote!r}")
         super().__init__(n, **kw)
         self.window = int(window)
         self.every = int(every)
-        self.repack_every = self.window if repack_every is None else int(repack_every)
+        self.promote = promote
+        self.reuse = float("nan")  # share of the last maintain's workers active within window before
+        # step of each worker's previous activation seen by maintain (promote=2 admits a worker
+        # activated again within ``window`` steps: one that fires once never pays a move)
+        self._seen = np.full(self.n, np.iinfo(np.int32).min // 2, dtype=np.int32)
         self._mark = np.zeros(self.n, dtype=bool)  # scratch: set and cleared per use (no O(n) work per step)
         self._index = np.zeros(self.n, dtype=np.int64)  # scratch: position of a worker in this step's ids
+        self._pending: list[np.ndarray] = []  # ids of steps between maintain steps (every > 1)
         self.capacity = int(capacity) if capacity else max(1, min(self.n, self.n // 8))
         if not 0 < self.capacity <= self.n:
             raise InvalidArgument(f"compacting: capacity must be in 1..{self.n}, got {capacity}")
@@ -81,8 +96,14 @@ class CompactingLayout(ArenaLayout):
         self.due_base = -(-round_up(self.n * COLD_BYTES) // COLD_BYTES)
         self.slot = self.home.copy()
         self.cold_slot = self.cold_home.copy()
-        self.members = np.zeros(0, dtype=np.int64)  # dense slot k -> worker
-        self.due = np.zeros(0, dtype=np.int64)  # due slot k -> worker
+        # dense slot k -> worker (-1 free), a ring: members are the _size slots before _head;
+        # due slot k -> worker (-1: freed) for k < _due_top.  Buffers, not arrays rebuilt per step:
+        # a step's relocation work is proportional to its own activations (issue 14)
+        self._ring = np.full(self.capacity, -1, dtype=np.int64)
+        self._head = 0
+        self._size = 0
+        self._due_buf = np.full(self.capacity, -1, dtype=np.int64)
+        self._due_top = 0
         self._create_arenas({
             "hot": (self.dense_base + self.capacity) * HOT_BYTES,
             "cold": (self.due_base + (self.capacity if self.stage_cold else 0)) * COLD_BYTES,
@@ -101,6 +122,18 @@ class CompactingLayout(ArenaLayout):
         """Workers in home (Hilbert) order: their coroutines are allocated in the order of their state."""
         return self.cold_home_order.astype(np.int64)
 
+    @property
+    def members(self) -> np.ndarray:
+        """Workers in the dense region, oldest first."""
+        tail = (self._head - self._size) % self.capacity
+        return self._ring[(tail + np.arange(self._size)) % self.capacity]
+
+    @property
+    def due(self) -> np.ndarray:
+        """Workers whose cold part is staged in the due region, in slot order."""
+        d = self._due_buf[: self._due_top]
+        return d[d >= 0]
+
     def hot_word(self, ids: np.ndarray) -> np.ndarray:
         return self.slot[np.asarray(ids, dtype=np.int64)].astype(np.int64) * HOT_WORDS
 
@@ -117,61 +150,82 @@ class CompactingLayout(ArenaLayout):
 
     def maintain(self, step: int, ids: np.ndarray | None = None) -> float:
         if (step + 1) % self.every:
+            if ids is not None and len(ids):
+                self._pending.append(np.asarray(ids, dtype=np.int64))  # moved at the next maintain step
             return 0.0
         t0 = time.perf_counter()
-        if ids is not None and len(ids):
-            fresh = np.asarray(ids, dtype=np.int64)  # activation order (a step's ids are distinct)
-            fresh = fresh[self.slot[fresh] < self.dense_base]
-            k = np.arange(fresh.size)
-            self._index[fresh] = k
-            if (self._index[fresh] != k).any():  # not distinct after all: each once, first position
-                _, first = np.unique(fresh, return_index=True)
-                fresh = fresh[np.sort(first)]
-        else:
-            fresh = np.zeros(0, dtype=np.int64)
-        if (step + 1) % (self.every * self.repack_every) == 0 or self.members.size + fresh.size > self.capacity:
-            self._repack(step, fresh)
-            if self.stage_cold:
-                self._stage_cold()
-        else:
-            # between repacks only the newly active move (appended in activation order): members keep
-            # their slots, so a step costs copies of its fresh workers, not of the whole region
-            self._append(fresh)
-            if self.stage_cold:
-                self._stage_cold(np.asarray(ids, dtype=np.int64) if ids is not None else None)
+        if ids is not None:
+            self._pending.append(np.asarray(ids, dtype=np.int64))
+        ids = self._distinct(np.concatenate(self._pending)) if self._pending else np.zeros(0, dtype=np.int64)
+        self._pending = []
+        member = self.slot[ids] >= self.dense_base
+        fresh = ids[~member]  # activation order
+        if self.promote != 1:
+            recent = self._seen[ids] > step - self.window
+            self._seen[ids] = step
+            self.reuse = float(recent.mean()) if ids.size else float("nan")
+            # auto: admit on first activation only while the pattern shows temporal reuse
+            if self.promote == 2 or not self.reuse >= self.REUSE_FIRST_TOUCH:
+                fresh = fresh[recent[~member]]
+        self._admit(fresh, step)
+        if self.stage_cold:
+            self._stage_cold(np.concatenate([ids[member], fresh]))
         dt = time.perf_counter() - t0
         self.relocation_seconds += dt
         return dt
 
-    def _repack(self, step: int, fresh: np.ndarray) -> None:
-        """Rebuild the dense region: members active at this step first (in their order), then the
-        fresh workers, then members idle at this step but active within ``window`` steps; the rest
-        go home. Packing this step's workers first keeps a burst that has ended from leaving gaps
-        between the active ones (it drifts to the tail, whole pages of it untouched)."""
-        members = self.members
-        if members.size:
-            last = self._hot_rows[self.slot[members], W_LAST_STEP].astype(np.int64)
-            recent = (last != NEVER) & (last > step - self.window)
-            now = recent & (last == step)
-            active, idle = members[now], members[recent & ~now]
-        else:
-            active = idle = members
-        order = np.concatenate([active, fresh])
-        if order.size >= self.capacity:
-            order = order[-self.capacity:]
-        elif idle.size:
-            order = np.concatenate([order, idle[-(self.capacity - order.size):]])
-        self._move(order)
+    def _distinct(self, ids: np.ndarray) -> np.ndarray:
+        """ids with repeats dropped, each at its first position, in O(len(ids)) (no sort)."""
+        k = np.arange(ids.size)
+        self._index[ids[::-1]] = k[::-1]  # the first occurrence is written last, so it wins
+        return ids[self._index[ids] == k]
 
-    def _append(self, fresh: np.ndarray) -> None:
-        if not fresh.size:
+    def _admit(self, fresh: np.ndarray, step: int) -> None:
+        """Append ``fresh`` at the ring's head, evicting from its tail what does not fit (recently
+        active evictees are appended again, before the fresh ones; the others go home)."""
+        cap = self.capacity
+        if fresh.size > cap:
+            fresh = fresh[-cap:]
+        survivors: list[np.ndarray] = []
+        kept = 0
+        scanned = 0
+        while fresh.size + kept > cap - self._size and scanned < cap:
+            # evict a batch from the tail: at least what is missing, at least 1/16 of the ring
+            want = fresh.size + kept - (cap - self._size)
+            e = min(self._size, max(want, cap // 16))
+            if e == 0:
+                break
+            idx = (self._head - self._size + np.arange(e)) % cap
+            ev = self._ring[idx]
+            last = self._hot_rows[self.slot[ev], W_LAST_STEP].astype(np.int64)
+            recent = (last != NEVER) & (last > step - self.window)
+            gone, stay = ev[~recent], ev[recent]
+            if gone.size:
+                home = self.home[gone]
+                self._hot_items[home] = self._hot_items[self.slot[gone]]
+                self.slot[gone] = home
+            survivors.append(stay)  # their records stay put until re-appended below
+            kept += int(stay.size)
+            self._ring[idx] = -1
+            self._size -= e
+            scanned += e
+            self.relocated_records += int(gone.size)
+        incoming = np.concatenate(survivors + [fresh]) if survivors else fresh
+        if incoming.size > cap - self._size:  # the whole ring was recently active: the oldest go home
+            drop, incoming = incoming[: incoming.size - (cap - self._size)], incoming[incoming.size - (cap - self._size):]
+            home = self.home[drop]
+            self._hot_items[home] = self._hot_items[self.slot[drop]]
+            self.slot[drop] = home
+        if not incoming.size:
             return
-        base = self.dense_base + self.members.size
-        new_slots = base + np.arange(fresh.size)
-        self._hot_items[new_slots] = self._hot_items[self.slot[fresh]]
-        self.slot[fresh] = new_slots
-        self.members = np.concatenate([self.members, fresh])
-        self.relocated_records += int(fresh.size)
+        records = self._hot_items[self.slot[incoming]]  # gather first: targets may be survivors' old slots
+        ring_slots = (self._head + np.arange(incoming.size)) % cap
+        self._hot_items[self.dense_base + ring_slots] = records
+        self.slot[incoming] = self.dense_base + ring_slots
+        self._ring[ring_slots] = incoming
+        self._head = int((self._head + incoming.size) % cap)
+        self._size += int(incoming.size)
+        self.relocated_records += int(incoming.size)
 
     def relocate(self, ids: np.ndarray) -> float:
         """Make ``ids`` (in this order) the dense region's content; returns copy seconds."""
@@ -179,7 +233,15 @@ class CompactingLayout(ArenaLayout):
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size > self.capacity:
             raise InvalidArgument(f"compacting: {ids.size} workers do not fit the dense region of {self.capacity}")
-        self._move(ids)
+        members = self.members
+        home = self.home[members]
+        self._hot_items[home] = self._hot_items[self.slot[members]]
+        self.slot[members] = home
+        self._ring[:] = -1
+        self._head = self._size = 0
+        self._admit(self._distinct(ids), 0)
+        if self.stage_cold:
+            self._stage_cold()
         dt = time.perf_counter() - t0
         self.relocation_seconds += dt
         return dt
@@ -202,43 +264,48 @@ class CompactingLayout(ArenaLayout):
         slot[chosen] = new_slots
         self.relocated_records += int(moved.sum() + leaving.size)
 
-    def _move(self, order: np.ndarray) -> None:
-        self._pack(self._hot_items, self.slot, self.home, self.members, order, self.dense_base)
-        self.members = order
-
     def _stage_cold(self, ids: np.ndarray | None = None) -> None:
         """Due region := cold parts of dense members whose next activation touches them.
 
-        With ``ids`` (a step between repacks) only those workers' counts changed, so the due set
-        changes only by them: the due ones among them that were activated leave, and members among
-        them now due join (appended after the others, which keep their slots)."""
-        if ids is None:
+        Without ``ids`` (after ``relocate``, or when the due region is full) it is rebuilt from every
+        member's count. With ``ids`` (a step's workers, all members now) only their counts changed: those
+        that just touched their cold part (count % 64 == 0) and were staged go home, and those now
+        due (count % 64 == 63) are appended; the others keep their slots."""
+        if ids is None or self._due_top + ids.size > self.capacity:
             members = self.members
             count = self._hot_rows[self.slot[members], W_COUNT].astype(np.int64)
             due = members[(count + 1) % COLD_EVERY == 0]
-        else:
-            ids = ids[self.slot[ids] >= self.dense_base]  # members among them
-            count = self._hot_rows[self.slot[ids], W_COUNT].astype(np.int64)
-            mark = self._mark
-            mark[ids] = True
-            stay = self.due[~mark[self.due]]
-            mark[ids] = False
-            due = np.concatenate([stay, ids[(count + 1) % COLD_EVERY == 0]])
-            if due.size == self.due.size and np.array_equal(due, self.due):
-                return
-        self._pack(self._cold_items, self.cold_slot, self.cold_home, self.due, due, self.due_base)
-        self.due = due
+            self._pack(self._cold_items, self.cold_slot, self.cold_home, self.due, due, self.due_base)
+            self._due_buf[: due.size] = due
+            self._due_buf[due.size : self._due_top] = -1
+            self._due_top = int(due.size)
+            return
+        phase = self._hot_rows[self.slot[ids], W_COUNT] % COLD_EVERY
+        touched = ids[phase == 0]
+        leaving = touched[self.cold_slot[touched] >= self.due_base]
+        if leaving.size:
+            items, home = self._cold_items, self.cold_home[leaving]
+            at = self.cold_slot[leaving]
+            items[home] = items[at]
+            self.cold_slot[leaving] = home
+            self._due_buf[at - self.due_base] = -1
+        joining = ids[phase == COLD_EVERY - 1]
+        if joining.size:
+            slots = self.due_base + self._due_top + np.arange(joining.size)
+            self._cold_items[slots] = self._cold_items[self.cold_slot[joining]]
+            self.cold_slot[joining] = slots
+            self._due_buf[self._due_top : self._due_top + joining.size] = joining
+            self._due_top += int(joining.size)
+        self.relocated_records += int(leaving.size + joining.size)
 
     def regions(self) -> list[Region]:
         at_home = self.slot == self.home
         home_owner = np.where(self.home_order >= 0, self.home_order, 0)
         home_owner = np.where((self.home_order >= 0) & at_home[home_owner], home_owner, -1)
-        dense_owner = np.full(self.capacity, -1, dtype=np.int64)
-        dense_owner[: self.members.size] = self.members
+        dense_owner = self._ring.copy()
         cold_at_home = self.cold_slot == self.cold_home
         cold_home = np.where(cold_at_home[self.cold_home_order], self.cold_home_order, -1)
-        due_owner = np.full(self.capacity, -1, dtype=np.int64)
-        due_owner[: self.due.size] = self.due
+        due_owner = self._due_buf.copy()
         regions = [Region("hot", "hot", 0, HOT_BYTES, HOT_BYTES, self.home_order.size, home_owner),
                    Region("hot", "hot", self.dense_base * HOT_BYTES, HOT_BYTES, HOT_BYTES, self.capacity, dense_owner),
                    Region("cold", "cold", 0, COLD_BYTES, COLD_BYTES, self.n, cold_home)]
