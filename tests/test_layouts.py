@@ -375,7 +375,21 @@ def test_bench_layouts_json_reports_every_layout(capsys):
         assert 0 < r["page_utilization"] <= 1
         assert r["wss_pages_per_step"] >= r["wss_min_pages_per_step"]
     assert rows["slab"]["bytes_per_worker_mapped"] == pytest.approx(96, abs=0.5)
-    assert {t["target"].split(" (")[0] for t in doc["targets"]} >= {"page utilization clustered / objects"}
+    assert {t["target"].split(" (")[0] for t in doc["targets"]} >= {"page utilization clustered / objects",
+                                                                     "page utilization clustered / its ceiling"}
+    # the ceiling column is the pattern's, for each layout's record packing (layouts/ceiling.py)
+    from itertools import islice
+
+    from locality.layouts.ceiling import ceiling
+    from locality.population.patterns import make_pattern
+
+    steps = [np.asarray(a) for a in islice(make_pattern("sheet", 20_000, 0, p=0.01).steps(), 6)]
+    for name, packing in (("hot-cold", [16, 80]), ("slab", [96, 0]), ("isolated", [4096, 0])):
+        c = ceiling([[x] for x in steps[2:]], 20_000, packing, skip=steps[:2])
+        assert rows[name]["packing"] == packing
+        assert rows[name]["page_utilization_ceiling"] == pytest.approx(c.utilization)
+        assert rows[name]["utilization_of_ceiling"] == pytest.approx(rows[name]["page_utilization"] / c.utilization)
+    assert rows["isolated"]["utilization_of_ceiling"] == pytest.approx(1.0)  # a page per worker is its own bound
 
 
 @pytest.mark.parametrize("args, message", [
