@@ -23,12 +23,13 @@ this off: cold parts then never move.)
 The dense region is a ring of ``capacity`` slots.  Every ``every`` steps,
 ``maintain(step, ids)`` appends the workers activated since the last call
 that are not yet in it and were already activated within the last
-``window`` steps (``promote=2``; ``promote=1``: every activated worker;
-``"auto"``, the default: 1 while at least half of a step's workers were
-active within ``window`` steps, else 2), in activation order, at its head (a
-burst's workers side by side).  On the travelling sheet a worker that fires
-once and not again soon -- 85% of them -- is then never moved; with
-persistent bursts (94% reuse) a burst moves in after its first step.  When it is full it evicts from its tail, oldest first: an
+``window`` steps of each other ``promote`` times in a row (``promote=1``:
+every activated worker; ``"auto"``, the default: 1 while at least half of a
+step's workers were active within ``window`` steps, else 3), in activation
+order, at its head (a burst's workers side by side).  On the travelling
+sheet at 1M (22% reuse; 2-row wave fronts hit a cell on two steps in a row)
+almost no worker is moved; with persistent bursts (94% reuse) a burst moves
+in after its first step.  When it is full it evicts from its tail, oldest first: an
 evicted worker activated within the last ``window`` steps is appended again
 (it survives), the others are copied home.  So a step moves its own fresh
 workers and about as many evicted ones: relocation work proportional to
@@ -65,16 +66,17 @@ class CompactingLayout(ArenaLayout):
                  stage_cold: bool = True, promote: int | str = "auto", **kw) -> None:
         if window < 1 or every < 1:
             raise InvalidArgument(f"compacting: window and every must be >= 1, got window={window}, every={every}")
-        if promote not in (1, 2, "auto"):
-            raise InvalidArgument(f"compacting: promote must be 1, 2 or 'auto', got {promote!r}")
+        if promote != "auto" and (isinstance(promote, bool) or not isinstance(promote, int) or promote < 1):
+            raise InvalidArgument(f"compacting: promote must be an integer >= 1 or 'auto', got {promote!r}")
         super().__init__(n, **kw)
         self.window = int(window)
         self.every = int(every)
         self.promote = promote
         self.reuse = float("nan")  # share of the last maintain's workers active within window before
-        # step of each worker's previous activation seen by maintain (promote=2 admits a worker
-        # activated again within ``window`` steps: one that fires once never pays a move)
+        # step of each worker's previous activation seen by maintain, and how many activations in a
+        # row it had, each within ``window`` steps of the one before (promote=k admits at the k-th)
         self._seen = np.full(self.n, np.iinfo(np.int32).min // 2, dtype=np.int32)
+        self._streak = np.zeros(self.n, dtype=np.uint16)
         self._mark = np.zeros(self.n, dtype=bool)  # scratch: set and cleared per use (no O(n) work per step)
         self._index = np.zeros(self.n, dtype=np.int64)  # scratch: position of a worker in this step's ids
         self._pending: list[np.ndarray] = []  # ids of steps between maintain steps (every > 1)
@@ -163,10 +165,14 @@ class CompactingLayout(ArenaLayout):
         if self.promote != 1:
             recent = self._seen[ids] > step - self.window
             self._seen[ids] = step
+            streak = np.where(recent, np.minimum(self._streak[ids], 60000) + 1, 1).astype(np.uint16)
+            self._streak[ids] = streak
             self.reuse = float(recent.mean()) if ids.size else float("nan")
-            # auto: admit on first activation only while the pattern shows temporal reuse
-            if self.promote == 2 or not self.reuse >= self.REUSE_FIRST_TOUCH:
-                fresh = fresh[recent[~member]]
+            # auto: admit on the first activation while most of a step's workers recur (persistent
+            # bursts), else on the third in a row (a 2-row travelling wave front hits a cell twice)
+            k = self.promote if self.promote != "auto" else (1 if self.reuse >= self.REUSE_FIRST_TOUCH else 3)
+            if k > 1:
+                fresh = fresh[streak[~member] >= k]
         self._admit(fresh, step)
         if self.stage_cold:
             self._stage_cold(np.concatenate([ids[member], fresh]))
