@@ -221,9 +221,11 @@ class ClusteredLearnedLayout(_PermutedHotCold):
         """Worker ids sorted by first-activation rank (observed); workers never seen keep the
         current order after them."""
         if self._seen:
-            rank_now = np.empty(self.n, dtype=np.int64)
-            rank_now[self.order] = np.arange(self.n)
-            return np.lexsort((rank_now, self.first_seen))
+            # no sort of all n: the seen ones by rank, then the rest as they are now
+            seen = np.flatnonzero(self.first_seen != np.iinfo(np.int64).max)
+            seen = seen[np.argsort(self.first_seen[seen], kind="stable")]
+            order = self.order
+            return np.concatenate([seen, order[self.first_seen[order] == np.iinfo(np.int64).max]])
         return self.order_from_records()
 
     def order_from_records(self) -> np.ndarray:
@@ -239,10 +241,10 @@ class ClusteredLearnedLayout(_PermutedHotCold):
     def hot_pages_written(self, order: np.ndarray | None, steps: list[np.ndarray]) -> int:
         """Hot pages the steps would write with workers in ``order`` (None: the current slots)."""
         if order is None:
-            pos = self.pos.astype(np.int64)
+            pos = self.pos
         else:
-            pos = np.empty(self.n, dtype=np.int64)
-            pos[np.asarray(order, dtype=np.int64)] = np.arange(self.n)
+            pos = np.empty(self.n, dtype=np.int32)
+            pos[np.asarray(order, dtype=np.int64)] = np.arange(self.n, dtype=np.int32)
         per_page = 4096 // HOT_BYTES
         return int(sum(np.unique(pos[ids] // per_page).size for ids in steps))
 
@@ -261,16 +263,14 @@ class ClusteredLearnedLayout(_PermutedHotCold):
                 self.first_seen[new] = self._seen + np.arange(new.size)
                 self._seen += int(new.size)
             if call < self.warmup - 1:
-                return 0.0
+                return self._spent(t0)
             self._candidate = self.learned_order()
             if self.validate:
-                dt = time.perf_counter() - t0
-                self.relocation_seconds += dt
-                return dt
+                return self._spent(t0)
         elif ids is not None:
             self._held.append(np.asarray(ids, dtype=np.int64))
             if call < self.warmup + 2 * self.validate - 1:
-                return 0.0
+                return self._spent(t0)
         # the learned order is adopted only if it writes fewer pages than the current one on
         # steps it did not learn from: a pattern with no temporal reuse (sheet bursts at new
         # centres every step) keeps the prior instead of paying for a worse order
@@ -291,6 +291,12 @@ class ClusteredLearnedLayout(_PermutedHotCold):
             self._permute(candidate, account=False)
             self.order_generation += 1
             self._watching = bool(held)
+        dt = time.perf_counter() - t0
+        self.relocation_seconds += dt
+        return dt
+
+    def _spent(self, t0: float) -> float:
+        """Seconds since t0, counted as relocation (learning is part of what this layout costs)."""
         dt = time.perf_counter() - t0
         self.relocation_seconds += dt
         return dt
