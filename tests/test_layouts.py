@@ -249,7 +249,8 @@ def test_clustered_learned_reorders_by_first_activation():
     layout = make_layout("clustered-learned", 1000, warmup=2, validate=0, prior="id")
     try:
         activate(layout, np.array([900, 5]), 0)
-        assert layout.maintain(0, np.array([900, 5])) == 0.0  # still observing
+        assert layout.maintain(0, np.array([900, 5])) >= 0.0  # still observing (its time counts as relocation)
+        assert layout.order.tolist() == list(range(1000))
         activate(layout, np.array([300, 5, 2]), 1)
         before = layout.state(np.arange(1000)).copy()
         assert layout.maintain(1, np.array([300, 5, 2])) > 0
