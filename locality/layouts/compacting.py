@@ -73,12 +73,7 @@ class CompactingLayout(ArenaLayout):
         self.every = int(every)
         self.promote = promote
         self.reuse = float("nan")  # share of the last maintain's workers active within window before
-        # step of each worker's previous activation seen by maintain, and how many activations in a
-        # row it had, each within ``window`` steps of the one before (promote=k admits at the k-th)
-        self._seen = np.full(self.n, np.iinfo(np.int32).min // 2, dtype=np.int32)
-        self._streak = np.zeros(self.n, dtype=np.uint16)
         self._mark = np.zeros(self.n, dtype=bool)  # scratch: set and cleared per use (no O(n) work per step)
-        self._index = np.zeros(self.n, dtype=np.int64)  # scratch: position of a worker in this step's ids
         self._pending: list[np.ndarray] = []  # ids of steps between maintain steps (every > 1)
         self.capacity = int(capacity) if capacity else max(1, min(self.n, self.n // 8))
         if not 0 < self.capacity <= self.n:
@@ -96,6 +91,11 @@ class CompactingLayout(ArenaLayout):
         self.stage_cold = bool(stage_cold)
         # the due region starts on a page of its own
         self.due_base = -(-round_up(self.n * COLD_BYTES) // COLD_BYTES)
+        # per worker, in HOME slot order (so a burst's bookkeeping writes land on a few pages, as
+        # its state does; indexed by id they wrote ~1,000 extra pages a step at 1M): the step of its
+        # previous activation seen by maintain << 8 | how many activations in a row it had, each
+        # within ``window`` steps of the one before (promote=k admits at the k-th)
+        self._recent = np.full(self.home_order.size, np.iinfo(np.int32).min, dtype=np.int32)
         self.slot = self.home.copy()
         self.cold_slot = self.cold_home.copy()
         # dense slot k -> worker (-1 free), a ring: members are the _size slots before _head;
@@ -158,15 +158,19 @@ class CompactingLayout(ArenaLayout):
         t0 = time.perf_counter()
         if ids is not None:
             self._pending.append(np.asarray(ids, dtype=np.int64))
-        ids = self._distinct(np.concatenate(self._pending)) if self._pending else np.zeros(0, dtype=np.int64)
+        if len(self._pending) > 1:  # several steps: a worker may repeat (within one step ids are distinct)
+            ids = self._distinct(np.concatenate(self._pending))
+        else:
+            ids = self._pending[0] if self._pending else np.zeros(0, dtype=np.int64)
         self._pending = []
         member = self.slot[ids] >= self.dense_base
         fresh = ids[~member]  # activation order
         if self.promote != 1:
-            recent = self._seen[ids] > step - self.window
-            self._seen[ids] = step
-            streak = np.where(recent, np.minimum(self._streak[ids], 60000) + 1, 1).astype(np.uint16)
-            self._streak[ids] = streak
+            h = self.home[ids]
+            prev = self._recent[h]
+            recent = (prev >> 8) > step - self.window
+            streak = np.where(recent, np.minimum(prev & 0xFF, 254) + 1, 1)
+            self._recent[h] = (step << 8) | streak
             self.reuse = float(recent.mean()) if ids.size else float("nan")
             # auto: admit on the first activation while most of a step's workers recur (persistent
             # bursts), else on the third in a row (a 2-row travelling wave front hits a cell twice)
@@ -180,11 +184,11 @@ class CompactingLayout(ArenaLayout):
         self.relocation_seconds += dt
         return dt
 
-    def _distinct(self, ids: np.ndarray) -> np.ndarray:
-        """ids with repeats dropped, each at its first position, in O(len(ids)) (no sort)."""
-        k = np.arange(ids.size)
-        self._index[ids[::-1]] = k[::-1]  # the first occurrence is written last, so it wins
-        return ids[self._index[ids] == k]
+    @staticmethod
+    def _distinct(ids: np.ndarray) -> np.ndarray:
+        """ids with repeats dropped, each at its first position."""
+        _, first = np.unique(ids, return_index=True)
+        return ids[np.sort(first)]
 
     def _admit(self, fresh: np.ndarray, step: int) -> None:
         """Append ``fresh`` at the ring's head, evicting from its tail what does not fit (recently
