@@ -210,22 +210,36 @@ class ClusteredLearnedLayout(_PermutedHotCold):
         self._watching = False
         self._watch_pages, self._watch_steps = [0, 0], 0
         self.watch_history: list[tuple[int, int]] = []  # (replaced order, adopted order) hot pages per window
-        self.first_seen = np.full(int(n), np.iinfo(np.int64).max, dtype=np.int64)  # rank of first activation
+        self._first_rank: np.ndarray | None = None  # rank of first activation, per hot slot (set below)
         self._seen = 0
         self._calls = 0
         self._candidate: np.ndarray | None = None
         self._held: list[np.ndarray] = []
         super().__init__(n, hilbert_slots(int(n)) if prior == "hilbert" else np.arange(int(n)), **kw)
+        self._first_rank = np.full(self.hot_order.size, np.iinfo(np.int64).max, dtype=np.int64)
+
+    def _permute(self, new_order: np.ndarray, account: bool = True) -> float:
+        ranks = self.first_seen  # per worker, carried to the new slots
+        dt = super()._permute(new_order, account)
+        self._first_rank = np.full(self.hot_order.size, np.iinfo(np.int64).max, dtype=np.int64)
+        self._first_rank[self.pos] = ranks
+        return dt
+
+    @property
+    def first_seen(self) -> np.ndarray:
+        """Rank of each worker's first activation while learning (int64 max: not seen)."""
+        return self._first_rank[self.pos]
 
     def learned_order(self) -> np.ndarray:
         """Worker ids sorted by first-activation rank (observed); workers never seen keep the
         current order after them."""
         if self._seen:
             # no sort of all n: the seen ones by rank, then the rest as they are now
-            seen = np.flatnonzero(self.first_seen != np.iinfo(np.int64).max)
-            seen = seen[np.argsort(self.first_seen[seen], kind="stable")]
+            never = np.iinfo(np.int64).max
+            slots = np.flatnonzero(self._first_rank != never)
+            seen = self.hot_order[slots[np.argsort(self._first_rank[slots], kind="stable")]].astype(np.int64)
             order = self.order
-            return np.concatenate([seen, order[self.first_seen[order] == np.iinfo(np.int64).max]])
+            return np.concatenate([seen, order[self._first_rank[self.pos[order]] == never]])
         return self.order_from_records()
 
     def order_from_records(self) -> np.ndarray:
@@ -256,11 +270,10 @@ class ClusteredLearnedLayout(_PermutedHotCold):
         self._calls += 1
         if call < self.warmup:
             if ids is not None and len(ids):
-                ids = np.asarray(ids, dtype=np.int64)
-                _, first = np.unique(ids, return_index=True)
-                ids = ids[np.sort(first)]
-                new = ids[self.first_seen[ids] == np.iinfo(np.int64).max]
-                self.first_seen[new] = self._seen + np.arange(new.size)
+                # ranks are kept per slot (burst-local writes, as the state's), ids are distinct per step
+                slots = self.pos[np.asarray(ids, dtype=np.int64)]
+                new = slots[self._first_rank[slots] == np.iinfo(np.int64).max]
+                self._first_rank[new] = self._seen + np.arange(new.size)
                 self._seen += int(new.size)
             if call < self.warmup - 1:
                 return self._spent(t0)
