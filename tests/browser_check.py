@@ -29,8 +29,9 @@ def require_chromium() -> tuple[str, str]:
     return chromium, driver
 
 
-def open_report(report: Path, profile_dir: Path, screenshot_name: str) -> dict:
-    """Load ``report`` and return what the browser saw (raises AssertionError on any failed check)."""
+def open_report(report: Path, profile_dir: Path, screenshot_name: str, script: str | None = None) -> dict:
+    """Load ``report`` and return what the browser saw (raises AssertionError on any failed check);
+    ``script`` (JavaScript with a return) runs in the page, its value under "script"."""
     chromium, driver_path = require_chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -65,6 +66,7 @@ def open_report(report: Path, profile_dir: Path, screenshot_name: str) -> dict:
             bbox = driver.execute_script("const s = arguments[0].querySelector(':scope > svg'); if (!s) return null;"
                                          "const b = s.getBBox(); return [b.width, b.height];", fig)
             figures[fig.get_attribute("id")] = {"class": fig.get_attribute("class"), "size": size, "bbox": bbox}
+        scripted = driver.execute_script(script) if script else None
         table_rows = driver.find_elements(By.CSS_SELECTOR, "#metrics-table tbody tr")
         rows = {r.get_attribute("data-run"): r.get_attribute("class") for r in table_rows}
 
@@ -92,4 +94,4 @@ def open_report(report: Path, profile_dir: Path, screenshot_name: str) -> dict:
         assert fig["bbox"][0] > 50 and fig["bbox"][1] > 30, (name, fig)
     assert table_rows, "no metrics table"
     assert shot.stat().st_size > 10_000
-    return {"figures": figures, "rows": rows, "requests": [u for u, _ in requests], "console": console, "screenshot": shot}
+    return {"script": scripted, "figures": figures, "rows": rows, "requests": [u for u, _ in requests], "console": console, "screenshot": shot}

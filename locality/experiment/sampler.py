@@ -22,11 +22,6 @@ import numpy as np
 
 from locality.errors import LocalityError
 
-# A page registered for write tracking but never populated holds a uffd-wp
-# PTE marker, which /proc/PID/pagemap reports as "swapped" with swap type
-# SWP_PTE_MARKER: always the last 5-bit type, 31 (include/linux/swap.h). It is
-# not in swap; only real swap entries (types < MAX_SWAPFILES) count.
-SWP_PTE_MARKER = 31
 SPAN_GAP = 256  # pages: regions closer than this share one pagemap read
 
 # Mappings that are the process's working memory, not code, files or kernel pages.
@@ -101,6 +96,8 @@ class Sample:
     cold_pages: dict[float, int]
     sample_s: float
     written_state_pages: int | None = None  # written pages holding worker state (None: state unknown)
+    discarded_pages: int = 0  # read as written but dropped since the last sample (MADV_DONTNEED): not in written_pages
+    unresolved_pages: int = 0  # in swap or a uffd-wp marker, undecidable without CAP_SYS_ADMIN: neither resident nor swapped
 
 
 class Sampler:
@@ -137,6 +134,14 @@ class Sampler:
         # not told), and per column whether the page is one of them.
         self.state_addrs: np.ndarray | None = None
         self.state = np.empty(0, dtype=bool)
+        # The last sample's page masks, kept for per-portion counts (experiment/portions.py).
+        self.last_w = self.last_swapped = self.last_populated = self.last_refaulted = np.empty(0, dtype=bool)
+        self.last_paged_out = np.empty(0, dtype=bool)
+        self._early_mask: np.ndarray | None = None
+        self.unresolved = 0  # pages of the last residency read that pagemap leaves undecided
+        # Present or in swap at the last read and not seen dropped since: such a page held
+        # a page at the last reset, so it holds no uffd-wp marker (kernel/markers.py).
+        self.held = np.empty(0, dtype=bool)
 
     # -- regions ----------------------------------------------------------------
     def add_region(self, name: str, start: int, length: int, now: float, *, writes: bool = True) -> Region | None:
@@ -158,6 +163,7 @@ class Sampler:
         self.paged_out = np.concatenate([self.paged_out, np.zeros(n, bool)])
         self.out_prev = np.concatenate([self.out_prev, np.zeros(n, bool)])
         self.present = np.concatenate([self.present, np.zeros(n, bool)])
+        self.held = np.concatenate([self.held, np.zeros(n, bool)])
         self.state = np.concatenate([self.state, self._state_mask(start, n)])
         return region
 
@@ -224,19 +230,23 @@ class Sampler:
         return spans
 
     def _residency(self) -> tuple[np.ndarray, np.ndarray]:
-        """(present, swapped) per column from /proc/PID/pagemap, read span by span."""
-        from locality.kernel.pagemap import read_entries
+        """(present, swapped) per column from /proc/PID/pagemap, read span by span; updates ``held``."""
+        from locality.kernel import pagemap
 
         present = np.zeros(self.n_cols, dtype=bool)
         swapped = np.zeros(self.n_cols, dtype=bool)
+        self.unresolved = 0
         for start, end, regs in self._spans():
             try:
-                p, w = _decode(read_entries(self.pid, start, end))
+                pm = pagemap(self.pid, start, end, held=self._held_span(start, end, regs))
+                p, w, u = pm.present, pm.swapped, pm.unresolved  # uffd-wp markers are none of them
             except LocalityError:
                 # Region by region, so one vanished range does not hide the rest.
                 for r in regs:
                     try:
-                        present[r.cols], swapped[r.cols] = _decode(read_entries(self.pid, r.start, r.end))
+                        pm = pagemap(self.pid, r.start, r.end, held=self.held[r.cols])
+                        present[r.cols], swapped[r.cols] = pm.present, pm.swapped
+                        self.unresolved += int(np.count_nonzero(pm.unresolved))
                     except LocalityError as e:
                         self._drop(r, e)
                 continue
@@ -244,30 +254,48 @@ class Sampler:
                 a = (r.start - start) // self.page_size
                 present[r.cols] = p[a : a + r.n_pages]
                 swapped[r.cols] = w[a : a + r.n_pages]
+                self.unresolved += int(np.count_nonzero(u[a : a + r.n_pages]))
+        self.held = present | swapped
         return present, swapped
+
+    def _held_span(self, start: int, end: int, regs: list[Region]) -> np.ndarray:
+        held = np.zeros((end - start) // self.page_size, dtype=bool)
+        for r in regs:
+            a = (r.start - start) // self.page_size
+            held[a : a + r.n_pages] = self.held[r.cols]
+        return held
 
     def sample(self, now: float) -> Sample:
         """One sample at monotonic time ``now``: written (and re-protect), present, swapped."""
         t0 = time.perf_counter()
         w = np.zeros(self.n_cols, dtype=bool)
+        discarded = 0
         for r in self.regions:
             if r.alive and r.tracker is not None:
                 try:
-                    w[r.cols] = r.tracker.written_and_reset()
+                    w[r.cols], d = r.tracker.scan(reset=True)
+                    discarded += int(np.count_nonzero(d))
+                    self.held[r.cols] &= ~d  # dropped before this reset: may hold a marker now
                 except LocalityError as e:
                     self._drop(r, e)
         present, swp = self._residency()
         self.last_written[w] = now
         # Out of memory: swapped, or a page we paged out that is gone (file pages).
         out_now = swp | (self.paged_out & ~present)
-        refaulted = int(np.count_nonzero(self.out_prev & present)) + self.early_refaults
+        back = self.out_prev & present
+        refaulted = int(np.count_nonzero(back)) + self.early_refaults
         self.early_refaults = 0
+        if self._early_mask is not None and self._early_mask.size == back.size:
+            back |= self._early_mask
+        self._early_mask = None
         self.paged_out &= ~present
         self.out_prev = out_now
         self.present = present
         pop = present | swp | self.paged_out
         age = now - self.last_written
         cold = {t: int(np.count_nonzero(pop & (age >= t))) for t in self.thresholds}
+        self.last_w, self.last_swapped, self.last_populated, self.last_refaulted = w, swp, pop, back
+        self.last_paged_out = self.paged_out.copy()  # the reclaim policy adds to paged_out after the sample
         if self.keep_pages:
             self.rows.append((self.n_cols, np.packbits(w), np.packbits(present), np.packbits(swp)))
         self.times.append(now)
@@ -283,6 +311,8 @@ class Sampler:
             cold_pages=cold,
             sample_s=time.perf_counter() - t0,
             written_state_pages=int(np.count_nonzero(w & self.state)) if self.state_addrs is not None else None,
+            discarded_pages=discarded,
+            unresolved_pages=self.unresolved,
         )
 
     def idle_ranges(self, now: float, idle_seconds: float) -> list[tuple[int, int]]:
@@ -303,7 +333,9 @@ class Sampler:
         count starts from what really left memory."""
         present, swp = self._residency()
         # Out at the sample, back already: refaults that happened while we paged out.
-        self.early_refaults += int(np.count_nonzero(self.out_prev & present))
+        early = self.out_prev & present
+        self.early_refaults += int(np.count_nonzero(early))
+        self._early_mask = early if self._early_mask is None or self._early_mask.size != early.size else self._early_mask | early
         self.paged_out &= ~present
         self.out_prev = swp | self.paged_out
 
@@ -342,17 +374,6 @@ class Sampler:
             # Which columns hold worker state (packed like a matrix row); absent if the child did not say.
             **({"state": np.packbits(self.state)} if self.state_addrs is not None else {}),
         }
-
-
-def _decode(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(present, really swapped) from raw pagemap entries (bit layout: kernel/pagemap.py)."""
-    from locality.kernel._platform import PM_PRESENT_BIT, PM_SWAP_TYPE_BITS, PM_SWAPPED_BIT
-
-    top = entries.view(np.uint8)[7::8]
-    present = (top & np.uint8(1 << (PM_PRESENT_BIT - 56))) != 0
-    swapped = (top & np.uint8(1 << (PM_SWAPPED_BIT - 56))) != 0
-    swapped &= (entries & np.uint64((1 << PM_SWAP_TYPE_BITS) - 1)) != SWP_PTE_MARKER
-    return present, swapped
 
 
 def runs(mask: np.ndarray) -> list[tuple[int, int]]:

@@ -24,7 +24,6 @@ vectorised from a generator seeded with ``seed``, so runs stay reproducible.
 from __future__ import annotations
 
 import gc
-import mmap
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -33,11 +32,11 @@ from typing import Callable
 import numpy as np
 
 from locality.errors import InvalidArgument, LocalityError
+from locality.kernel import PAGE_SIZE
 from locality.population.attribution import RangeTable, csr_by_page
 from locality.population.patterns import Pattern, make_pattern, sheet_width, unique_in_order
 from locality.population.schedulers import SCHEDULERS, Scheduler, object_span
 
-PAGE_SIZE = mmap.PAGESIZE
 # "layout": coroutines allocated in the layout's locality order (Layout.spawn_order) and
 # re-created when a moving layout changes it; "id": in id order, never moved (the reference)
 FRAMES_ORDERS = ("layout", "id")

@@ -45,6 +45,8 @@ class Pages:
     regions: list[str]
     packed: dict[str, np.ndarray] = field(default_factory=dict)
     state: np.ndarray | None = None  # bool per page: holds worker state (runs since state pages are measured)
+    portion: np.ndarray | None = None  # int8 per page: index into portion_names (runs since portions are measured)
+    portion_names: list[str] = field(default_factory=list)
     _unpacked: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -188,7 +190,14 @@ def _read_pages(path: Path) -> Pages | None:
                 if bits.shape != ((n_pages + 7) // 8,):
                     raise ValueError(f"state has shape {bits.shape}, expected ({(n_pages + 7) // 8},)")
                 state = np.unpackbits(bits, count=n_pages).astype(bool)
+            portion = None
+            if "portion" in names:
+                portion = np.asarray(z["portion"], dtype=np.int8)
+                if portion.shape != (n_pages,):
+                    raise ValueError(f"portion has shape {portion.shape}, expected ({n_pages},)")
             return Pages(
+                portion=portion,
+                portion_names=[str(p) for p in z["portion_names"]] if "portion_names" in names else [],
                 t=t,
                 page_addr=page_addr,
                 region=np.asarray(z["region"], dtype=np.int64) if "region" in names else np.zeros(n_pages, np.int64),
@@ -208,6 +217,8 @@ def load_run_data(path: str | Path) -> RunData:
     if not (path / "manifest.json").exists():
         raise RunNotFound(f"{path} is not a run directory (no manifest.json)", "pass directories written by `locality run`, `probe`, `compare` or `beam`")
     manifest = _read_json(path / "manifest.json")
+    if isinstance(manifest, dict) and manifest.get("status") == "running":
+        manifest["status"] = store.effective_status(manifest)  # "crashed" if its runner is dead
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else {}
     latency = _read_csv(path / "latency.csv")
     latency_ns = None
@@ -253,7 +264,8 @@ def expand_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir() and not (p / "manifest.json").exists():
-            inner = sorted(d for d in p.iterdir() if (d / "manifest.json").is_file())
+            # Hidden entries are run directories still being created or replaced.
+            inner = sorted(d for d in p.iterdir() if not d.name.startswith(".") and (d / "manifest.json").is_file())
             if inner:
                 out += inner
                 continue

@@ -55,6 +55,7 @@ class FigureSpec:
     caption: str
     draw: Callable[[list[RunData], list[str]], Figure]
     probe_only: bool = False
+    when: Callable[[list[RunData]], bool] | None = None  # drawn by default only if this holds for the runs
 
 
 @contextlib.contextmanager
@@ -299,6 +300,7 @@ def draw_heatmap(runs: list[RunData], left_out: list[str]) -> Figure:
         x0, x1 = _time_extent(pages.t)
         image = ax.imshow(frac.T, origin="lower", aspect="auto", extent=(x0, x1, 0, total_mib), vmin=0, vmax=100, cmap="viridis")
         _region_marks(ax, run)
+        portion_band(ax, run, 400)
         ax.set_title(run.label, loc="left")
         ax.set_ylabel("offset (MiB)")
         ax.set_xlabel("time (s)")
@@ -502,7 +504,8 @@ FIGURES: dict[str, FigureSpec] = {
                    "Grey: the Pareto front.", draw_pareto),
         FigureSpec("heatmap", "Writes per page over time",
                    "Tracked pages in address order (binned); colour: share of the bin written in the sample window. "
-                   "White lines: region boundaries.", draw_heatmap),
+                   "White lines: region boundaries. Band at the right (runs with portions): the most common portion "
+                   "of each bin, coloured as in the portion figures.", draw_heatmap),
         FigureSpec("residency_map", "Residency map of the address space",
                    "Resident share of each page bin at the last sample, one row per region (arena or VMA).",
                    draw_residency_map),
@@ -553,4 +556,10 @@ def save(fig: Figure, path: Path, fmt: str, salt: str) -> Path:
 def default_names(runs: list[RunData]) -> list[str]:
     """The figures a report tries: all worker figures, and per-VMA ones if a run has them."""
     per_vma = any(r.vma_timeline is not None for r in runs) or any(r.kind in ("probe", "beam") for r in runs)
-    return [n for n, s in FIGURES.items() if per_vma or not s.probe_only]
+    return [n for n, s in FIGURES.items() if (per_vma or not s.probe_only) and (s.when is None or s.when(runs))]
+
+
+# Registered last: report.portions draws with the helpers above.
+from locality.report.portions import FIGURE_DEFS, portion_band  # noqa: E402
+
+FIGURES.update({name: FigureSpec(name, title, caption, draw, when=when) for name, title, caption, draw, when in FIGURE_DEFS})

@@ -21,6 +21,8 @@ from markupsafe import Markup
 from locality.experiment import store
 from locality.report import figures as figs
 from locality.report.data import RunData, baseline_index, find_key, load_runs
+from locality.report.portions import table as portion_table
+from locality.report.portions import verdicts as portion_verdicts
 
 QUESTION = (
     "When a million small, rarely activated workers live in one process, which parts of their "
@@ -221,6 +223,8 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
         rows=rows,
         setup=setup_of(runs),
         figures=figure_blocks(runs, names),
+        portion_verdicts=portion_verdicts(runs),
+        portion_table=portion_table(runs),
         notes=[*notes, *shared_node_notes(runs)],
         created=store.utcnow(),
     )
