@@ -169,9 +169,12 @@ class CompactingLayout(ArenaLayout):
             h = self.home[ids]
             prev = self._recent[h]
             recent = (prev >> 8) > step - self.window
-            streak = np.where(recent, np.minimum(prev & 0xFF, 254) + 1, 1)
+            streak = np.minimum(prev & 0xFF, 254)
+            streak += 1
+            streak *= recent  # 0 where the streak broke: the activation starts a new one
+            streak |= ~recent  # (then 1)
             self._recent[h] = (step << 8) | streak
-            self.reuse = float(recent.mean()) if ids.size else float("nan")
+            self.reuse = np.count_nonzero(recent) / ids.size if ids.size else float("nan")
             # auto: admit on the first activation while most of a step's workers recur (persistent
             # bursts), else on the third in a row (a 2-row travelling wave front hits a cell twice)
             k = self.promote if self.promote != "auto" else (1 if self.reuse >= self.REUSE_FIRST_TOUCH else 3)
