@@ -5,9 +5,12 @@ the same seeded activation pattern through it for --steps steps while the
 kernel's write tracker counts the pages each step writes (see
 locality.layouts.measure for exactly what is counted), then replay the same
 steps untracked to time the activations.  Printed per layout: state bytes
-per worker (mapped, and PSS growth of this process), page utilization, pages
+per worker (mapped, and PSS growth of this process), page utilization beside
+its ceiling (each co-activation group of a step packed on pages of its own in
+the layout's record packing, layouts/ceiling.py) and its share of it, pages
 written per step (WSS per step) against the minimum the useful bytes need,
-activations/s, relocation cost, and each figure's ratio to `objects`.
+activations/s, relocation cost (share of the activations' time, from the
+untracked replay), and each figure's ratio to `objects`.
 The issue's targets are checked against these measured numbers.
 """
 
@@ -336,7 +339,7 @@ def _fmt(x: float, kind: str) -> str:
 def command(workers: int, steps: int, names: str, pattern: str, p: float, pattern_params: tuple[str, ...],
             warmup: int, seed: int, window: int, arena: str, arena_dir: str | None, hugepages: bool, driver: str,
             as_json: bool) -> None:
-    """Page utilization, working set and cost of every allocation strategy, side by side.
+    """Page utilization (and its ceiling), working set and cost of every allocation strategy, side by side.
 
     All layouts run the same seeded workload in this one process; ratios are
     to `objects` (plain Python objects). Pages written are measured by the
