@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from locality.errors import InvalidArgument
-from locality.layouts.base import COLD_EVERY, COLD_WORDS, DECAY, HOT_WORDS, N_WEIGHTS, W_NEIGHBOURS
+from locality.layouts.base import COLD_EVERY, COLD_WORDS, DECAY, HOT_DTYPE, HOT_WORDS, N_WEIGHTS, W_NEIGHBOURS
 from locality.layouts.clustered import _PermutedHotCold, hilbert_slots
 
 BLOCKS = ("hilbert", "id")
@@ -50,6 +50,7 @@ class GroupedLayout(_PermutedHotCold):
         hot_f = hot_u.view(np.float32)
         cold_u = self.arenas["cold"].u32[: self.n * COLD_WORDS].reshape(self.n, COLD_WORDS)
         # slot-indexed field views: worker i's hot fields at row pos[i], cold ones at cold_pos[i]
+        self._records = hot_u.reshape(-1).view(HOT_DTYPE)
         self._potential = hot_f[:, 0]
         self._count = hot_u[:, 1]
         self._last = hot_u[:, 2]
@@ -79,15 +80,21 @@ class GroupedLayout(_PermutedHotCold):
         return m[m >= 0]
 
     def update_group(self, g: int, ids, step: int) -> None:
+        # one gather and one scatter of whole 16-byte hot records, updated in place between them:
+        # the fewest temporaries per block (each is heap churn the whole-process WSS counts), and
+        # the same pages written as field by field (all four hot fields sit in one record)
         ids = np.asarray(ids, dtype=np.int64)
         h = self.pos[ids]
-        c = self._count[h] + np.uint32(1)
-        self._count[h] = c
-        p = self._potential[h] * np.float32(DECAY) + np.float32(1.0)
-        self._potential[h] = p
-        self._last[h] = step
-        fl = self._flags[h]
-        self._flags[h] = np.where(fl == 0, np.uint32(step + 1), fl)
+        r = self._records[h]
+        c = r["count"]
+        c += np.uint32(1)
+        p = r["potential"]
+        p *= np.float32(DECAY)
+        p += np.float32(1.0)
+        r["last_step"] = step
+        fl = r["flags"]
+        fl[fl == 0] = step + 1
+        self._records[h] = r
         due = c % COLD_EVERY == 0
         if due.any():
             d = self.cold_pos[ids[due]]
