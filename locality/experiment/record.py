@@ -142,6 +142,9 @@ class RunRecord:
         )
         metrics["spawn_s"] = spawn_s
         metrics["pageout_bytes"] = self.pageout_bytes
+        from locality.experiment.ceiling import ceiling_metrics
+
+        metrics.update(ceiling_metrics(self.config, timeline, metrics))
         if portions is not None:
             metrics.update(portions.metrics(timeline, self.config, int(child.get("useful_bytes", 0))))
         if len(timeline) > 1:

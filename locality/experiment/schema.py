@@ -180,6 +180,14 @@ METRICS: dict[str, tuple[Field, ...]] = {
         F("portions_rss_bytes", "int", "bytes", "RSS read right after the portions' resident bytes", nullable=True),
         F("portions_walk_s", "float", "s", "the child's walk of the portions it can name, once after spawn", nullable=True),
         F("portion_dominating_wss", "str", "", "the portion with the largest mean WSS", nullable=True),
+        F("page_utilization_ceiling", "float", "fraction", "useful bytes / pages of every window's co-activation "
+          "groups packed in the layout's record packing (experiment/ceiling.py)", nullable=True),
+        F("page_utilization_packed", "float", "fraction", "useful bytes / every window's distinct useful bytes "
+          "packed into whole pages", nullable=True),
+        F("state_utilization_of_ceiling", "float", "fraction", "state_page_utilization / page_utilization_ceiling",
+          nullable=True),
+        F("ceiling_packing", "list", "bytes", "[hot, cold] bytes per worker the ceiling packs", nullable=True),
+        F("ceiling_useful_bytes", "int", "bytes", "useful bytes of the steps the ceiling replayed", nullable=True),
     ),
     "probe": (),
     "beam": _COMMON_METRICS + (

@@ -4,7 +4,7 @@
 Common keywords: ``arena="anon"|"file"``, ``directory`` (for file arenas),
 ``hugepages`` (False: MADV_NOHUGEPAGE), ``seed``.  Strategy keywords:
 clustered-learned ``warmup``; compacting ``window``, ``every``, ``capacity``;
-grouped ``group_size``.  See base.py for the activation semantics every
+grouped ``group_size``, ``blocks`` (hilbert | id).  See base.py for the activation semantics every
 strategy implements identically.
 """
 

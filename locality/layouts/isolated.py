@@ -24,6 +24,7 @@ PAGE_WORDS = PAGE_SIZE // 4
 class IsolatedLayout(ArenaLayout):
     name = "isolated"
     hot_arena = cold_arena = "isolated"
+    PACKING = (PAGE_SIZE, 0)
 
     def __init__(self, n: int, **kw) -> None:
         super().__init__(n, **kw)

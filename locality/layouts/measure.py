@@ -146,7 +146,7 @@ def activate(layout: Layout, ids: np.ndarray, step: int) -> None:
     """One step's activations, the way the population drives a layout."""
     k = layout.group_size
     if k > 1:
-        blocks = ids // k
+        blocks = layout.unit_of(ids)
         order = np.argsort(blocks, kind="stable")
         ids, blocks = ids[order], blocks[order]
         cuts = np.flatnonzero(np.diff(blocks)) + 1

@@ -68,6 +68,7 @@ def _ptr(addr: int) -> int:
 
 class ObjectsLayout(Layout):
     name = "objects"
+    PACKING = None  # its objects' bytes per worker, measured (packing())
 
     def __init__(self, n: int, *, arena: str = "anon", seed: int = 0, warm: bool = True, **ignored) -> None:
         if arena != "anon":
@@ -175,6 +176,12 @@ class ObjectsLayout(Layout):
 
     def bytes_per_worker(self) -> float:
         return self.heap_bytes() / self.n
+
+    def packing(self) -> tuple[int, int]:
+        """A worker's objects packed back to back (their heap bytes, measured), cold part inside."""
+        if getattr(self, "_packing", None) is None:
+            self._packing = (max(HOT_BYTES, round(self.bytes_per_worker())), 0)
+        return self._packing
 
     def arena_bytes(self) -> int:
         return self.heap_bytes()

@@ -17,6 +17,7 @@ from locality.layouts.base import (
 class SlabLayout(ArenaLayout):
     name = "slab"
     hot_arena = cold_arena = "slab"
+    PACKING = (RECORD_BYTES, 0)
 
     def __init__(self, n: int, **kw) -> None:
         super().__init__(n, **kw)

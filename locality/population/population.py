@@ -9,6 +9,13 @@ layout, only counts its activations in its own frame.
 Layouts with ``group_size`` K > 1 get one coroutine per block of K workers,
 woken once per step with the ids of its block (``update_group``).
 
+Frames follow state (``frames_order="layout"``, the default): coroutines are
+allocated in the layout's locality order (``Layout.spawn_order``, e.g. the
+Hilbert order of ``clustered``), so neighbours' frames share pymalloc pools
+and pages as their records do; when a moving layout changes its order
+(``order_generation``) every coroutine is re-created in the new order, the
+time counted as relocation. ``frames_order="id"`` keeps id order.
+
 Fan-out (``fanout=q``): each activated worker activates one of its four sheet
 neighbours in the next step with probability q. The choice is drawn
 vectorised from a generator seeded with ``seed``, so runs stay reproducible.
@@ -30,6 +37,9 @@ from locality.population.attribution import RangeTable, csr_by_page
 from locality.population.patterns import Pattern, make_pattern, sheet_width, unique_in_order
 from locality.population.schedulers import SCHEDULERS, Scheduler, object_span
 
+# "layout": coroutines allocated in the layout's locality order (Layout.spawn_order) and
+# re-created when a moving layout changes it; "id": in id order, never moved (the reference)
+FRAMES_ORDERS = ("layout", "id")
 LATENCY_SAMPLE = 100_000
 # Python objects and arena slots are at least 8-byte aligned and 8 bytes long,
 # so probing every 8th byte of a page finds every owner with bytes on it.
@@ -134,6 +144,7 @@ class Population:
         fanout: float = 0.0,
         latency_every: int = 1,
         freeze_gc: bool = True,
+        frames_order: str = "layout",
     ) -> None:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
             raise InvalidArgument(f"number of workers must be a positive integer, got {n!r}")
@@ -158,6 +169,9 @@ class Population:
             raise InvalidArgument(f"fanout={fanout!r} is out of range", "give a probability in [0, 1]")
         if isinstance(latency_every, bool) or not isinstance(latency_every, int) or latency_every < 0:
             raise InvalidArgument(f"latency_every={latency_every!r}", "give an integer >= 0 (0: no latency timing)")
+        if frames_order not in FRAMES_ORDERS:
+            raise InvalidArgument(f"frames_order={frames_order!r}", f"use one of: {', '.join(FRAMES_ORDERS)}")
+        self.frames_order = frames_order
         self.scheduler_name = scheduler
         self.pattern = pattern
         self.seed = int(seed)
@@ -166,7 +180,7 @@ class Population:
         self.latency_every = latency_every
         self.freeze_gc = freeze_gc
         self.group_size = max(1, int(getattr(layout, "group_size", 1) or 1)) if layout is not None else 1
-        self.units = -(-self.n // self.group_size)
+        self.units = int(layout.unit_count()) if self.group_size > 1 else self.n
         self._scheduler: Scheduler | None = None
         self._stream = None
         self._step = 0
@@ -174,6 +188,8 @@ class Population:
         self._fan_rng = np.random.default_rng([self.seed, 0xFA9])
         self._blocks: dict[int, np.ndarray] = {}
         self._table: RangeTable | None = None
+        self._order_generation = getattr(layout, "order_generation", None)
+        self.respawned_units = 0  # coroutines re-created to follow the layout's order
         self.last_resume_ns = 0  # time the scheduler spent in the last step
         self.timing_overhead_ns = clock_cost_ns()
 
@@ -189,10 +205,11 @@ class Population:
             action = self.layout.update
         else:
             action = self._update_block
+        order = self._unit_order()
         was_enabled = gc.isenabled()
         gc.disable()  # a collection during spawn would walk (and write) every new worker
         try:
-            sched.spawn(self.units, action)
+            sched.spawn(self.units, action, order)
         finally:
             if self.freeze_gc:
                 # Frozen objects are never traversed again, so a later collection
@@ -202,6 +219,47 @@ class Population:
                 gc.enable()
         self._scheduler = sched
         self._stream = self.pattern.steps()
+
+    def _unit_order(self) -> np.ndarray | None:
+        """Units in the layout's locality order (``Layout.spawn_order``): neighbours' coroutines
+        are allocated one after the other, so their frames share pools as their state shares
+        pages. None (creation in id order) without a layout or when it is id order already."""
+        spawn_order = getattr(self.layout, "spawn_order", None)
+        if spawn_order is None or self.frames_order == "id":
+            return None
+        order = np.asarray(spawn_order(), dtype=np.int64)
+        if self.group_size > 1:
+            order = unique_in_order(self.layout.unit_of(order))
+            missing = np.setdiff1d(np.arange(self.units), order)  # units with no worker (holes)
+            order = np.concatenate([order, missing])
+        if np.array_equal(order, np.arange(self.units)):
+            return None
+        return order
+
+    def _follow_layout_order(self) -> int:
+        """When the layout moved its records to a new order (``order_generation`` changed),
+        re-create every coroutine in that order, so frames follow state; returns the ns spent
+        (counted as relocation). Workers with no layout keep their frames (their count lives there)."""
+        gen = getattr(self.layout, "order_generation", None)
+        if gen is None or gen == self._order_generation:
+            return 0
+        self._order_generation = gen
+        if self.frames_order == "id":
+            return 0
+        t0 = time.perf_counter_ns()
+        order = self._unit_order()
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._scheduler.respawn(np.arange(self.units) if order is None else order)
+            self.respawned_units += self.units
+        finally:
+            if self.freeze_gc:
+                gc.freeze()
+            if was_enabled:
+                gc.enable()
+        self._table = None  # the frames moved: attribution ranges are rebuilt on demand
+        return time.perf_counter_ns() - t0
 
     def _update_block(self, g: int, step: int) -> None:
         self.layout.update_group(g, self._blocks.pop(g), step)
@@ -253,6 +311,7 @@ class Population:
         maintain = getattr(self.layout, "maintain", None)
         if maintain is not None:
             relocation_ns = int(round((maintain(step, ids) or 0.0) * 1e9))
+            relocation_ns += self._follow_layout_order()
         if self.fanout > 0:
             self._pending_fanout = self._fan_out(ids)
         self._step += 1
@@ -261,7 +320,7 @@ class Population:
     def _units_of(self, ids: np.ndarray) -> list[int]:
         if self.group_size == 1:
             return ids.tolist()
-        blocks = ids // self.group_size
+        blocks = self.layout.unit_of(ids)
         order = np.argsort(blocks, kind="stable")
         g_sorted = blocks[order]
         units, first = np.unique(g_sorted, return_index=True)
@@ -343,12 +402,17 @@ class Population:
         (its coroutine with the embedded frame; Task and Event for asyncio)."""
         if not 0 <= i < self.n:
             raise InvalidArgument(f"worker {i} is outside the population [0, {self.n})")
-        return [object_span(o) for o in self._sched().unit_objects(int(i) // self.group_size)]
+        return [object_span(o) for o in self._sched().unit_objects(self._unit(int(i)))]
+
+    def _unit(self, i: int) -> int:
+        return i if self.group_size == 1 else int(self.layout.unit_of(np.array([i]))[0])
 
     def _ranges(self) -> RangeTable:
         if self._table is None:
             starts, ends, units = self._sched().spans()
-            self._table = RangeTable(starts, ends, units * self.group_size)
+            if self.group_size > 1:
+                units = _first_member(self.layout.unit_members(units))
+            self._table = RangeTable(starts, ends, units)
         return self._table
 
     def owners(self, addresses: np.ndarray) -> np.ndarray:
@@ -374,10 +438,12 @@ class Population:
         wanted = np.isin(pages, page_addrs)
         pages, owners = pages[wanted], owners[wanted]
         if self.group_size > 1:
+            # the table's owner of a block coroutine is its first worker: expand to all its workers
             k = self.group_size
+            members = self.layout.unit_members(self.layout.unit_of(np.maximum(owners, 0)))
             pages = np.repeat(pages, k)
-            owners = (owners[:, None] + np.arange(k)[None, :]).ravel()
-            keep = owners < self.n
+            owners = np.where(np.repeat(owners >= 0, k), members.ravel(), -1)
+            keep = owners >= 0
             pages, owners = pages[keep], owners[keep]
         parts_p, parts_o = [pages], [owners]
         if self.layout is not None:
@@ -389,3 +455,10 @@ class Population:
                 parts_p.append(np.repeat(chunk, probe.size)[hit])
                 parts_o.append(who[hit])
         return csr_by_page(page_addrs, np.concatenate(parts_p), np.concatenate(parts_o))
+
+
+def _first_member(members: np.ndarray) -> np.ndarray:
+    """First worker of each row of unit_members (-1 for a unit with none)."""
+    has = members >= 0
+    first = np.argmax(has, axis=1)
+    return np.where(has.any(axis=1), members[np.arange(members.shape[0]), first], -1)

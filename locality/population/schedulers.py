@@ -70,8 +70,16 @@ class Scheduler:
         self.latency_every = int(latency_every)
         self.units = 0
 
-    def spawn(self, units: int, action: Action | None) -> None:
+    def spawn(self, units: int, action: Action | None, order: np.ndarray | None = None) -> None:
+        """Create ``units`` suspended workers; ``order`` (a permutation of the units) is the order
+        their objects are allocated in, so units adjacent in it share allocator pools and pages."""
         raise NotImplementedError
+
+    def respawn(self, order: np.ndarray) -> int:
+        """Re-create the workers of these units, in this order (their objects allocated together);
+        returns how many were re-created (0: this scheduler keeps its workers where they are).
+        Only for workers that keep no state in their frame."""
+        return 0
 
     def resume(self, units: list[int], step: int) -> np.ndarray:
         raise NotImplementedError
@@ -97,6 +105,13 @@ class Scheduler:
 
     def close(self) -> None:
         pass
+
+
+def _permutation(order: np.ndarray, units: int) -> np.ndarray:
+    order = np.asarray(order, dtype=np.int64).ravel()
+    if order.size != units or np.unique(order).size != units or (units and (order.min() < 0 or order.max() >= units)):
+        raise ValueError(f"a spawn order must list each of the {units} units exactly once")
+    return order
 
 
 # -- lean ---------------------------------------------------------------------
@@ -181,16 +196,45 @@ class LeanScheduler(Scheduler):
     def _make(self, action: Action | None):
         return _counting_worker() if action is None else _acting_worker(action, self.clock)
 
-    def spawn(self, units: int, action: Action | None) -> None:
+    def spawn(self, units: int, action: Action | None, order: np.ndarray | None = None) -> None:
         make = self._make
         padding = _fill_to_fresh_pool(lambda: make(action))
-        coros = [make(action) for _ in range(units)]
+        if order is None:
+            coros = [make(action) for _ in range(units)]
+            created = coros
+        else:
+            order = _permutation(order, units)
+            created = [make(action) for _ in range(units)]  # allocated in locality order
+            coros = [None] * units
+            for u, c in zip(order.tolist(), created):
+                coros[u] = c
         send = self._send
-        for c in coros:
+        for c in created:
             send(c, None)  # run to the first suspension
         self._coros = coros
+        self._action = action
         self._padding = padding + _fill_to_fresh_pool(lambda: make(action))
         self.units = units
+
+    def respawn(self, order: np.ndarray) -> int:
+        """New coroutines for ``order``'s units, allocated back to back in fresh pools, then the
+        old ones closed (their pools empty out and go back to the allocator)."""
+        if self._action is None:
+            raise ValueError("counting workers keep their count in the frame: they cannot be re-created")
+        order = np.asarray(order, dtype=np.int64)
+        make, action, send, coros = self._make, self._action, self._send, self._coros
+        pad = _fill_to_fresh_pool(lambda: make(action))
+        created = [make(action) for _ in range(order.size)]
+        for c in created:
+            send(c, None)
+        old = []
+        for u, c in zip(order.tolist(), created):
+            old.append(coros[u])
+            coros[u] = c
+        self._padding += pad + _fill_to_fresh_pool(lambda: make(action))
+        for c in old:
+            c.close()
+        return len(created)
 
     def resume(self, units: list[int], step: int) -> np.ndarray:
         self.clock.step = step
@@ -302,12 +346,17 @@ async def _asyncio_worker(u: int, event: asyncio.Event, action: Action | None, c
 class AsyncioScheduler(Scheduler):
     name = "asyncio"
 
-    def spawn(self, units: int, action: Action | None) -> None:
+    def spawn(self, units: int, action: Action | None, order: np.ndarray | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self._done = _StepDone()
         create, clock, done = self.loop.create_task, self.clock, self._done
-        self._events = [asyncio.Event() for _ in range(units)]
-        self._tasks = [create(_asyncio_worker(u, ev, action, clock, done)) for u, ev in enumerate(self._events)]
+        order = np.arange(units) if order is None else _permutation(order, units)
+        events: list = [None] * units
+        tasks: list = [None] * units
+        for u in order.tolist():  # allocated in locality order
+            events[u] = ev = asyncio.Event()
+            tasks[u] = create(_asyncio_worker(u, ev, action, clock, done))
+        self._events, self._tasks = events, tasks
         self.loop.run_until_complete(asyncio.sleep(0))  # every task runs to its first wait
         self.units = units
 

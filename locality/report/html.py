@@ -38,6 +38,9 @@ METRICS: list[tuple[str, str, float, int, bool]] = [
     # then every tracked page of the process (interpreter, scheduler, heap).
     ("state_page_utilization", "page utilization, worker state (%)", 100.0, 3, True),
     ("page_utilization", "page utilization, whole process (%)", 100.0, 3, True),
+    # the bound the pattern's co-activation groups and the record packing set (layouts/ceiling.py)
+    ("page_utilization_ceiling", "page utilization ceiling (%)", 100.0, 3, False),
+    ("state_utilization_of_ceiling", "worker state, share of ceiling (%)", 100.0, 3, False),
     ("state_wss_bytes_mean", "mean WSS, worker state (MiB)", 1.0 / (1 << 20), 4, True),
     ("wss_bytes_mean", "mean WSS, whole process (MiB)", 1.0 / (1 << 20), 4, True),
     ("refault_rate_pct_per_min", "refault rate (% WSS/min)", 1.0, 3, True),
