@@ -16,7 +16,6 @@ import json
 import mmap
 import os
 import statistics
-import sys
 import time
 from typing import Callable
 
@@ -77,7 +76,7 @@ def run_benchmark(size: int, repeat: int, progress: bool = True) -> dict:
     except ImportError:  # written by another engineer; the rest still runs
         procfs = None
 
-    from tqdm import tqdm
+    from locality.progress import progress as progress_bar
 
     import psutil
 
@@ -89,7 +88,7 @@ def run_benchmark(size: int, repeat: int, progress: bool = True) -> dict:
         )
     n_pages = size // PAGE_SIZE
     pid = os.getpid()
-    bar = tqdm(total=repeat + 1, desc="bench instruments", file=sys.stderr, disable=not progress, leave=False)
+    bar = progress_bar(repeat + 1, "bench instruments", "round", enabled=progress, leave=False)
     rows: list[dict] = []
     notes: list[str] = []
 

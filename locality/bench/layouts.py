@@ -18,7 +18,6 @@ import itertools
 import json
 import math
 import os
-import sys
 import time
 from typing import Any
 
@@ -359,9 +358,9 @@ def command(workers: int, steps: int, names: str, pattern: str, p: float, patter
     order = [n for n in ORDER if n in wanted]
     bar = None
     if not as_json:
-        from tqdm import tqdm
+        from locality.progress import progress
 
-        bar = tqdm(total=(total + REPEATS * steps) * len(order), desc="layouts", unit="step", file=sys.stderr, leave=False)
+        bar = progress((total + REPEATS * steps) * len(order), "layouts", "step", every=10.0, leave=False)
     rows = []
     baseline: _Rounds | None = None
     try:

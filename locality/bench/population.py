@@ -176,11 +176,10 @@ def run_benchmark(sizes: list[int], schedulers: list[str], steps: int, activity:
             plan += [(n, "lean", "slab") for n in sizes]
         else:
             notes.append(why)
-    from tqdm import tqdm
+    from locality.progress import progress as progress_bar
 
     rows = []
-    with tqdm(total=len(plan), desc="bench population", unit="run", file=sys.stderr, disable=not progress,
-              leave=False) as bar:
+    with progress_bar(len(plan), "bench population", "run", enabled=progress, leave=False) as bar:
         for n, sched, layout in plan:
             bar.set_postfix_str(f"{n:,} {sched}{'+' + layout if layout else ''}")
             rows.append(run_child(n, sched, layout, steps, activity, seed, rounds, collector))

@@ -260,9 +260,9 @@ class _Run:
                 self._track(r["name"], r["start"], r["length"], now)
             self._state_pages()
         if self.progress:
-            from tqdm import tqdm
+            from locality.progress import progress
 
-            self.bar = tqdm(total=self.config.steps, unit="step", file=sys.stderr, desc=self.run_dir.name, dynamic_ncols=True)
+            self.bar = progress(self.config.steps, self.run_dir.name, "step", every=10.0)
         self.t0 = time.monotonic()
         self._sample(self.t0)
         self._send("go")

@@ -26,7 +26,6 @@ import itertools
 import json
 import os
 import re
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,9 +259,9 @@ def run_sweep(
 
     bar = None
     if progress:
-        from tqdm import tqdm
+        from locality.progress import progress as progress_bar
 
-        bar = tqdm(total=len(pts), initial=len(pts) - len(todo), unit="run", file=sys.stderr, desc="sweep")
+        bar = progress_bar(len(pts), "sweep", "run", initial=len(pts) - len(todo))
     try:
         for p in todo:
             if bar is not None:

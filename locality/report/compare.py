@@ -11,7 +11,6 @@ from the runs that completed.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,9 +125,9 @@ def compare(
     interrupted_at = None
     bar = None
     if progress:
-        from tqdm import tqdm
+        from locality.progress import progress as progress_bar
 
-        bar = tqdm(total=len(layouts), unit="layout", desc="compare", file=sys.stderr, position=0, dynamic_ncols=True)
+        bar = progress_bar(len(layouts), "compare", "layout")
     try:
         for name in layouts:
             if bar is not None:
