@@ -150,8 +150,8 @@ def _kind(cfg: ExperimentConfig) -> tuple:
     return (cfg.layout, cfg.scheduler, cfg.arena, cfg.hugepages)
 
 
-def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict) -> tuple[float, int, str]:
-    """(bytes_per_worker, pss_empty, source) for cfg's kind of population, measured."""
+def stored_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict) -> tuple[float, int, str] | None:
+    """(bytes_per_worker, pss_empty, source) from a complete run of cfg's kind under ``out``, or None."""
     key = _kind(cfg)
     if key in cache:
         return cache[key]
@@ -167,6 +167,15 @@ def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dic
         ) == key:
             cache[key] = (float(m["bytes_per_worker"]), int(m["pss_empty_bytes"]), f"run {d.parent.name}")
             return cache[key]
+    return None
+
+
+def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict) -> tuple[float, int, str]:
+    """(bytes_per_worker, pss_empty, source) for cfg's kind of population, measured."""
+    found = stored_footprint(cfg, out, cache)
+    if found is not None:
+        return found
+    key = _kind(cfg)
     from locality.experiment.runner import run
     from locality.experiment.config import validate
 

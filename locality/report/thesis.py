@@ -25,12 +25,14 @@ byte-identical SVG.
 from __future__ import annotations
 
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from locality.errors import ConfigError, LocalityError
+from locality.experiment.config import parse_overrides
 from locality.report import figures as figs
 from locality.report.data import RunData, load_run_data
 
@@ -59,6 +61,13 @@ class FigureSet:
     formats: list[str]
     out: Path
     produce: str  # the command that produces the runs
+    points: list[Any] = field(default_factory=list)  # the grid's SweepPoints (empty with figures.run_ids)
+
+    def missing_points(self) -> list[Any]:
+        """Grid points whose run is not stored complete under runs_dir."""
+        from locality.experiment.sweep import pending
+
+        return pending(self.points, self.runs_dir, resume=True)
 
 
 def split_experiment(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list], dict[str, Any]]:
@@ -73,15 +82,18 @@ def split_experiment(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, li
     return config, grid, table
 
 
-def _grid_run_ids(config: dict[str, Any], grid: dict[str, list], base_dir: Path) -> list[str]:
-    from locality.experiment import config as cfg
+def grid_points(path: Path, grid: dict[str, list], overrides: Sequence[str] = ()) -> list[Any]:
+    """The sweep points of the experiment file with ``--set`` overrides: the ids `locality sweep` gives them."""
     from locality.experiment import sweep
+    from locality.experiment.config import load_config
 
-    experiment = cfg.validate(config, base_dir=base_dir)
-    return [p.point_id for p in sweep.points(experiment, grid)]
+    return sweep.points(load_config(path, overrides), grid)
 
 
-def load_figure_set(path: str | Path, formats: list[str] | None = None, out: str | Path | None = None) -> FigureSet:
+def load_figure_set(path: str | Path, formats: list[str] | None = None, out: str | Path | None = None,
+                    overrides: Sequence[str] = ()) -> FigureSet:
+    """The figure set of an experiment file; ``overrides`` (``key=value``, as ``--set``) change
+    the base config, hence the run ids, exactly as `locality sweep FILE --set ...` does."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -99,16 +111,20 @@ def load_figure_set(path: str | Path, formats: list[str] | None = None, out: str
             raise ConfigError(f"unknown key 'figures.{key}'", f"allowed: {', '.join(sorted(known))}")
 
     run_ids = table.get("run_ids")
-    sweep_hint = f"locality sweep {path}"  # the sweep reads the file's [grid]
+    sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    sweep_hint = f"locality sweep {path}{sets}"  # the sweep reads the file's [grid]
+    points: list[Any] = []
     if run_ids is not None:
         if not isinstance(run_ids, list) or not run_ids or not all(isinstance(r, str) and r for r in run_ids):
             raise ConfigError("figures.run_ids: must be a non-empty list of run ids")
     elif grid:
-        run_ids = _grid_run_ids(config, grid, path.parent)
+        points = grid_points(path, grid, overrides)
+        run_ids = [p.point_id for p in points]
     else:
         raise ConfigError(f"{path}: names no runs", "add a [grid] table or figures.run_ids")
 
-    runs_dir = Path(table.get("runs") or config.get("out") or "runs")
+    overridden_out = dict(parse_overrides(overrides)).get("out")
+    runs_dir = Path(overridden_out or table.get("runs") or config.get("out") or "runs")
     fmts = formats or table.get("format") or ["pdf", "svg"]
     fmts = [fmts] if isinstance(fmts, str) else list(fmts)
     for f in fmts:
@@ -134,7 +150,8 @@ def load_figure_set(path: str | Path, formats: list[str] | None = None, out: str
             raise ConfigError(f"{where}.where: must be a table of key path = value")
         requests.append(FigureRequest(name, str(file), dict(entry.get("where", {})), entry.get("label")))
     return FigureSet(path, runs_dir, list(run_ids), requests, fmts, Path(out or table.get("out") or "reports/figures"),
-                     sweep_hint if grid and table.get("run_ids") is None else f"locality run CONFIG --id RUN_ID --out {runs_dir}")
+                     sweep_hint if grid and table.get("run_ids") is None else f"locality run CONFIG --id RUN_ID --out {runs_dir}",
+                     points)
 
 
 def dotted(config: dict[str, Any], key: str) -> Any:
