@@ -28,7 +28,7 @@ from locality.report.compare import DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEP_INTERV
               show_default=True, help="Runs are stored under RUNS/<UTC time>/<layout>.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/compare.html"),
               show_default=True, help="HTML report to write.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report path, run dirs and statuses as JSON; no progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report path, run_dirs and each layout's status as JSON; no progress bars.")
 def compare(workers: int, layouts: str, pattern: str, steps: int, step_interval: float, interval: float, runs_dir: Path,
             out: Path, as_json: bool) -> None:
     """Run every layout on the same seeded workload and write one report.
@@ -57,8 +57,8 @@ def compare(workers: int, layouts: str, pattern: str, steps: int, step_interval:
     if as_json:
         click.echo(json.dumps({
             "report": str(result.report),
-            "runs": {r.label: {"run_dir": str(r.path), "status": r.status, "seconds": result.seconds.get(r.label)}
-                     for r in result.runs},
+            "run_dirs": [str(r.path) for r in result.runs],
+            "runs": {r.label: {"status": r.status, "seconds": result.seconds.get(r.label)} for r in result.runs},
             "interrupted_at": result.interrupted_at,
             "not_run": result.not_run,
         }))

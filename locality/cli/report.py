@@ -30,6 +30,6 @@ def report(run_dirs: tuple[Path, ...], out: Path, title: str | None, as_json: bo
 
     path = write_report(list(run_dirs), out, title=title)
     if as_json:
-        click.echo(json.dumps({"report": str(path), "runs": [str(p) for p in run_dirs]}))
+        click.echo(json.dumps({"report": str(path), "run_dirs": [str(p) for p in run_dirs]}))
     else:
         click.echo(f"report: {path}")
