@@ -22,7 +22,8 @@ class Tables(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: list[list[str]] = []
+        self.rows: list[list[str]] = []  # the main metrics table
+        self.more_rows: list[list[str]] = []  # the collapsed second table
         self.row_attrs: list[dict] = []
         self._in_table = False
         self._cell: list[str] | None = None
@@ -35,11 +36,13 @@ class Tables(HTMLParser):
         for key in ("src", "href", "xlink:href"):
             if key in a:
                 self.srcs.append(a[key])
-        if tag == "table" and a.get("id") == "metrics-table":
+        if tag == "table" and a.get("id") in ("metrics-table", "metrics-more"):
             self._in_table = True
+            self._rows = self.rows if a["id"] == "metrics-table" else self.more_rows
         elif self._in_table and tag == "tr":
-            self.rows.append([])
-            self.row_attrs.append(a)
+            self._rows.append([])
+            if self._rows is self.rows:
+                self.row_attrs.append(a)
         elif self._in_table and tag in ("td", "th"):
             self._cell = []
         elif tag == "figure":
@@ -50,7 +53,7 @@ class Tables(HTMLParser):
         if tag == "table":
             self._in_table = False
         elif tag in ("td", "th") and self._cell is not None:
-            self.rows[-1].append(" ".join("".join(self._cell).split()))
+            self._rows[-1].append(" ".join("".join(self._cell).split()))
             self._cell = None
 
     def handle_data(self, data):
@@ -67,8 +70,13 @@ def parse(html: str) -> Tables:
 def table(html: str) -> dict[str, dict[str, str]]:
     """run label -> heading -> cell text."""
     t = parse(html)
-    head, *body = t.rows
-    return {row[0].replace(" (baseline)", ""): dict(zip(head, row)) for row in body}
+    out: dict[str, dict[str, str]] = {}
+    for rows in (t.rows, t.more_rows):
+        if rows:
+            head, *body = rows
+            for row in body:
+                out.setdefault(row[0].replace(" (baseline)", ""), {}).update(zip(head, row))
+    return out
 
 
 @pytest.fixture(scope="module")

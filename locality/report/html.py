@@ -20,7 +20,8 @@ from markupsafe import Markup
 
 from locality.experiment import store
 from locality.report import figures as figs
-from locality.report.data import RunData, baseline_index, find_key, load_runs
+from locality.report.data import RunData, find_key, find_runs
+from locality.report.groups import Group, group_runs, short_title
 
 QUESTION = (
     "When a million small, rarely activated workers live in one process, which parts of their "
@@ -46,6 +47,10 @@ METRICS: list[tuple[str, str, float, int, bool]] = [
     ("sampler_overhead_pct", "sampler overhead (%)", 1.0, 3, False),
     ("reclaim_overhead_pct", "reclaim policy time (% of wall)", 1.0, 3, False),
 ]
+# The columns that answer the question (locality, what could be paged out, footprint) come
+# first, in the main table; the rest (latency, throughput, overheads) in a collapsed second one.
+MAIN = ("bytes_per_worker", "state_page_utilization", "page_utilization", "state_wss_bytes_mean")
+MAIN_AFTER_COLD = ("refault_rate_pct_per_min",)
 
 # The HTML page is wider than a thesis column and its text stays text.
 REPORT_STYLE = {"figure.figsize": (6.4, 3.0), "font.size": 9, "axes.labelsize": 9, "axes.titlesize": 9,
@@ -98,34 +103,57 @@ def _cold_cell(run: RunData, seconds: float) -> Cell:
     return Cell("—")
 
 
-def metrics_rows(runs: list[RunData]) -> tuple[list[str], list[dict[str, Any]]]:
-    base = runs[baseline_index(runs)] if runs else None
+def _metric_cell(run: RunData, base: RunData | None, key: str, scale: float, digits: int, compared: bool) -> Cell:
+    value = run.metrics.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or run.failed:
+        return Cell("—")
+    ratio = ""
+    ref = base.metrics.get(key) if base is not None else None
+    if compared and run is not base and isinstance(ref, (int, float)) and not isinstance(ref, bool) and ref:
+        ratio = f"{value / ref:.3g}×"
+    return Cell(fmt_number(value * scale, digits), ratio)
+
+
+def metric_columns() -> tuple[list[tuple], list[tuple]]:
+    """(main, more) METRICS entries; cold-fraction columns sit between MAIN and MAIN_AFTER_COLD."""
+    by_key = {m[0]: m for m in METRICS}
+    main = [by_key[k] for k in MAIN]
+    after = [by_key[k] for k in MAIN_AFTER_COLD]
+    more = [m for m in METRICS if m[0] not in MAIN and m[0] not in MAIN_AFTER_COLD]
+    return main + [("__cold__", "", 1.0, 3, False)] + after, more
+
+
+def metrics_rows(runs: list[RunData], groups: list[Group]) -> dict[str, Any]:
+    """The metrics tables: headings and, per group, rows whose ratios use the group's baseline."""
     colds = cold_columns(runs)
-    headings = [h for _, h, *_ in METRICS] + [h for _, h in colds]
-    rows = []
-    for run in runs:
-        cells = []
-        for key, _, scale, digits, compared in METRICS:
-            value = run.metrics.get(key)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or run.failed:
-                cells.append(Cell("—"))
-                continue
-            ratio = ""
-            ref = base.metrics.get(key) if base is not None else None
-            if compared and run is not base and isinstance(ref, (int, float)) and ref:
-                ratio = f"{value / ref:.3g}×"
-            cells.append(Cell(fmt_number(value * scale, digits), ratio))
-        cells += [_cold_cell(run, seconds) for seconds, _ in colds]
-        rows.append({
-            "run": run,
-            "baseline": run is base,
-            "css": " ".join(dict.fromkeys(c for c, on in (("baseline", run is base), (run.status, True)) if on)),
-            "workers": fmt_number(run.metrics.get("workers") or find_key(run.config, "workers")),
-            "scheduler": run.metrics.get("scheduler") or find_key(run.config, "scheduler") or "—",
-            "pattern": _name(run.metrics.get("pattern") or find_key(run.config, "pattern")),
-            "cells": cells,
-        })
-    return headings, rows
+    main, more = metric_columns()
+    main_headings = []
+    for key, heading, *_ in main:
+        main_headings += [h for _, h in colds] if key == "__cold__" else [heading]
+    out_groups = []
+    for group in groups:
+        base = group.baseline
+        rows = []
+        for run in group.runs:
+            cells: list[Cell] = []
+            for key, _, scale, digits, compared in main:
+                if key == "__cold__":
+                    cells += [_cold_cell(run, seconds) for seconds, _ in colds]
+                else:
+                    cells.append(_metric_cell(run, base, key, scale, digits, compared))
+            extra = [_metric_cell(run, base, key, scale, digits, compared) for key, _, scale, digits, compared in more]
+            rows.append({
+                "run": run,
+                "baseline": run is base,
+                "css": " ".join(dict.fromkeys(c for c, on in (("baseline", run is base), (run.status, True)) if on)),
+                "workers": fmt_number(run.metrics.get("workers") or find_key(run.config, "workers")),
+                "scheduler": run.metrics.get("scheduler") or find_key(run.config, "scheduler") or "—",
+                "pattern": _name(run.metrics.get("pattern") or find_key(run.config, "pattern")),
+                "cells": cells,
+                "more": extra,
+            })
+        out_groups.append({"title": group.title, "baseline": base, "rows": rows})
+    return {"main": main_headings, "more": [h for _, h, *_ in more], "groups": out_groups}
 
 
 def _name(value: Any) -> str:
@@ -203,19 +231,23 @@ def shared_node_notes(runs: list[RunData]) -> list[str]:
 
 
 def render_html(runs: list[RunData], *, title: str | None = None, figure_names: Iterable[str] | None = None,
-                notes: Iterable[str] = ()) -> str:
+                notes: Iterable[str] = (), baseline: str | None = None, verdict: Iterable[str] = ()) -> str:
+    """The report page. ``baseline``: a layout, label or run id taken as each group's baseline.
+    ``verdict``: sentences that answer the question, shown above the tables (empty: no block)."""
     if not runs:
         raise ValueError("no runs to report")
-    headings, rows = metrics_rows(runs)
+    axes, groups = group_runs(runs, baseline)
+    table = metrics_rows(runs, groups)
     names = list(figure_names) if figure_names is not None else figs.default_names(runs)
     template = _environment().get_template("report.html.j2")
     return template.render(
-        title=title or ("locality report: " + ", ".join(r.label for r in runs)),
+        title=title or short_title(runs, axes),
         question=QUESTION,
         runs=runs,
-        baseline=runs[baseline_index(runs)],
-        headings=headings,
-        rows=rows,
+        axes=axes,
+        groups=groups,
+        table=table,
+        verdict=list(verdict),
         setup=setup_of(runs),
         figures=figure_blocks(runs, names),
         notes=[*notes, *shared_node_notes(runs)],
@@ -224,9 +256,20 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
 
 
 def write_report(run_dirs: Iterable[str | Path] | list[RunData], out: str | Path, *, title: str | None = None,
-                 notes: Iterable[str] = ()) -> Path:
-    """Render the report of ``run_dirs`` (paths or loaded runs) to ``out``, atomically."""
+                 notes: Iterable[str] = (), baseline: str | None = None) -> Path:
+    """Render the report of ``run_dirs`` (paths or loaded runs) to ``out``, atomically.
+
+    Directories that are not runs stand for every run below them (found
+    recursively); the report says how many were found and what was skipped.
+    """
     items = list(run_dirs)
-    runs = items if items and all(isinstance(r, RunData) for r in items) else load_runs(items)
-    html = render_html(runs, title=title, notes=notes)
+    notes = list(notes)
+    if items and all(isinstance(r, RunData) for r in items):
+        runs = items
+    else:
+        found = find_runs(items)
+        runs = found.runs
+        if found.summary():
+            notes.append(found.summary())
+    html = render_html(runs, title=title, notes=notes, baseline=baseline)
     return store.atomic_write_text(out, html)
