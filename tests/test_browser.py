@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from browser_check import open_report
-from fixtures_runs import make_probe, make_run
+from fixtures_runs import make_beam, make_probe, make_run, make_sweep
 from locality.report.html import write_report
 
 pytestmark = pytest.mark.browser
@@ -36,3 +36,53 @@ def test_report_with_missing_figures_still_clean(tmp_path):
     seen = open_report(report, tmp_path / "profile", "report-missing-data.png")
     omitted = sorted(k for k, v in seen["figures"].items() if v["class"] == "omitted")
     assert omitted == ["fig-heatmap", "fig-latency_cdf", "fig-page_age", "fig-residency_map"]
+
+
+def test_sweep_report_groups_baselines_and_a_short_title(tmp_path):
+    make_sweep(tmp_path / "runs")
+    report = write_report([tmp_path / "runs"], tmp_path / "sweep.html")
+    seen = open_report(report, tmp_path / "profile", "report-sweep.png")
+    # The title names the experiment, the run count and the axes: not 12 point ids.
+    assert seen["heading"]["text"] == "thesis: 12 runs, layout × pattern.name × reclaim.policy"
+    assert seen["heading"]["height"] < 60
+    assert seen["groups"] == [f"pattern.name = {p} · reclaim.policy = {r} (baseline: objects · {p} · {r})"
+                              for r in ("none", "pageout-idle") for p in ("sheet", "uniform")]
+    assert len(seen["rows"]) == 12
+    assert sum("baseline" in c.split() for c in seen["rows"].values()) == 4
+    drawn = sorted(k for k, v in seen["figures"].items() if v["class"] == "drawn")
+    assert "fig-bytes_per_worker" in drawn and "fig-page_utilization" in drawn
+
+
+PROBE_FIGURES = ("vma_class_memory", "residency_over_time", "referenced_per_interval", "residency_map", "vma_rss",
+                 "vma_referenced")
+
+
+def test_probe_report_draws_its_own_figures(tmp_path):
+    probe = make_probe(tmp_path / "runs", pid=4242, with_pages=True)
+    report = write_report([probe], tmp_path / "probe.html")
+    seen = open_report(report, tmp_path / "profile", "report-probe.png")
+    # Every slot of a probe report is drawn: no worker-figure slot left empty.
+    assert {k: v["class"] for k, v in seen["figures"].items()} == {f"fig-{n}": "drawn" for n in PROBE_FIGURES}
+    classes = " ".join(seen["texts"]["fig-vma_class_memory"])
+    for name in ("code (executable files)", "anonymous", "heap (brk)"):
+        assert name in classes
+    assert "beam.smp r-xp" in " ".join(seen["texts"]["fig-residency_map"])
+
+
+BEAM_FIGURES = ("bytes_per_worker", "residency_map", "latency_cdf", "vma_class_memory", "residency_over_time",
+                "bytes_per_process", "referenced_by_region", "vma_rss", "vma_referenced")
+
+
+def test_vm_report_draws_its_own_figures_and_whole_labels(tmp_path):
+    report = write_report([make_beam(tmp_path / "runs")], tmp_path / "beam.html")
+    seen = open_report(report, tmp_path / "profile", "report-beam.png")
+    drawn = {k for k, v in seen["figures"].items() if v["class"] == "drawn"}
+    assert drawn == {f"fig-{n}" for n in BEAM_FIGURES}
+    assert {k for k, v in seen["figures"].items() if v["class"] == "omitted"} == set()
+    for fig in ("fig-residency_map", "fig-referenced_by_region"):
+        words = " ".join(seen["texts"][fig])
+        assert "other anonymous (allocator carriers, thread" in words, fig  # the start is never cut ...
+        assert "rocess table)" not in words.replace("process table)", ""), fig
+    bars = " ".join(seen["texts"]["fig-bytes_per_process"])
+    for value in ("2,704", "2,690", "2,612", "2,650"):
+        assert value in bars

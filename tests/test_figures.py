@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures_runs import PAGE, make_probe, make_run
+from fixtures_runs import PAGE, make_beam, make_probe, make_run
 from locality.cli import main
 from locality.report import figures as figs
+from locality.report import foreign
 from locality.report.data import load_runs
 from locality.report.thesis import MissingRuns, load_figure_set, write_figures
 
@@ -32,10 +33,16 @@ def runs(tmp_path_factory):
     return load_runs(dirs)
 
 
+@pytest.fixture(scope="module")
+def vm_runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vm")
+    return load_runs([make_probe(d, pid=98, with_pages=True), make_beam(d)])
+
+
 @pytest.mark.parametrize("name", list(figs.FIGURES))
-def test_every_axis_has_a_label_with_a_unit(runs, name):
+def test_every_axis_has_a_label_with_a_unit(runs, vm_runs, name):
     with figs.style():
-        fig = figs.render(name, runs).figure
+        fig = figs.render(name, vm_runs if figs.FIGURES[name].probe_only else runs).figure
     assert fig.axes
     for ax in fig.axes:
         for label in (ax.get_xlabel(), ax.get_ylabel()):
@@ -134,7 +141,7 @@ def test_latency_cdf_is_the_stored_sample(runs):
 
 
 def test_probe_vma_series_sum_to_rss(runs):
-    t, names, values = figs._vma_series(runs[2], "rss_bytes", top=2)
+    t, names, values = foreign._vma_series(runs[2], "rss_bytes", top=2)
     assert names == ["[heap]", "anon 0x7f0000000000", "other (1 VMAs)"]
     # Fixture: VMA i at sample k has (i+1)(k+1)*100 pages.
     assert values.sum(axis=0).tolist() == [(k + 1) * 600 * PAGE for k in range(5)]

@@ -39,9 +39,9 @@ def figures(experiment: Path, formats: list[str] | None, out: Path | None, runs_
     EXPERIMENT is a TOML file such as experiments/thesis.toml: a `locality
     run` config, a [grid] that `locality sweep` runs, and a [figures] table
     naming the figures. If any run is missing or not complete, nothing is
-    drawn: what producing them needs (swap, root, time, memory) is printed,
-    then the error names the runs and the `locality sweep` command (with the
-    same --set) that produces them (exit status 2). The same runs give
+    drawn: the error names the runs, the `locality sweep` command (with the
+    same --set) that produces them and what that needs (swap, root, time,
+    memory); exit status 2. The same runs give
     byte-identical SVG.
 
     \b
@@ -56,10 +56,9 @@ def figures(experiment: Path, formats: list[str] | None, out: Path | None, runs_
     if runs_dir is not None:
         fs.runs_dir = runs_dir
     missing = fs.missing_points()
-    if missing and not as_json:
-        # Before the error that names the missing runs: what producing them takes.
-        for line in grid_needs(fs.points, fs.runs_dir, missing).lines():
-            click.echo(line, err=True)
+    if missing:
+        # The error that names the missing runs also says what producing them takes.
+        fs.needs = grid_needs(fs.points, fs.runs_dir, missing).short()
     written, notes = write_figures(fs)
     if as_json:
         click.echo(json.dumps({"files": [str(p) for p in written], "notes": notes, "runs_dir": str(fs.runs_dir),

@@ -53,6 +53,19 @@ class GridNeeds:
             "memory_peak_bytes": self.memory_peak_bytes, "memory_source": self.memory_source,
         }
 
+    def short(self) -> str:
+        """The same facts in one clause, for an error line."""
+        parts = []
+        if self.swap_points:
+            parts.append(f"swap for {self.swap_points} point(s)" + ("" if self.swap_active else f" (off now: {SWAP_COMMAND})"))
+        if self.root_reasons:
+            parts.append("root" + ("" if self.is_root else " (you are not root)"))
+        if self.pending:
+            parts.append(f"about {human_seconds(self.seconds_estimate)}")
+        if self.memory_peak_bytes is not None:
+            parts.append(f"about {human_bytes(self.memory_peak_bytes)} at the largest point")
+        return "needs " + ", ".join(parts) if parts else "needs nothing special"
+
     def lines(self) -> list[str]:
         """Human-readable, one fact a line."""
         out = [f"grid: {self.points} points, {self.pending} to run, {self.points - self.pending} already complete"]

@@ -13,6 +13,7 @@ by seed are repeats of one point, and stay in one group.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 
 
 def _flat(run: RunData) -> dict[str, str]:
-    flat = {k: v for k, v in flatten(run.config).items() if k.rsplit(".", 1)[-1] not in NOT_AXES}
+    flat = {k: v for k, v in flatten(run.config).items() if k not in NOT_AXES}
     flat["kind"] = run.kind
     return flat
 
@@ -142,16 +143,19 @@ def experiment_name(runs: list[RunData]) -> str:
     names = {r.config.get("name") for r in runs}
     if len(names) == 1 and next(iter(names)):
         return str(next(iter(names)))
-    parents = {r.path.resolve().parent for r in runs}
-    if len(parents) == 1:
-        parent = next(iter(parents))
-        if parent.name and parent != Path.cwd():
-            return parent.name
+    outs = {str(r.config.get("out") or "") for r in runs}
+    if len(outs) == 1 and Path(next(iter(outs))).name not in ("", "runs"):
+        return Path(next(iter(outs))).name
+    common = Path(os.path.commonpath([str(r.path.resolve().parent) for r in runs]))
+    if common.name and common != Path.cwd() and common.name != "runs":
+        return common.name
     return "locality"
 
 
 def short_title(runs: list[RunData], axes: list[str]) -> str:
     """'thesis: 42 runs, layout × pattern.name × reclaim.policy' (never the run ids)."""
     n = len(runs)
-    text = f"{experiment_name(runs)}: {n} run{'s' if n != 1 else ''}"
+    if n == 1:
+        return f"locality report: {runs[0].label or runs[0].id}"
+    text = f"{experiment_name(runs)}: {n} runs"
     return f"{text}, {' × '.join(axes)}" if axes else text

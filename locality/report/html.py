@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from locality.experiment import store
 from locality.report import figures as figs
+from locality.report import foreign  # noqa: F401 - registers the probe and VM figures
 from locality.report.data import RunData, find_key, find_runs
 from locality.report.groups import Group, group_runs, short_title
 

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 from locality.errors import ConfigError, LocalityError
 from locality.experiment.config import parse_overrides
 from locality.report import figures as figs
+from locality.report import foreign  # noqa: F401 - registers the probe and VM figures
 from locality.report.data import RunData, load_run_data
 
 FORMATS = ("pdf", "svg", "png")
@@ -62,6 +63,7 @@ class FigureSet:
     out: Path
     produce: str  # the command that produces the runs
     points: list[Any] = field(default_factory=list)  # the grid's SweepPoints (empty with figures.run_ids)
+    needs: str = ""  # what producing the missing runs needs (experiment.plan), for the error
 
     def missing_points(self) -> list[Any]:
         """Grid points whose run is not stored complete under runs_dir."""
@@ -196,8 +198,8 @@ def load_complete_runs(fs: FigureSet) -> list[RunData]:
         shown = ", ".join(missing[:8]) + (f", and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise MissingRuns(
             f"{len(missing)} of {len(fs.run_ids)} runs missing in {fs.runs_dir}: {shown}",
-            f"produce them with: {fs.produce} --out {fs.runs_dir} --resume" if "sweep" in fs.produce
-            else f"produce them with: {fs.produce}",
+            (f"produce them with: {fs.produce} --out {fs.runs_dir} --resume" if "sweep" in fs.produce
+             else f"produce them with: {fs.produce}") + (f"; {fs.needs}" if fs.needs else ""),
         )
     return runs
 
