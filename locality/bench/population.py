@@ -27,6 +27,8 @@ from typing import Any
 
 import click
 
+from locality.cli.output import doc_csv, format_option, resolve
+
 from locality.errors import InvalidArgument
 
 SCHEDULERS = ("asyncio", "lean", "lean-await")
@@ -297,8 +299,9 @@ def _print_report(doc: dict) -> None:
               help="Cyclic garbage collector while stepping (objects made at spawn are frozen either way). "
                    "'off' matches DESIGN.md's asyncio baseline; asyncio at 1M runs several times faster without it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table (no progress bar).")
+@format_option
 def command(sizes: str, schedulers: str, steps: int, rounds: int, activity: float, seed: int, slab: bool,
-            collector: str, as_json: bool) -> None:
+            collector: str, fmt: str | None, as_json: bool) -> None:
     """Bytes per idle worker, spawn time, activations/s and latency of each scheduler.
 
     Each (size, scheduler) is measured in a fresh child process; the 1M
@@ -314,9 +317,12 @@ def command(sizes: str, schedulers: str, steps: int, rounds: int, activity: floa
     for s in names:
         if s not in KNOWN:
             raise InvalidArgument(f"--schedulers: unknown scheduler {s!r}", f"use any of: {', '.join(KNOWN)}")
-    doc = run_benchmark(size_list, names, steps, activity, seed, slab, progress=not as_json, rounds=rounds,
+    fmt = resolve(fmt, as_json)
+    doc = run_benchmark(size_list, names, steps, activity, seed, slab, progress=fmt == "text", rounds=rounds,
                         collector=collector == "on")
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps(doc, indent=2))
+    elif fmt == "csv":
+        click.echo(doc_csv(doc), nl=False)
     else:
         _print_report(doc)
