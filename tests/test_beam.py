@@ -45,6 +45,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _rollup_kb(pid: int) -> dict[str, int]:
+    """Rss and Pss of a process in kB, from /proc/PID/smaps_rollup, parsed here."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value = line.split(":", 1)
+        fields[name] = int(value.split()[0])
+    return {"Rss": fields["Rss"], "Pss": fields["Pss"]}
+
+
 # ------------------------------------------------------------------ no Erlang
 
 
@@ -85,7 +94,7 @@ def test_config_rejects_bad_values() -> None:
 
 
 def test_shipped_escript_is_the_repository_one() -> None:
-    shipped = REPO / "locality" / "experiment" / "erlang" / "population.escript"
+    shipped = REPO / "locality" / "experiment" / "beam" / "population.escript"
     assert (REPO / "experiments" / "beam" / "population.escript").resolve() == shipped.resolve()
     assert beam_mod.escript_path().resolve() == shipped.resolve()
 
@@ -214,7 +223,9 @@ def test_pageout_watch_refuses_without_swap(tmp_path: Path, monkeypatch: pytest.
     from locality.cli import main
 
     # Decided on a machine without swap whatever other tests do to zram meanwhile.
-    monkeypatch.setattr(beam_mod, "swap_is_on", lambda: False)
+    from locality.experiment.beam import run as beam_run
+
+    monkeypatch.setattr(beam_run, "swap_is_on", lambda: False)
     with pytest.raises(SystemExit) as exit_info:
         main(["beam", "-n", "100", "--pageout-watch", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
@@ -231,11 +242,22 @@ def test_pageout_watch_refuses_without_swap(tmp_path: Path, monkeypatch: pytest.
 def test_acceptance_100k_processes_sparse_sheet(tmp_path: Path) -> None:
     """100k BEAM processes, a known 1% per step on the sheet: the referenced set
     is far below the resident set, and hibernation lowers bytes per process."""
-    metrics, runs = {}, {}
+    metrics, runs, own = {}, {}, {}
     for hibernate in (False, True):
         cfg = BeamConfig(processes=100_000, pattern="sheet", p=0.01, steps=3, interval=0.5,
                          hibernate=hibernate, track_refs=True, windows=(1.0,))
-        run_dir = run_beam(cfg, tmp_path, run_id=f"hib-{hibernate}", progress=False)
+        # The test reads the VM's RSS and PSS itself, just before the spawn and right after it.
+        rollups: dict[str, dict[str, int]] = {}
+
+        def read_own(message: str, rollups: dict[str, dict[str, int]] = rollups) -> None:
+            if message.startswith("spawning"):
+                rollups["pid"] = {"pid": int(message.rsplit("pid ", 1)[1].rstrip(")"))}
+                rollups["before"] = _rollup_kb(rollups["pid"]["pid"])
+            elif message.startswith("running"):
+                rollups["after"] = _rollup_kb(rollups["pid"]["pid"])
+
+        run_dir = run_beam(cfg, tmp_path, run_id=f"hib-{hibernate}", progress=False, on_event=read_own)
+        own[hibernate] = {k: 1024 * (rollups["after"][k] - rollups["before"][k]) / 100_000 for k in ("Rss", "Pss")}
         runs[hibernate] = run_dir
         metrics[hibernate] = json.loads((run_dir / "metrics.json").read_text())
 
@@ -250,16 +272,25 @@ def test_acceptance_100k_processes_sparse_sheet(tmp_path: Path) -> None:
         # Sparse activation: the VM referenced far less than it holds resident in 1 s.
         assert m["cold_fraction_windows_measured"]["1"] >= 1
         assert 1 - m["cold_fraction"]["1"] < 0.5
-        # Self-consistency: the VM's accounting and the kernel's RSS growth agree within 15%, or
-        # the run says where the RSS growth lives (at 100k hibernated processes the carriers'
-        # unused tails are ~15% of the VM's count: 1.06 and 1.16 seen), by address class down
-        # to the byte, and flags the disagreement for the summary.
-        ratio = m["bytes_per_process_rss"] / m["bytes_per_process_vm"]
-        assert m["rss_vs_vm_ratio"] == pytest.approx(ratio)
-        assert m["rss_vs_vm_agree_15pct"] == (abs(ratio - 1) <= 0.15)
-        assert sum(m["rss_growth_at_spawn_by_class"].values()) == pytest.approx(m["bytes_per_process_rss"] * 100_000)
+        # The VM's own accounting against the kernel's, read by this test from smaps_rollup
+        # (not through locality): what the VM allocated for the processes (erlang:memory total
+        # growth: blocks, including the process table and the coordinator's pid tuple) must be
+        # resident, and the RSS growth cannot exceed the carriers the allocators mapped for it.
+        vm_growth = (m["erlang_memory_after_spawn"]["total"] - m["erlang_memory_before"]["total"]) / 100_000
+        carriers = sum(g["carriers_bytes"] for g in m["allocator_growth_at_spawn"].values()) / 100_000
+        rss, pss = own[hibernate]["Rss"], own[hibernate]["Pss"]
+        assert 0.97 * vm_growth <= rss <= 1.03 * carriers, (vm_growth, rss, carriers)
+        assert pss == pytest.approx(rss, rel=0.03)  # the new pages are the VM's alone
+        # locality's own figure is the kernel's, up to what the VM allocated between the two
+        # reads: its memory report lists 100k pids on the coordinator's heap (16 B each, and
+        # the copies its GC makes; 4% of a hibernated process seen).
+        assert m["bytes_per_process_rss"] == pytest.approx(rss, rel=0.06)
         if not hibernate:
-            assert m["rss_vs_vm_agree_15pct"], m  # measured 0.988
+            # Plain processes fill their carriers: the VM's figure and RSS agree within 15%
+            # (measured 0.988-1.03). Hibernated ones leave touched carrier tails (1.06-1.16
+            # seen at 100k), bounded above by the carriers.
+            assert abs(rss / vm_growth - 1) <= 0.15, (rss, vm_growth)
+            assert m["rss_vs_vm_agree_15pct"], m
         # Stored like any run: timeline and page matrices readable with pandas/numpy.
         timeline = pd.read_csv(runs[hibernate] / "timeline.csv")
         assert {"t", "rss_bytes", "pss_bytes", "swap_bytes", "referenced_bytes"} <= set(timeline.columns)

@@ -10,7 +10,7 @@ import pytest
 from fixtures_runs import make_run
 from locality.cli import main
 from locality.errors import Unsupported
-from locality.report import compare as cmp
+from locality.experiment import compare as cmp
 
 from test_report import table
 

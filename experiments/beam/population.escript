@@ -1,1 +1,1 @@
-../../locality/experiment/erlang/population.escript
+../../locality/experiment/beam/population.escript

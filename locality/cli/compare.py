@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from locality.report.compare import DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEP_INTERVAL, DEFAULT_STEPS, DEFAULT_WORKERS
+from locality.experiment.compare import DEFAULT_SAMPLE_INTERVAL, DEFAULT_STEP_INTERVAL, DEFAULT_STEPS, DEFAULT_WORKERS
 
 
 @click.command("compare")
@@ -42,10 +42,10 @@ def compare(workers: int, layouts: str, pattern: str, steps: int, step_interval:
     fails is a failed row in the report; Ctrl-C keeps the finished runs and
     writes their report (exit status 130).
     """
-    from locality.report.compare import compare as run_compare
-    from locality.report.compare import parse_layouts
+    from locality.experiment.compare import compare as run_compare
+    from locality.experiment.compare import parse_layouts
 
-    from locality.report.compare import CompareInterrupted
+    from locality.experiment.compare import CompareInterrupted
 
     chosen = parse_layouts(layouts)
     try:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import select
 import threading
 
 import numpy as np
 
-from locality.errors import InvalidArgument, LocalityError, Unsupported
+from locality.errors import InvalidArgument, LocalityError, NoSuchProcess, Unsupported
 from locality.kernel._platform import (
     PAGE_IS_WPALLOWED,
     PAGE_IS_WRITTEN,
@@ -207,6 +208,7 @@ class WriteTracker:
         self._arg = PmScanArg(size=ctypes.sizeof(PmScanArg))
         self._registered_here = False
         self._fd: int | None = None
+        self._pidfd: int | None = None
         if self.pid is None:
             with _lock:
                 already = _covered(self.start, self.end)
@@ -216,6 +218,14 @@ class WriteTracker:
             self._registered_here = not already
         try:
             self._fd = open_proc(self.pid, "pagemap")
+            if self.pid is not None:
+                # An exited process's pagemap still answers a scan, with an empty
+                # mm: "nothing written". The pidfd tells that apart from a real
+                # empty answer, and cannot be fooled by the PID being reused.
+                try:
+                    self._pidfd = os.pidfd_open(self.pid)
+                except ProcessLookupError:
+                    raise NoSuchProcess(self.pid) from None
             if self.pid is None:
                 self.reset()
         except BaseException:
@@ -240,6 +250,9 @@ class WriteTracker:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         if self._registered_here:
             self._registered_here = False
             unregister_write_tracking(self.start, self.length)
@@ -272,6 +285,8 @@ class WriteTracker:
                 mark_regions(out, batch, self.start)
         except OSError as e:
             raise self._error(e.errno) from None
+        if self._pidfd is not None and select.select([self._pidfd], [], [], 0)[0]:
+            raise NoSuchProcess(self.pid)  # it exited before or during the walk
         return out
 
     def _error(self, err: int) -> Exception:

@@ -4,7 +4,6 @@
 - ``figures``: the figures, drawn from stored data only, in the shipped style (``locality.mplstyle``)
 - ``html``: ``write_report(run_dirs, out)``, Jinja2 with autoescaping, inline SVG, no network
 - ``thesis``: ``locality figures EXPERIMENT.toml`` (figure sets over a sweep's runs)
-- ``compare``: the main job, every layout on one workload, then its report
 
 Above ``locality.experiment`` (it reads the run store and calls the runner),
 never imported by it. Submodules are imported on use: matplotlib is heavy.
