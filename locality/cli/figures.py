@@ -66,4 +66,6 @@ def figures(experiment: Path, formats: list[str] | None, out: Path | None, runs_
         return
     for note in notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"{len(written)} figure files in {fs.out}/ from {len(fs.run_ids)} runs in {fs.runs_dir}/")
+    pages = [p for p in written if p.suffix == ".html"]
+    extra = f" and {len(pages)} HTML report{'s' if len(pages) != 1 else ''}" if pages else ""
+    click.echo(f"{len(written) - len(pages)} figure files{extra} in {fs.out}/ from {len(fs.run_ids)} runs in {fs.runs_dir}/")

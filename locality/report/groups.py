@@ -152,10 +152,10 @@ def experiment_name(runs: list[RunData]) -> str:
     return "locality"
 
 
-def short_title(runs: list[RunData], axes: list[str]) -> str:
+def short_title(runs: list[RunData], axes: list[str], name: str | None = None) -> str:
     """'thesis: 42 runs, layout × pattern.name × reclaim.policy' (never the run ids)."""
     n = len(runs)
-    if n == 1:
+    if n == 1 and name is None:
         return f"locality report: {runs[0].label or runs[0].id}"
-    text = f"{experiment_name(runs)}: {n} runs"
+    text = f"{name or experiment_name(runs)}: {n} run{'s' if n != 1 else ''}"
     return f"{text}, {' × '.join(axes)}" if axes else text

@@ -102,9 +102,11 @@ def shared_node_notes(runs: list[RunData]) -> list[str]:
 
 
 def render_html(runs: list[RunData], *, title: str | None = None, figure_names: Iterable[str] | None = None,
-                notes: Iterable[str] = (), baseline: str | None = None, verdict: Iterable[str] = ()) -> str:
+                notes: Iterable[str] = (), baseline: str | None = None, verdict: Iterable[str] = (),
+                experiment: str | None = None) -> str:
     """The report page. ``baseline``: a layout, label or run id taken as each group's baseline.
-    ``verdict``: sentences that answer the question, shown above the tables (empty: no block)."""
+    ``verdict``: sentences that answer the question, shown above the tables (empty: no block).
+    ``experiment``: the name the default title starts with (else found from the runs' configs and paths)."""
     if not runs:
         raise ValueError("no runs to report")
     axes, groups = group_runs(runs, baseline)
@@ -112,7 +114,7 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
     names = list(figure_names) if figure_names is not None else figs.default_names(runs)
     template = _environment().get_template("report.html.j2")
     return template.render(
-        title=title or short_title(runs, axes),
+        title=title or short_title(runs, axes, experiment),
         question=QUESTION,
         runs=runs,
         axes=axes,

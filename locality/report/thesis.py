@@ -16,10 +16,15 @@ tables the runner does not validate:
     file = "bytes-per-worker-sheet" # file stem (default: name)
     where = { "pattern.name" = "sheet", "reclaim.policy" = "none" }
     label = "{layout}"              # legend label from config key paths
+    [[figures.report]]              # optional: an HTML report (locality report) of some of the runs
+    file = "main-job"               # -> OUT/main-job.html
+    where = { "pattern.name" = "sheet", "reclaim.policy" = "none" }
+    title = "..."                   # default: experiment name, runs, axes
+    baseline = "objects"            # default: each group's objects run
 
 Output is deterministic: runs in grid order, figures drawn under the shipped
 style with a fixed SVG id salt and no dates, so the same runs give
-byte-identical SVG.
+byte-identical SVG (the HTML reports differ only in their "Written" time).
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ class FigureSet:
     produce: str  # the command that produces the runs
     points: list[Any] = field(default_factory=list)  # the grid's SweepPoints (empty with figures.run_ids)
     needs: str = ""  # what producing the missing runs needs (experiment.plan), for the error
+    reports: list["ReportRequest"] = field(default_factory=list)  # HTML reports written beside the figures
+    overrides: list[str] = field(default_factory=list)  # the --set it was loaded with
 
     def missing_points(self) -> list[Any]:
         """Grid points whose run is not stored complete under runs_dir."""
@@ -107,7 +114,7 @@ def load_figure_set(path: str | Path, formats: list[str] | None = None, out: str
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"experiment file {str(path)!r}: invalid TOML: {e}") from None
     config, grid, table = split_experiment(data)
-    known = {"runs", "out", "format", "run_ids", "figure"}
+    known = {"runs", "out", "format", "run_ids", "figure", "report"}
     for key in table:
         if key not in known:
             raise ConfigError(f"unknown key 'figures.{key}'", f"allowed: {', '.join(sorted(known))}")
@@ -151,9 +158,35 @@ def load_figure_set(path: str | Path, formats: list[str] | None = None, out: str
         if not isinstance(entry.get("where", {}), dict):
             raise ConfigError(f"{where}.where: must be a table of key path = value")
         requests.append(FigureRequest(name, str(file), dict(entry.get("where", {})), entry.get("label")))
+    reports = [_report_request(i, entry) for i, entry in enumerate(table.get("report") or [])]
     return FigureSet(path, runs_dir, list(run_ids), requests, fmts, Path(out or table.get("out") or "reports/figures"),
                      sweep_hint if grid and table.get("run_ids") is None else f"locality run CONFIG --id RUN_ID --out {runs_dir}",
-                     points)
+                     points=points, reports=reports, overrides=list(overrides))
+
+
+@dataclass
+class ReportRequest:
+    """One HTML report (``[[figures.report]]``) of the runs matching ``where``, written as OUT/<file>.html."""
+
+    file: str
+    where: dict[str, Any] = field(default_factory=dict)
+    title: str | None = None
+    baseline: str | None = None
+
+
+def _report_request(i: int, entry: Any) -> ReportRequest:
+    where = f"figures.report[{i}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be a table")
+    for key in entry:
+        if key not in ("file", "where", "title", "baseline"):
+            raise ConfigError(f"unknown key '{where}.{key}'", "allowed: file, where, title, baseline")
+    file = entry.get("file")
+    if not isinstance(file, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", file):
+        raise ConfigError(f"{where}.file: {file!r} must be a plain file stem (letters, digits, . _ -)")
+    if not isinstance(entry.get("where", {}), dict):
+        raise ConfigError(f"{where}.where: must be a table of key path = value")
+    return ReportRequest(file, dict(entry.get("where", {})), entry.get("title"), entry.get("baseline"))
 
 
 def dotted(config: dict[str, Any], key: str) -> Any:
@@ -227,9 +260,31 @@ def write_figures(fs: FigureSet) -> tuple[list[Path], list[str]]:
             except figs.NoData as e:
                 raise MissingRuns(f"figure {req.file}: {e}", "the runs were stored without this data; re-run them") from None
             notes += [f"{req.file}: left out {what}" for what in rendered[-1][1].left_out]
+        pages = _render_reports(fs, runs)
         written: list[Path] = []
         for req, result in rendered:
             for fmt in fs.formats:
                 path = figs.save(result.figure, fs.out / f"{req.file}.{fmt}", fmt, salt=f"locality-{req.file}")
                 written.append(path)
+    from locality.experiment.store import atomic_write_text
+
+    written += [atomic_write_text(fs.out / f"{file}.html", html) for file, html in pages]
     return written, notes
+
+
+def _render_reports(fs: FigureSet, runs: list[RunData]) -> list[tuple[str, str]]:
+    """(file stem, HTML) of each requested report, rendered before any file is written."""
+    from locality.report.data import label_runs
+    from locality.report.html import render_html
+
+    pages = []
+    for req in fs.reports:
+        chosen = [r for r in runs if matches(r, req.where)]
+        if not chosen:
+            raise MissingRuns(f"report {req.file}: no stored run matches where = {req.where}",
+                              f"check the [grid] of {fs.source} and the report's where table")
+        label_runs(chosen)
+        command = f"locality figures {fs.source}" + "".join(f" --set {o}" for o in fs.overrides)
+        pages.append((req.file, render_html(chosen, title=req.title, baseline=req.baseline, experiment=fs.source.stem,
+                                            notes=[f"Regenerate with: {command} (runs in {fs.runs_dir})."])))
+    return pages
