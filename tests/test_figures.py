@@ -265,6 +265,12 @@ def test_thesis_experiment_file_is_one_file_for_sweep_and_figures():
     assert len(fs.run_ids) == len(set(fs.run_ids)) == 7 * 3 * 2
     assert fs.runs_dir == Path(config.out)
     assert len(fs.requests) == 10
+    assert fs.out == Path("reports") and [r.file for r in fs.reports] == ["main-job"]
+    # At 100k: the ids `locality sweep thesis.toml --set workers=100000` gives, none of the 1M ones.
+    small = load_figure_set(thesis, overrides=["workers=100000"])
+    assert small.run_ids == [p.point_id for p in points(load_config(thesis, ["workers=100000"]), file_grid(thesis))]
+    assert not set(small.run_ids) & set(fs.run_ids)
+    assert all(p.config.workers == 100_000 for p in small.points)
 
 
 def test_figures_from_a_real_sweep(tmp_path):

@@ -47,7 +47,7 @@ def figures(experiment: Path, formats: list[str] | None, out: Path | None, runs_
     \b
     At another size, e.g. 100k workers instead of 1M:
       locality sweep experiments/thesis.toml --set workers=100000 --resume
-      locality figures experiments/thesis.toml --set workers=100000 --out reports/figures-100k
+      locality figures experiments/thesis.toml --set workers=100000 --out reports-100k
     """
     from locality.experiment.plan import grid_needs
     from locality.report.thesis import load_figure_set, write_figures
