@@ -19,6 +19,9 @@ if str(TESTS) not in sys.path:  # `from childproc import Child` in any test modu
 # one is a broken set-up to fail on, not a reason to skip.
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# A writer that stores a column or metrics key the store schema does not declare fails the test.
+os.environ.setdefault("LOCALITY_STRICT_SCHEMA", "1")
+
 
 def skip_or_fail(reason: str) -> None:
     """Skip a test whose system dependency is missing here; fail it in CI."""

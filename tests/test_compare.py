@@ -11,8 +11,17 @@ from fixtures_runs import make_run
 from locality.cli import main
 from locality.errors import Unsupported
 from locality.experiment import compare as cmp
+from locality.report.compare import write_compare_report
 
 from test_report import table
+
+
+def compare_and_report(layouts, *, out, **kw):
+    """The layouts' runs (experiment.compare), then their report (report.compare), as `locality compare` does."""
+    result = cmp.compare(layouts, **kw)
+    rendered = write_compare_report(result, out)
+    result.report, result.runs = rendered.report, rendered.runs
+    return result
 
 
 class FakeRunner:
@@ -22,7 +31,7 @@ class FakeRunner:
         self.fail, self.refuse, self.interrupt = set(fail), set(refuse), interrupt
         self.configs = []
 
-    def __call__(self, config, out, *, run_id=None, progress=True):
+    def __call__(self, config, out, *, run_id=None, progress=True, **kw):
         from locality.experiment.runner import RunFailed
 
         self.configs.append(config)
@@ -54,7 +63,7 @@ def fake(monkeypatch):
 
 def test_same_workload_for_every_layout(fake, tmp_path):
     runner = fake()
-    result = cmp.compare(["objects", "slab", "hot-cold"], workers=5000, pattern="zipf", steps=7,
+    result = compare_and_report(["objects", "slab", "hot-cold"], workers=5000, pattern="zipf", steps=7,
                          runs=tmp_path / "runs", out=tmp_path / "c.html", progress=False)
     assert [c.layout for c in runner.configs] == ["objects", "slab", "hot-cold"]
     dumps = [c.model_dump(mode="json", exclude={"layout", "name"}) for c in runner.configs]
@@ -113,8 +122,8 @@ def test_ctrl_c_before_any_run_finished(fake, tmp_path, capsys):
 
 def test_two_compares_do_not_mix_runs(fake, tmp_path):
     fake()
-    a = cmp.compare(["slab"], workers=100, steps=1, runs=tmp_path, out=tmp_path / "a.html", progress=False)
-    b = cmp.compare(["slab"], workers=100, steps=1, runs=tmp_path, out=tmp_path / "b.html", progress=False)
+    a = compare_and_report(["slab"], workers=100, steps=1, runs=tmp_path, out=tmp_path / "a.html", progress=False)
+    b = compare_and_report(["slab"], workers=100, steps=1, runs=tmp_path, out=tmp_path / "b.html", progress=False)
     assert a.run_root != b.run_root and a.run_root.parent == b.run_root.parent == tmp_path
 
 
@@ -142,7 +151,7 @@ def test_all_layouts_is_the_registry():
 def test_small_compare_end_to_end_in_browser(tmp_path):
     from browser_check import open_report
 
-    result = cmp.compare(["objects", "slab", "clustered"], workers=20_000, pattern="sheet", steps=20, interval=0.2,
+    result = compare_and_report(["objects", "slab", "clustered"], workers=20_000, pattern="sheet", steps=20, interval=0.2,
                          step_interval=0.05, runs=tmp_path / "runs", out=tmp_path / "compare.html", progress=False)
     assert [r.status for r in result.runs] == ["complete"] * 3
     metrics = {r.label: r.metrics for r in result.runs}

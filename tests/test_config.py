@@ -48,7 +48,7 @@ def test_good_config_round_trips(tmp_path):
     cfg = load_config(write(tmp_path, GOOD))
     assert isinstance(cfg, ExperimentConfig)
     assert (cfg.workers, cfg.layout, cfg.steps) == (1000, "slab", 10)
-    assert cfg.population_params() == {"p": 0.02, "radius": 2, "waves": 2, "lifetime": 1}  # defaults: the pattern's own
+    assert cfg.pattern_params == {"p": 0.02, "radius": 2, "waves": 2, "lifetime": 1}  # defaults: the pattern's own
     assert cfg.sampling.cold_thresholds == [1.0, 2.0]
     # A dumped config validates to the same config (manifests can be re-run).
     assert validate(cfg.model_dump(mode="json")) == cfg

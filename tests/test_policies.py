@@ -12,7 +12,8 @@ from locality.errors import Unsupported
 from locality.experiment import cgroup
 from locality.experiment.config import validate
 from locality.experiment.policies import CgroupLimit, NoReclaim, PageoutIdle, make_policy
-from locality.experiment.sampler import SWP_PTE_MARKER, Sampler, anonymous_ranges, runs, subtract
+from locality.experiment.sampler import Sampler, anonymous_ranges, runs, subtract
+from locality.kernel import SWP_PTE_MARKER
 from locality.kernel.pagemap import pagemap
 
 

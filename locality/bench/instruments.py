@@ -24,7 +24,8 @@ import click
 from locality.cli.output import doc_csv, format_option, resolve
 import numpy as np
 
-from locality.cli.swap import SIZE, human
+from locality.kernel import PAGE_SIZE
+from locality.units import SIZE, format_bytes as human
 from locality.errors import InvalidArgument
 from locality.kernel.pagemap import PageMap
 
@@ -68,7 +69,6 @@ def _round_robin(cases: list[tuple[str, Callable[[], object], Callable[[], objec
 
 
 def run_benchmark(size: int, repeat: int, progress: bool = True) -> dict:
-    from locality.kernel._platform import PAGE_SIZE
     from locality.kernel.mincore import mincore
     from locality.kernel.pagemap import decode, read_entries, residency
     from locality.kernel.writetrack import WriteTracker, register_write_tracking, unregister_write_tracking

@@ -24,6 +24,7 @@ from typing import Any
 import click
 
 from locality.cli.output import doc_csv, format_option, resolve
+from locality.units import COUNT
 import numpy as np
 
 from locality.errors import InvalidArgument
@@ -33,29 +34,6 @@ from locality.errors import InvalidArgument
 # timed in rounds interleaved with it
 ORDER = ["isolated", "objects", "slab", "hot-cold", "clustered", "clustered-learned", "compacting", "grouped"]
 SHOW = ["objects", "slab", "hot-cold", "clustered", "clustered-learned", "compacting", "isolated", "grouped"]
-
-
-class Count(click.ParamType):
-    """An integer with an optional k/M suffix: 250k, 1M, 1000000."""
-
-    name = "count"
-
-    def convert(self, value: Any, param, ctx) -> int:
-        if isinstance(value, int):
-            return value
-        text = str(value).strip().lower().replace("_", "")
-        mult = 1
-        if text.endswith("k"):
-            mult, text = 1_000, text[:-1]
-        elif text.endswith("m"):
-            mult, text = 1_000_000, text[:-1]
-        try:
-            n = int(float(text) * mult)
-        except ValueError:
-            self.fail(f"{value!r} is not a count (examples: 250k, 1M, 100000)", param, ctx)
-        if n <= 0:
-            self.fail(f"{value!r} must be > 0", param, ctx)
-        return n
 
 
 def _pss() -> int:
@@ -293,7 +271,7 @@ def _fmt(x: float, kind: str) -> str:
 
 
 @click.command(name="layouts")
-@click.option("--workers", "-n", type=Count(), default="1M", show_default=True, help="Workers (250k, 1M, ...).")
+@click.option("--workers", "-n", type=COUNT, default="1M", show_default=True, help="Workers (250k, 1M, ...).")
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True, help="Measured steps per layout.")
 @click.option("--layouts", "names", default=",".join(SHOW), show_default=True,
               help="Comma-separated layouts to compare (objects is the baseline of the ratios).")

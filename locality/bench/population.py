@@ -30,6 +30,7 @@ import click
 from locality.cli.output import doc_csv, format_option, resolve
 
 from locality.errors import InvalidArgument
+from locality.units import parse_counts
 
 SCHEDULERS = ("asyncio", "lean", "lean-await")
 TARGET_LEAN_BYTES = 250
@@ -41,22 +42,7 @@ MIN_ROUND_ACTIVATIONS = 20_000
 
 def parse_sizes(text: str) -> list[int]:
     """'10k,100k,1M' -> [10000, 100000, 1000000]."""
-    sizes = []
-    for part in text.split(","):
-        t = part.strip().lower().replace("_", "")
-        mult = 1
-        if t.endswith("k"):
-            mult, t = 1_000, t[:-1]
-        elif t.endswith("m"):
-            mult, t = 1_000_000, t[:-1]
-        try:
-            n = int(float(t) * mult)
-        except ValueError:
-            raise InvalidArgument(f"--sizes: {part.strip()!r} is not a count", "write e.g. 10k,100k,1M") from None
-        if n <= 0:
-            raise InvalidArgument(f"--sizes: {part.strip()!r} must be > 0")
-        sizes.append(n)
-    return sizes
+    return parse_counts(text, "--sizes")
 
 
 # -- child --------------------------------------------------------------------

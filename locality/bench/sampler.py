@@ -22,7 +22,6 @@ per-repetition ratios are printed.
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import tempfile
 from typing import Any
@@ -30,23 +29,10 @@ from typing import Any
 import click
 
 from locality.cli.output import doc_csv, format_option, resolve
+from locality.units import parse_count, parse_duration
 
 TARGET_DROP_PCT = 2.0
 MODES = ("off", "residency", "full")
-
-
-def _count(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a count like 1M or 100k")
-    return int(float(m.group(1)) * {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2).lower()])
-
-
-def _seconds(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*", text)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a duration like 1s or 500ms")
-    return float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
 
 
 def mode_configs(workers: int, interval: float, duration: float, layout: str, pattern: str) -> dict[str, Any]:
@@ -120,7 +106,8 @@ def command(workers: str, interval: str, duration: str, repeat: int, layout: str
     most a 2% drop).
     """
     fmt = resolve(fmt, as_json)
-    r = measure(_count(workers), _seconds(interval), _seconds(duration), repeat, layout, pattern, progress=fmt == "text")
+    r = measure(parse_count(workers, "--workers"), parse_duration(interval, "--interval"),
+                parse_duration(duration, "--duration"), repeat, layout, pattern, progress=fmt == "text")
     if fmt == "json":
         click.echo(json.dumps(r, indent=2))
         return

@@ -8,21 +8,7 @@ from pathlib import Path
 import click
 
 from locality.errors import InvalidArgument
-
-
-def _seconds(value: str) -> float:
-    """'1s', '500ms', '2m' or a bare number of seconds."""
-    text = value.strip().lower()
-    for suffix, scale in (("ms", 1e-3), ("s", 1.0), ("m", 60.0)):
-        if text.endswith(suffix):
-            text, factor = text[: -len(suffix)], scale
-            break
-    else:
-        factor = 1.0
-    try:
-        return float(text) * factor
-    except ValueError:
-        raise InvalidArgument(f"not a duration: {value!r}", "write e.g. 1s, 500ms or 2m") from None
+from locality.units import parse_duration
 
 
 @click.command("beam")
@@ -82,12 +68,12 @@ def beam(processes: int, pattern: str, p: float, steps: int | None, duration: st
     from locality.experiment.beam import BeamConfig, run_beam
 
     try:
-        window_list = tuple(_seconds(w) for w in windows.split(",") if w.strip())
+        window_list = tuple(parse_duration(w, "--windows") for w in windows.split(",") if w.strip())
     except InvalidArgument:
         raise InvalidArgument(f"--windows must be comma-separated durations, not {windows!r}", "e.g. 1,10,60") from None
     config = BeamConfig(
         processes=processes, pattern=pattern, p=p, steps=steps,
-        duration=_seconds(duration) if duration is not None else None, interval=_seconds(interval),
+        duration=parse_duration(duration, "--duration") if duration is not None else None, interval=parse_duration(interval, "--interval"),
         hibernate=hibernate, min_heap_size=min_heap_size, schedule=schedule, state_init=state_init, seed=seed,
         radius=radius, windows=window_list,
         track_refs=track_refs, pageout_watch=pageout_watch,

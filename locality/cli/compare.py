@@ -42,34 +42,40 @@ def compare(workers: int, layouts: str, pattern: str, steps: int, step_interval:
     fails is a failed row in the report; Ctrl-C keeps the finished runs and
     writes their report (exit status 130).
     """
-    from locality.experiment.compare import compare as run_compare
-    from locality.experiment.compare import parse_layouts
-
-    from locality.experiment.compare import CompareInterrupted
+    from locality.experiment.compare import CompareInterrupted, compare as run_compare, parse_layouts
+    from locality.experiment.signals import StopSignals
+    from locality.report.compare import write_compare_report
 
     chosen = parse_layouts(layouts)
-    try:
-        result = run_compare(chosen, workers=workers, pattern=pattern, steps=steps, interval=interval,
-                             step_interval=step_interval, runs=runs_dir, out=out, progress=not as_json)
-    except CompareInterrupted as e:
-        click.echo(f"locality: interrupted: {e}", err=True)
-        sys.exit(130)
+    # Held across the runs and the report: a Ctrl-C while the report is drawn
+    # still leaves the report of the finished runs, then exits 130.
+    with StopSignals() as stop:
+        try:
+            result = run_compare(chosen, workers=workers, pattern=pattern, steps=steps, interval=interval,
+                                 step_interval=step_interval, runs=runs_dir, progress=not as_json)
+        except CompareInterrupted as e:
+            click.echo(f"locality: interrupted: {e}", err=True)
+            sys.exit(130)
+        rendered = write_compare_report(result, out)
+        signalled = stop.signum is not None
     if as_json:
         click.echo(json.dumps({
-            "report": str(result.report),
-            "run_dirs": [str(r.path) for r in result.runs],
-            "runs": {r.label: {"status": r.status, "seconds": result.seconds.get(r.label)} for r in result.runs},
+            "report": str(rendered.report),
+            "run_dirs": [str(r.path) for r in rendered.runs],
+            "runs": {r.label: {"status": r.status, "seconds": result.seconds.get(r.label)} for r in rendered.runs},
             "interrupted_at": result.interrupted_at,
             "not_run": result.not_run,
         }))
     else:
-        for r in result.runs:
+        for r in rendered.runs:
             took = result.seconds.get(r.label)
             click.echo(f"{r.status:<11} {r.label:<18} {f'{took:6.1f} s' if took is not None else '':>8}  {r.path}")
         if result.interrupted_at:
             click.echo(f"interrupted during {result.interrupted_at}; report of the finished runs:", err=True)
-        click.echo(f"report: {result.report}")
-    if result.interrupted_at:
+        elif signalled:
+            click.echo("interrupted after the last run; its report was written", err=True)
+        click.echo(f"report: {rendered.report}")
+    if result.interrupted_at or signalled:
         sys.exit(130)
-    if result.failed:
+    if rendered.failed:
         sys.exit(1)

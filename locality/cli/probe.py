@@ -10,21 +10,12 @@ from pathlib import Path
 
 import click
 
+from locality import units
 from locality.errors import InvalidArgument
 
-_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*(ms|s|min|m|h)?\s*")
-
-
 def parse_duration(text: str, option: str) -> float:
-    """'1s', '500ms', '2m', '1.5h', '30' (seconds) -> seconds; must be > 0."""
-    m = _DURATION.fullmatch(str(text))
-    if not m:
-        raise InvalidArgument(f"{option}: {text!r} is not a duration", "use a number with a unit: 500ms, 1s, 2m, 1h")
-    seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    if seconds <= 0:
-        raise InvalidArgument(f"{option} must be > 0, not {text!r}", "use a positive duration such as 500ms, 1s or 2m")
-    return seconds
+    """'1s', '500ms', '2m', '1.5h', '30' (seconds) -> seconds; must be > 0 (``locality.units``)."""
+    return units.parse_duration(text, option)
 
 
 def _address(text: str, what: str, spec: str) -> int:
@@ -60,9 +51,10 @@ def parse_range(spec: str) -> tuple[int, int]:
               help="Only VMAs intersecting this hex address range (as in /proc/PID/maps); repeatable.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory to create [default: runs/probe-PID-TIME].")
+@click.option("--replace", is_flag=True, help="Replace an existing run directory --out (not one still being written).")
 @click.option("--json", "as_json", is_flag=True, help="No live lines; print a JSON summary at the end.")
 def probe(pid: int, interval: str, duration: str, track_refs: bool, ranges: tuple[str, ...],
-          out: Path | None, as_json: bool) -> None:
+          out: Path | None, replace: bool, as_json: bool) -> None:
     """Sample process PID per VMA: resident and swapped pages (pagemap, page
     by page), rss/pss/swap (smaps), faults, and with --track-refs the bytes
     referenced in each interval.
@@ -96,7 +88,7 @@ def probe(pid: int, interval: str, duration: str, track_refs: bool, ranges: tupl
 
     try:
         run_dir = run_probe(pid, out, interval=interval_s, duration=duration_s, track_refs=track_refs,
-                            on_sample=on_sample, ranges=parsed_ranges)
+                            on_sample=on_sample, ranges=parsed_ranges, replace=replace)
     except KeyboardInterrupt:
         if (out / "manifest.json").exists():
             m = read_manifest(out)

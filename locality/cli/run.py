@@ -15,9 +15,12 @@ import click
               help="Override a config value; VALUE is TOML (--set workers=1000 --set pattern.p=0.05). Repeatable.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory that receives the run directory [default: the config's `out`, else runs/].")
-@click.option("--id", "run_id", default=None, help="Run directory name [default: <layout>-<pattern>-<workers>-<UTC time>].")
+@click.option("--id", "run_id", default=None,
+              help="Run directory name [default: <layout>-<pattern>-<workers>-<UTC time>]; an existing one is refused.")
+@click.option("--replace", is_flag=True, help="Replace an existing run of the same --id (not one still running).")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json (plus run_dir) at the end; no progress bar.")
-def run(config: Path, overrides: tuple[str, ...], out: Path | None, run_id: str | None, as_json: bool) -> None:
+def run(config: Path, overrides: tuple[str, ...], out: Path | None, run_id: str | None, replace: bool,
+        as_json: bool) -> None:
     """Run the population of CONFIG in a child process and sample it from outside.
 
     The config is validated before anything starts (a bad key, value or
@@ -25,14 +28,20 @@ def run(config: Path, overrides: tuple[str, ...], out: Path | None, run_id: str 
     `sampling.interval` seconds the parent reads the child's written pages
     (PAGEMAP_SCAN), residency (pagemap) and PSS (smaps_rollup) and applies
     the reclaim policy. Ctrl-C stops the child and keeps a readable run
-    marked `interrupted`. Files: manifest.json, timeline.csv, pages.npz,
+    marked `interrupted`; a run whose runner was killed reads as `crashed`.
+    Files: manifest.json, timeline.csv, pages.npz,
     latency.csv, metrics.json (see docs/internals.md).
     """
     from locality.experiment.config import load_config
     from locality.experiment.runner import run as run_experiment
 
+    from locality.experiment.store import check_run_id
+
+    if run_id is not None:
+        check_run_id(run_id)
     cfg = load_config(config, overrides)
-    run_dir = run_experiment(cfg, out if out is not None else Path(cfg.out), run_id=run_id, progress=not as_json)
+    run_dir = run_experiment(cfg, out if out is not None else Path(cfg.out), run_id=run_id, progress=not as_json,
+                             replace=replace)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if as_json:
         click.echo(json.dumps({"run_dir": str(run_dir), **metrics}, indent=2, sort_keys=True))

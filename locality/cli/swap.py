@@ -3,47 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 
 import click
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """'4G', '512M', '1.5GiB', '65536' -> bytes (binary units). Raises ValueError."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
-    if not m:
-        raise ValueError(f"{text!r} is not a size")
-    value = float(m.group(1)) * _UNITS[m.group(2).upper()]
-    if value < 1:
-        raise ValueError(f"{text!r} is not a positive size")
-    return int(value)
-
-
-class SizeType(click.ParamType):
-    """A click parameter for sizes such as 4G, 512M, 1.5GiB or a byte count."""
-
-    name = "SIZE"
-
-    def convert(self, value, param, ctx):  # noqa: ANN001
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(value)
-        except ValueError as e:
-            self.fail(f"{e}; use a number with an optional unit K, M, G or T (binary), e.g. 4G", param, ctx)
-
-
-SIZE = SizeType()
-
-
-def human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+from locality.units import SIZE, format_bytes as human, parse_size  # noqa: F401 - parse_size: the CLI's size syntax
 
 
 @click.group()

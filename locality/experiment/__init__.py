@@ -46,7 +46,10 @@ class Run:
 
     @property
     def status(self) -> str:
-        return self.manifest.get("status", "")
+        """As stored, except ``crashed`` for a ``running`` run whose runner is dead."""
+        from locality.experiment.store import effective_status
+
+        return effective_status(self.manifest) or ""
 
     @cached_property
     def pages(self) -> dict[str, np.ndarray] | None:

@@ -28,9 +28,7 @@ from a library cannot corrupt the protocol).
 from __future__ import annotations
 
 import gc
-import json
 import os
-import select
 import signal
 import sys
 import time
@@ -38,56 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from locality.experiment.channel import ChildEnd
+
 LATENCY_SAMPLE = 100_000
 PROGRESS_EVERY_S = 0.05
 
 
-_PROTOCOL_FD: int | None = None
-
-
-class Channel:
-    def __init__(self) -> None:
-        global _PROTOCOL_FD
-        self._out = os.fdopen(os.dup(1), "w", buffering=1)
-        _PROTOCOL_FD = self._out.fileno()
-        os.dup2(2, 1)
-        sys.stdout = sys.stderr
-        # Commands are read from the raw fd with our own line buffer: a buffered
-        # sys.stdin could swallow a second command, which select() then never
-        # reports (a "stop" queued behind a "register" would be lost).
-        self._fd = sys.stdin.fileno()
-        self._buf = b""
-
-    def send(self, msg: str, **fields: Any) -> None:
-        self._out.write(json.dumps({"msg": msg, **fields}) + "\n")
-        self._out.flush()
-
-    def _line(self) -> bytes | None:
-        if b"\n" in self._buf:
-            line, self._buf = self._buf.split(b"\n", 1)
-            return line
-        return None
-
-    def recv(self) -> dict[str, Any]:
-        while (line := self._line()) is None:
-            chunk = os.read(self._fd, 65536)
-            if not chunk:
-                raise SystemExit(0)  # parent went away
-            self._buf += chunk
-        return json.loads(line)
-
-    def poll(self) -> dict[str, Any] | None:
-        if b"\n" in self._buf or select.select([self._fd], [], [], 0)[0]:
-            return self.recv()
-        return None
-
-    def expect(self, cmd: str) -> dict[str, Any]:
-        m = self.recv()
-        if m.get("cmd") in ("exit", "stop"):
-            raise SystemExit(0)
-        if m.get("cmd") != cmd:
-            raise RuntimeError(f"protocol: expected {cmd!r}, got {m!r}")
-        return m
+_END: ChildEnd | None = None  # the protocol, once open: errors are reported through it
 
 
 class LatencyReservoir:
@@ -175,40 +130,30 @@ def main() -> None:
         stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
-    # A population outliving a SIGKILLed runner would hold its memory forever.
-    from locality.kernel._platform import die_with_parent
-
-    parent = os.getppid()
-    die_with_parent(signal.SIGKILL)
-    if os.getppid() != parent:  # the runner died before prctl took effect
-        os._exit(1)
-    chan = Channel()
+    # The parent-death signal was set before exec (channel.Channel).
+    global _END
+    chan = _END = ChildEnd()
 
     m = chan.expect("config")
-    cfg = m["config"]
+    from locality.experiment.config import from_parent
+
+    cfg = from_parent(m["config"])
     latency_path = m.get("latency_path")
-    sampled = float(cfg["sampling"]["interval"]) > 0
-    tracking = sampled and bool(cfg["sampling"].get("writes", True))
-    heap = sampled and bool(cfg["sampling"].get("heap", True))
 
     from locality.experiment.sampler import anonymous_ranges
     from locality.kernel import vmas
     from locality.layouts import make_layout
     from locality.population import Population, make_pattern
 
-    n = int(cfg["workers"])
-    params = {k: v for k, v in cfg["pattern"].items() if k != "name"}
-    pattern = make_pattern(cfg["pattern"]["name"], n, seed=int(cfg["seed"]), **params)
+    n = cfg.workers
+    pattern = make_pattern(cfg.pattern.name, n, seed=cfg.seed, **cfg.pattern_params)
     gc.collect()
     chan.send("empty")
     chan.expect("spawn")
 
     t0 = time.perf_counter()
-    layout_kw: dict[str, Any] = {"arena": cfg["arena"], "hugepages": bool(cfg["hugepages"]), "seed": int(cfg["seed"])}
-    if cfg.get("arena_dir"):
-        layout_kw["directory"] = cfg["arena_dir"]
-    layout = make_layout(cfg["layout"], n, **layout_kw)
-    pop = Population(n, scheduler=cfg["scheduler"], pattern=pattern, seed=int(cfg["seed"]), layout=layout)
+    layout = make_layout(cfg.layout, n, **cfg.layout_params)
+    pop = Population(n, scheduler=cfg.scheduler, pattern=pattern, seed=cfg.seed, layout=layout)
     pop.spawn()
     # Frozen objects are never traversed by the collector again, so a GC pass
     # does not write every object header (which would read as "all touched").
@@ -222,9 +167,9 @@ def main() -> None:
         arena_ranges.append((int(arena.address), int(arena.length)))
         regions.append({"name": f"arena:{name}", "start": int(arena.address), "length": int(arena.length)})
     failed: list[list[Any]] = []
-    if heap:
+    if cfg.heap_tracking:
         regions += [{"name": name, "start": s, "length": ln} for name, s, ln in anonymous_ranges(vmas(os.getpid()), exclude=arena_ranges)]
-    if tracking:
+    if cfg.write_tracking:
         ok, failed = _register([(r["start"], r["length"]) for r in regions])
         okset = {tuple(r) for r in ok}
         regions = [r for r in regions if (r["start"], r["length"]) in okset]
@@ -242,16 +187,14 @@ def main() -> None:
         chan.send("state_pages", count=int(pages.size), source=source, seconds=time.perf_counter() - t_s)
         del pages
 
-    steps_max = cfg.get("steps")
-    duration = cfg.get("duration")
-    interval = float(cfg["step_interval"])
-    reservoir = LatencyReservoir(LATENCY_SAMPLE, int(cfg["seed"]))
+    steps_max = cfg.steps
+    duration = cfg.duration
+    interval = cfg.step_interval
+    reservoir = LatencyReservoir(LATENCY_SAMPLE, cfg.seed)
     useful_fn = getattr(layout, "useful_bytes", None)
     # pageout-idle on a file arena: dirty file pages cannot be paged out, so
     # write them back once per sampling interval (the policy the user chose).
-    sync_every = float(cfg["sampling"]["interval"]) if (
-        cfg["reclaim"]["policy"] == "pageout-idle" and cfg["arena"] == "file" and tracking
-    ) else 0.0
+    sync_every = cfg.file_sync_interval
     file_arenas = [a for _, a in _arenas(layout) if getattr(a, "kind", "") == "file"]
     last_sync = time.monotonic()
 
@@ -363,9 +306,8 @@ def _main_reporting_errors() -> None:
         # A problem the user can fix (bad replay file, arena directory...): one
         # line to the parent, which stores it as the run's error.
         try:
-            out = os.fdopen(os.dup(_PROTOCOL_FD), "w") if _PROTOCOL_FD is not None else sys.__stdout__
-            out.write(json.dumps({"msg": "error", "error": str(e)}) + "\n")
-            out.flush()
+            if _END is not None:
+                _END.send("error", error=str(e))
         except OSError:
             pass
         print(f"locality child: {e}", file=sys.stderr)

@@ -1,11 +1,11 @@
-"""The main job: every layout on the same seeded workload, one report comparing them.
+"""The main job: every layout on the same seeded workload, ready for one report.
 
 Runs are made one after the other by the experiment runner (a child process
-per layout, sampled from outside), stored under ``runs/compare/<UTC time>/
-<layout>``, then rendered with the `objects` run as the baseline. A layout
-that fails is a failed row in the report and the others go on; Ctrl-C stops
-the current run (the runner marks it interrupted) and the report is written
-from the runs that completed.
+per layout, sampled from outside) and stored under ``runs/compare/<UTC time>/
+<layout>``; ``locality.report.compare`` renders them with the `objects` run
+as the baseline. A layout that fails is a failed run and the others go on;
+Ctrl-C stops the current run (the runner marks it interrupted) and the
+report is written from the runs that completed.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from locality.errors import InvalidArgument, LocalityError
-from locality.experiment import store
-from locality.report.data import RunData, label_runs, load_run_data
 
 # Defaults chosen so that all layouts at 1,000,000 workers finish within
 # 10 minutes on a 2-core machine (measured: see `locality compare --help`).
@@ -32,16 +30,15 @@ SEED = 1
 
 @dataclass
 class CompareResult:
-    report: Path
+    """Where a comparison's runs are; ``report.compare.write_compare_report`` renders it."""
+
     run_root: Path
-    runs: list[RunData]
+    run_dirs: list[Path]  # one per layout that ran or was refused, in order (failed ones included)
+    title: str
+    notes: list[str]
     seconds: dict[str, float] = field(default_factory=dict)
     interrupted_at: str | None = None
     not_run: list[str] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[str]:
-        return [r.label for r in self.runs if r.failed]
 
 
 def layout_names() -> list[str]:
@@ -83,14 +80,6 @@ def compare_config(layout: str, *, workers: int, pattern: str, steps: int, inter
     })
 
 
-def _failed_placeholder(run_root: Path, layout: str, config: Any, error: str) -> RunData:
-    """A layout refused before its run directory existed: still a (failed) row in the report."""
-    manifest = {"id": layout, "kind": "run", "status": "failed", "error": error, "created": store.utcnow(),
-                "finished": store.utcnow(), "config": config.model_dump(mode="json") if config is not None else {"layout": layout},
-                "machine": store.machine(), "versions": store.versions(), "capabilities": {}}
-    return RunData(path=run_root / layout, manifest=manifest)
-
-
 def compare(
     layouts: Sequence[str],
     *,
@@ -100,11 +89,18 @@ def compare(
     interval: float = DEFAULT_SAMPLE_INTERVAL,
     step_interval: float = DEFAULT_STEP_INTERVAL,
     runs: str | Path = "runs/compare",
-    out: str | Path = "reports/compare.html",
     progress: bool = True,
 ) -> CompareResult:
-    """Run each layout, then write the report; returns where everything is."""
+    """Run each layout, one after the other, under ``runs/<UTC time>/<layout>``.
+
+    A layout refused up front is stored as a failed run; a failed one stays
+    failed and the others go on. SIGINT/SIGTERM, during a run or between two,
+    stops after the current run (stored ``interrupted``) and returns what ran;
+    CompareInterrupted if nothing finished.
+    """
+    from locality.experiment.lifecycle import record_refused
     from locality.experiment.runner import RunFailed, run
+    from locality.experiment.signals import StopSignals
 
     if workers <= 0:
         raise InvalidArgument(f"--workers must be > 0 (got {workers})")
@@ -120,37 +116,42 @@ def compare(
         n += 1
     run_root.mkdir(parents=True)
 
-    done: list[RunData] = []
+    done: list[Path] = []
     seconds: dict[str, float] = {}
     interrupted_at = None
+    ran_interrupted = False
     bar = None
     if progress:
         from locality.progress import progress as progress_bar
 
         bar = progress_bar(len(layouts), "compare", "layout")
     try:
-        for name in layouts:
-            if bar is not None:
-                bar.set_postfix_str(name, refresh=True)
-            t0 = time.monotonic()
-            try:
-                run_dir = run(configs[name], run_root, run_id=name, progress=progress)
-                done.append(load_run_data(run_dir))
-            except RunFailed:
-                done.append(_load_or_placeholder(run_root, name, configs[name], "the run failed"))
-            except KeyboardInterrupt:
-                interrupted_at = name
-                break
-            except LocalityError as e:  # refused up front (e.g. a kernel feature missing)
-                done.append(_load_or_placeholder(run_root, name, configs[name], str(e)))
-            seconds[name] = time.monotonic() - t0
-            if bar is not None:
-                bar.update(1)
+        with StopSignals() as stop:
+            for name in layouts:
+                if stop.signum is not None:  # arrived between two layouts
+                    interrupted_at = name
+                    break
+                if bar is not None:
+                    bar.set_postfix_str(name, refresh=True)
+                t0 = time.monotonic()
+                try:
+                    run(configs[name], run_root, run_id=name, progress=progress)
+                except RunFailed:
+                    pass  # stored as failed
+                except KeyboardInterrupt:
+                    interrupted_at, ran_interrupted = name, True
+                    break
+                except LocalityError as e:  # refused up front (e.g. a kernel feature missing)
+                    record_refused("run", run_root, name, configs[name].model_dump(mode="json"), str(e))
+                done.append(run_root / name)
+                seconds[name] = time.monotonic() - t0
+                if bar is not None:
+                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()
 
-    not_run = list(layouts[len(done) + (1 if interrupted_at else 0):])
+    not_run = list(layouts[len(done) + (1 if ran_interrupted else 0):])
     notes = [f"Same workload for every layout: {workers:,} workers, pattern {pattern}, {steps} steps "
              f"{step_interval:g} s apart, seed {SEED}, sampled every {interval:g} s, no reclaim."]
     if interrupted_at:
@@ -158,22 +159,9 @@ def compare(
                      + (f" Not run: {', '.join(not_run)}." if not_run else ""))
     if not done:
         raise CompareInterrupted(f"interrupted during {interrupted_at} before any run finished", f"runs so far are in {run_root}")
-    from locality.report.html import write_report
-
-    label_runs(done)
-    report = write_report(done, out, title=f"locality compare: {len(done)} layouts, {workers:,} workers, {pattern}", notes=notes)
-    return CompareResult(report, run_root, done, seconds, interrupted_at, not_run)
+    title = f"locality compare: {len(done)} layouts, {workers:,} workers, {pattern}"
+    return CompareResult(run_root, done, title, notes, seconds, interrupted_at, not_run)
 
 
 class CompareInterrupted(LocalityError):
     """Ctrl-C before any layout finished: there is nothing to report."""
-
-
-def _load_or_placeholder(run_root: Path, name: str, config: Any, error: str) -> RunData:
-    path = run_root / name
-    if (path / "manifest.json").exists():
-        try:
-            return load_run_data(path)
-        except LocalityError:
-            pass
-    return _failed_placeholder(run_root, name, config, error)

@@ -13,7 +13,6 @@ that names the key path and, where there is a closed set, the allowed values:
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Union
@@ -23,11 +22,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from locality.errors import ConfigError
+from locality import units
+from locality.errors import ConfigError, InvalidArgument
 from locality.population.patterns import PATTERNS
 
 SCHEDULERS = ("lean", "asyncio")
@@ -44,6 +45,12 @@ def layout_names() -> tuple[str, ...]:
     except ImportError:
         return CONTRACT_LAYOUTS
     return tuple(LAYOUTS)
+
+
+def _in_child(info: ValidationInfo) -> bool:
+    # The measured child validates the config it is sent (types and values) but
+    # does not redo the parent's file checks: that would read a replay file twice.
+    return bool((info.context or {}).get("child"))
 
 
 class _Model(BaseModel):
@@ -89,7 +96,9 @@ class ReplayPattern(_Model):
 
     @field_validator("path")
     @classmethod
-    def _readable(cls, v: str) -> str:
+    def _readable(cls, v: str, info: ValidationInfo) -> str:
+        if _in_child(info):
+            return v  # checked by the parent; the child reports its own read error
         if not os.access(v, os.R_OK) or not os.path.isfile(v):
             raise ValueError(f"cannot read replay file {v!r}")
         return v
@@ -119,20 +128,12 @@ class Sampling(_Model):
     heap: bool = True
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
-
-
 def parse_size(value: int | str) -> int:
-    """'512M', '1.5G', '4096' or an int -> bytes (binary units)."""
-    if isinstance(value, bool):
-        raise ValueError("must be a size like 512M or a number of bytes")
-    if isinstance(value, int):
-        return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise ValueError(f"must be a size like 512M or a number of bytes (got {value!r})")
-    unit = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-    return int(float(m.group(1)) * unit)
+    """'512M', '1.5G', '4096' or an int -> bytes (binary units, ``locality.units``)."""
+    try:
+        return units.parse_size(value)
+    except InvalidArgument:
+        raise ValueError(f"must be a size like 512M or a number of bytes (got {value!r})") from None
 
 
 class Reclaim(_Model):
@@ -188,21 +189,61 @@ class ExperimentConfig(_Model):
         return v
 
     @model_validator(mode="after")
-    def _end(self) -> "ExperimentConfig":
+    def _end(self, info: ValidationInfo) -> "ExperimentConfig":
         if self.steps is None and self.duration is None:
             raise ValueError("set steps or duration (or both: the run stops at whichever comes first)")
-        if self.reclaim.policy == "pageout-idle" and (self.sampling.interval == 0 or not self.sampling.writes):
+        if self.reclaim.policy == "pageout-idle" and not self.write_tracking:
             raise ValueError("reclaim: policy 'pageout-idle' needs sampling.interval > 0 and sampling.writes = true")
-        if isinstance(self.pattern, ReplayPattern):
+        if isinstance(self.pattern, ReplayPattern) and not _in_child(info):
             try:
                 check_replay(self.pattern.path, self.workers)
             except ValueError as e:
                 raise ValueError(f"pattern.path: {e} (rows are step,worker: integers, 0 <= worker < workers)") from None
         return self
 
-    def population_params(self) -> dict[str, Any]:
-        """Keyword arguments for ``make_pattern`` (everything but the name)."""
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        # The name starts the run id, a directory under `out`: one plain path component.
+        if v is not None and (not v or v in (".", "..") or "/" in v or "\\" in v or "\0" in v or v.startswith(".")):
+            raise ValueError(f"{v!r} is not a plain directory name (no '/', not starting with '.')")
+        return v
+
+    # Derived facts, read on both sides of the pipe (runner and child).
+    @property
+    def sampled(self) -> bool:
+        """The parent samples the child during the run (else only start and end are measured)."""
+        return self.sampling.interval > 0
+
+    @property
+    def write_tracking(self) -> bool:
+        """Written pages are tracked (uffd write-protect + PAGEMAP_SCAN): sampling on and writes asked for."""
+        return self.sampled and self.sampling.writes
+
+    @property
+    def heap_tracking(self) -> bool:
+        """The heap's anonymous VMAs are tracked besides the arenas."""
+        return self.sampled and self.sampling.heap
+
+    @property
+    def pattern_params(self) -> dict[str, Any]:
+        """Keyword arguments of ``make_pattern`` besides the name."""
         return self.pattern.model_dump(exclude={"name"})
+
+    @property
+    def layout_params(self) -> dict[str, Any]:
+        """Keyword arguments of ``make_layout`` besides the name and the worker count."""
+        kw: dict[str, Any] = {"arena": self.arena, "hugepages": self.hugepages, "seed": self.seed}
+        if self.arena_dir:
+            kw["directory"] = self.arena_dir
+        return kw
+
+    @property
+    def file_sync_interval(self) -> float:
+        """Seconds between msync of file arenas: pageout-idle cannot page out dirty file pages; 0 = never."""
+        if self.reclaim.policy == "pageout-idle" and self.arena == "file" and self.write_tracking:
+            return float(self.sampling.interval)
+        return 0.0
 
 
 def check_replay(path: str, workers: int) -> int:
@@ -282,6 +323,14 @@ def validate(data: dict[str, Any], base_dir: str | os.PathLike | None = None) ->
     data = _resolve_paths(data, base_dir)
     try:
         return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e.errors()[0])) from None
+
+
+def from_parent(data: dict[str, Any]) -> ExperimentConfig:
+    """The child's side of the pipe: the config the runner sent, validated again (files not re-checked)."""
+    try:
+        return ExperimentConfig.model_validate(data, context={"child": True})
     except ValidationError as e:
         raise ConfigError(_one_line(e.errors()[0])) from None
 

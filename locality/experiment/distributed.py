@@ -35,23 +35,32 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from locality.errors import LocalityError
 from locality.experiment import store
+from locality.experiment.dask_point import (  # noqa: F401 - re-exported: the sweep's public names
+    _MARKER,
+    _NODE_KEYS,
+    _STAGING,
+    RESOURCE,
+    ClusterSetupError,
+    RunFunction,
+    _iso,
+    _run_point_task,
+    _stop_point_processes,
+    _topic,
+    _write_failed,
+    shared_node_with,
+)
 
 CLUSTERS = ("local", "slurm", "pbs")
-RESOURCE = "node"
 CONNECT_TIMEOUT = 10.0
 
 # Defaults for batch clusters; anything set in dask's jobqueue config
@@ -65,9 +74,6 @@ JOBQUEUE_DEFAULTS: dict[str, Any] = {
 # Whole nodes, so no other job's memory traffic shows up in a measurement.
 JOBQUEUE_EXCLUSIVE = {"slurm": ["--exclusive"], "pbs": ["-l place=excl"]}
 
-RunFunction = Callable[..., Path]
-
-
 class SchedulerUnreachable(LocalityError):
     """No Dask scheduler answers at the given address."""
 
@@ -77,289 +83,6 @@ class SchedulerUnreachable(LocalityError):
             "start one with `dask scheduler` and pass its address, or use --cluster local",
         )
         self.address = address
-
-
-class ClusterSetupError(LocalityError):
-    """The cluster cannot run sweep points as configured."""
-
-
-# --- worker side --------------------------------------------------------------
-
-# Point processes and tasks running on this worker, per sweep token, so a
-# cancelled sweep can stop them and wait until none can still write into
-# ``out`` (see _stop_point_processes).
-_RUNNING: dict[str, set[subprocess.Popen]] = {}
-_RUNNING_LOCK = threading.Lock()
-_ACTIVE_TASKS: dict[str, int] = {}
-_TASK_DONE = threading.Condition(_RUNNING_LOCK)
-
-_MARKER = ".locality-shared-{token}"
-_STAGING = ".locality-staging-{token}-{point}"
-_ERROR = "point-error.txt"
-_PR_SET_PDEATHSIG = 1
-
-
-def preflight_on_node(config: Any, run_fn: RunFunction | None) -> tuple[dict[str, dict], str | None]:
-    """(capabilities of this node, why it cannot run ``config`` or None).
-
-    The reason is the runner's preflight verdict, built from the doctor's
-    (``kernel.capabilities``) reason. An injected ``run_fn`` (tests) does its
-    own checks.
-    """
-    if run_fn is not None:
-        return _node_capabilities(), None
-    from locality.experiment.runner import preflight
-
-    try:
-        return preflight(config), None
-    except LocalityError as e:
-        return _node_capabilities(), f"{socket.gethostname()}: {e}"
-
-
-def _node_capabilities() -> dict[str, dict]:
-    from locality.kernel.capabilities import capabilities
-
-    return capabilities()
-
-
-def _run_point_task(point: Any, out: str, token: str, shared_out: bool | None, run_fn: RunFunction | None) -> dict[str, Any]:
-    """The Dask task: run one point on this worker and hand back its run directory."""
-    with _TASK_DONE:
-        _ACTIVE_TASKS[token] = _ACTIVE_TASKS.get(token, 0) + 1
-    try:
-        return _run_point(point, out, token, shared_out, run_fn)
-    finally:
-        with _TASK_DONE:
-            _ACTIVE_TASKS[token] -= 1
-            if not _ACTIVE_TASKS[token]:
-                del _ACTIVE_TASKS[token]
-            _TASK_DONE.notify_all()
-
-
-def _run_point(point: Any, out: str, token: str, shared_out: bool | None, run_fn: RunFunction | None) -> dict[str, Any]:
-    """Run the point (or record why not) and return {point_id, node, status} plus
-    the run's files as bytes, or the path where it was staged in a shared ``out``.
-
-    ``node``: hostname, kernel, worker address, runs_per_node, start/end
-    (epoch seconds and ISO). For a point whose worker was lost, the lost
-    worker's, with the end when the loss was noticed.
-    """
-    from distributed import get_worker
-
-    worker = get_worker()
-    start = time.time()
-    shared = _sees_marker(out, token) if shared_out is None else shared_out
-    machine = store.machine()
-    if shared and not _sees_marker(out, token):
-        raise ClusterSetupError(f"out directory {out} is not shared with {machine['hostname']}", "drop shared_out=True")
-    # The run itself always goes to a local directory: a point process
-    # orphaned by a lost worker must not write into ``out`` afterwards.
-    parent = Path(tempfile.mkdtemp(prefix="locality-point-"))
-    run_dir = parent / point.point_id
-    try:
-        lost = _earlier_attempt(token, point.point_id)
-        if lost is not None:
-            # Dask re-runs the tasks of a lost worker elsewhere; a run that was
-            # under way there is reported as failed, not silently repeated.
-            machine, caps, node = lost["machine"], lost["capabilities"], {k: lost[k] for k in _NODE_KEYS}
-            problem = f"the Dask worker {node['worker']} on {node['hostname']} was lost while running this point"
-        else:
-            caps, problem = preflight_on_node(point.config, run_fn)
-            node = {
-                "hostname": machine["hostname"],
-                "kernel": machine["kernel"],
-                "worker": worker.address,
-                "runs_per_node": _count(worker.state.total_resources.get(RESOURCE)),
-                "start_time": start,
-            }
-            worker.log_event(_topic(token, point.point_id), {"point": point.point_id, "machine": machine, "capabilities": caps, **node})
-        if problem is not None:
-            run_dir.mkdir()
-            _write_failed(run_dir, point, problem, machine, caps)
-        else:
-            _run_point_process(point, parent, token, run_fn, machine, caps)
-        end = time.time()
-        node.update(end_time=end, started=_iso(node["start_time"]), finished=_iso(end))
-        manifest = store.read_manifest(run_dir)
-        fields: dict[str, Any] = {"node": node}
-        if not manifest.get("capabilities"):
-            fields["capabilities"] = caps
-        store.update_manifest(run_dir, **fields)
-        result: dict[str, Any] = {"point_id": point.point_id, "node": node, "status": manifest.get("status")}
-        if shared and not _sees_marker(out, token):
-            result["cancelled"] = True  # the sweep is over (Ctrl-C): leave nothing in out
-        elif shared:
-            staging = Path(out) / _STAGING.format(token=token, point=point.point_id)
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(run_dir, staging / point.point_id)
-            result["staged"] = str(staging)
-        else:
-            result["files"] = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
-        return result
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
-
-
-_NODE_KEYS = ("hostname", "kernel", "worker", "runs_per_node", "start_time")
-
-
-def _earlier_attempt(token: str, point_id: str) -> dict[str, Any] | None:
-    """The start event of an earlier attempt at this point in this sweep (its worker was lost), or None."""
-    from distributed import get_client
-
-    for _, msg in get_client().get_events(_topic(token, point_id)):
-        return msg
-    return None
-
-
-def _run_point_process(point: Any, parent: Path, token: str, run_fn: RunFunction | None, machine: dict, caps: dict) -> None:
-    """Run ``run_fn(config, parent, run_id=point_id)`` in a fresh interpreter; always leaves a manifest."""
-    import cloudpickle
-
-    run_dir = parent / point.point_id
-    payload = cloudpickle.dumps((run_fn, point.config, str(parent), point.point_id))
-    stderr_path = parent / ".point-stderr.txt"
-    with open(stderr_path, "w+b") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from locality.experiment.distributed import _point_process_main as m; m()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env={**os.environ, "LOCALITY_POINT_PARENT": str(os.getpid())},
-        )
-        with _RUNNING_LOCK:
-            _RUNNING.setdefault(token, set()).add(proc)
-        try:
-            proc.stdin.write(payload)
-            proc.stdin.close()
-            rc = proc.wait()
-        finally:
-            with _RUNNING_LOCK:
-                running = _RUNNING.get(token, set())
-                running.discard(proc)
-                if not running:
-                    _RUNNING.pop(token, None)
-        stderr.seek(0)
-        err_tail = stderr.read()[-4000:].decode(errors="replace").strip()
-    stderr_path.unlink(missing_ok=True)
-    error_path = parent / _ERROR
-    error = error_path.read_text().strip() if error_path.exists() else ""
-    error_path.unlink(missing_ok=True)
-    if (run_dir / "manifest.json").exists():
-        manifest = store.read_manifest(run_dir)
-        if manifest.get("status") == "running":
-            # The runner never got to finish its manifest (killed hard).
-            why = error or err_tail or _exit_text(rc)
-            store.update_manifest(run_dir, status="failed", error=why, finished=store.utcnow())
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_failed(run_dir, point, error or err_tail or _exit_text(rc), machine, caps)
-
-
-def _point_process_main() -> None:
-    """Entry point of the point process: read (run_fn, config, out, run_id) from stdin and run it."""
-    import ctypes
-
-    import cloudpickle
-
-    # Die with the Dask worker that started us (SIGTERM lets the runner mark
-    # the run interrupted and stop its own child).
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if str(os.getppid()) != os.environ.get("LOCALITY_POINT_PARENT"):
-        sys.exit(1)  # the worker died before prctl took effect
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    run_fn, config, out, run_id = cloudpickle.loads(sys.stdin.buffer.read())
-    if run_fn is None:
-        from locality.experiment.runner import run as run_fn
-    try:
-        run_fn(config, Path(out), run_id=run_id, progress=False)
-    except KeyboardInterrupt:
-        store.atomic_write_text(Path(out) / _ERROR, "interrupted: the Dask worker stopped this point")
-        sys.exit(130)
-    except BaseException as e:  # noqa: BLE001 - the reason goes into the run's manifest
-        store.atomic_write_text(Path(out) / _ERROR, f"{type(e).__name__}: {e}")
-        sys.exit(1)
-    finally:
-        if str(os.getppid()) != os.environ.get("LOCALITY_POINT_PARENT"):
-            shutil.rmtree(out, ignore_errors=True)  # our worker is gone: nobody collects this run
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def _stop_point_processes(token: str, grace: float = 5.0) -> int:
-    """Run on each worker by a cancelled sweep: SIGTERM its point processes (SIGKILL
-    after ``grace``), then wait until its tasks of this sweep have returned."""
-    with _RUNNING_LOCK:
-        procs = list(_RUNNING.get(token, ()))
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    with _TASK_DONE:
-        _TASK_DONE.wait_for(lambda: token not in _ACTIVE_TASKS, timeout=grace)
-    return len(procs)
-
-
-def _count(value: float | None) -> float | int | None:
-    # Dask keeps resources as floats; node=1 reads better as 1.
-    return int(value) if value is not None and float(value).is_integer() else value
-
-
-def _sees_marker(out: str, token: str) -> bool:
-    try:
-        return (Path(out) / _MARKER.format(token=token)).read_text() == token
-    except OSError:
-        return False
-
-
-def _exit_text(rc: int) -> str:
-    if rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = str(-rc)
-        return f"point process killed by signal {name}"
-    return f"point process exited with status {rc}"
-
-
-# --- both sides ---------------------------------------------------------------
-
-
-def _write_failed(run_dir: Path, point: Any, error: str, machine: dict | None, caps: dict | None) -> None:
-    manifest = store.start_manifest("run", point.point_id, point.config.model_dump(mode="json"), caps)
-    if machine:
-        manifest["machine"] = machine
-    manifest.update(status="failed", error=error, finished=store.utcnow())
-    store.write_manifest(run_dir, manifest)
-
-
-def _iso(t: float) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _topic(token: str, point_id: str) -> str:
-    # One topic per point: looking up a point's starts stays cheap in a big sweep.
-    return f"locality-sweep-{token}-{point_id}"
-
-
-def shared_node_with(point_id: str, intervals: dict[str, tuple[str, float, float]]) -> list[str]:
-    """Points that ran on the same host as ``point_id`` in overlapping time."""
-    host, start, end = intervals[point_id]
-    return sorted(
-        other
-        for other, (h, s, e) in intervals.items()
-        if other != point_id and h == host and s < end and start < e
-    )
 
 
 # --- client side --------------------------------------------------------------
@@ -602,11 +325,9 @@ class _Sweep:
             reason = f"the task{where} failed: {type(exc).__name__}: {exc}"
         staging = self.out / _STAGING.format(token=self.token, point=pid)
         shutil.rmtree(staging, ignore_errors=True)  # a half-written shared run
-        run_dir = staging / pid
-        run_dir.mkdir(parents=True)
         machine = started["machine"] if started else None
         caps = started["capabilities"] if started else None
-        _write_failed(run_dir, self.points[pid], reason, machine, caps)
+        run_dir = _write_failed(staging, self.points[pid], reason, machine, caps)
         if started is not None:
             node = {k: started[k] for k in _NODE_KEYS}
             node.update(end_time=now, started=_iso(node["start_time"]), finished=_iso(now))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from locality.experiment import store
+from locality.units import format_bytes
 
 SWAP_COMMAND = "sudo locality swap on --size 8G"
 
@@ -63,7 +64,7 @@ class GridNeeds:
         if self.pending:
             parts.append(f"about {human_seconds(self.seconds_estimate)}")
         if self.memory_peak_bytes is not None:
-            parts.append(f"about {human_bytes(self.memory_peak_bytes)} at the largest point")
+            parts.append(f"about {format_bytes(self.memory_peak_bytes)} at the largest point")
         return "needs " + ", ".join(parts) if parts else "needs nothing special"
 
     def lines(self) -> list[str]:
@@ -85,7 +86,7 @@ class GridNeeds:
             out.append(f"  time: about {human_seconds(self.seconds_estimate)} "
                        f"(at least {human_seconds(self.seconds_floor)}; {how})")
         if self.memory_peak_bytes is not None:
-            out.append(f"  memory: about {human_bytes(self.memory_peak_bytes)} at the largest point ({self.memory_source})")
+            out.append(f"  memory: about {format_bytes(self.memory_peak_bytes)} at the largest point ({self.memory_source})")
         elif self.pending:
             out.append(f"  memory: {self.memory_source}")
         return out
@@ -97,14 +98,6 @@ def human_seconds(s: float) -> str:
     if s < 5400:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n:,.1f} TiB"
 
 
 def needs_swap(cfg: Any) -> bool:

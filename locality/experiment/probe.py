@@ -41,17 +41,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from locality.errors import InvalidArgument, LocalityError, NoSuchProcess
+from locality.errors import InvalidArgument, NoSuchProcess
 from locality.experiment import store
-from locality.experiment.signals import StopSignals
-from locality.kernel import PAGE_SIZE, clear_refs, faults, pagemap, smaps
-from locality.kernel._platform import check_pid
+from locality.experiment.lifecycle import RunLifecycle
+from locality.experiment.schema import TIMELINE
+from locality.kernel import PAGE_SIZE, check_pid, clear_refs, faults, pagemap, smaps
+from locality.units import parse_duration
 
-TIMELINE_COLUMNS = [
-    "t", "sample", "vma", "start", "end", "perms", "path",
-    "rss_bytes", "pss_bytes", "swap_bytes", "referenced_bytes", "anonymous_bytes", "anon_huge_bytes",
-    "resident_pages", "swapped_pages", "minor_faults", "major_faults", "sample_ms",
-]
+TIMELINE_COLUMNS = [f.name for f in TIMELINE["probe"]]
 
 
 @dataclass
@@ -77,20 +74,6 @@ _MERGE_GAP = 256 * PAGE_SIZE  # read across gaps up to 1 MiB (2 KiB of pagemap)
 # pagemap covers the user address space only ([vsyscall] lies above it); the
 # bound is the largest x86_64/aarch64 user address with 5-level page tables.
 _USER_END = 1 << 56
-
-
-class _Interrupted(Exception):
-    pass
-
-
-def _check_positive(name: str, value: float) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{name} must be a number of seconds, not {value!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidArgument(f"{name} must be > 0 seconds, not {value:g}")
-    return value
 
 
 def check_ranges(ranges: Sequence[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
@@ -137,8 +120,8 @@ def preflight(pid: int, *, interval: float, duration: float, track_refs: bool,
     it clears the target's referenced bits once (the write permission check).
     """
     check_pid(pid)
-    interval = _check_positive("--interval", interval)
-    duration = _check_positive("--duration", duration)
+    interval = parse_duration(interval, "--interval")
+    duration = parse_duration(duration, "--duration")
     if duration < interval:
         raise InvalidArgument(f"--duration {duration:g}s is shorter than --interval {interval:g}s",
                               "the probe needs at least two samples: make the duration at least one interval")
@@ -158,18 +141,20 @@ def preflight(pid: int, *, interval: float, duration: float, track_refs: bool,
 
 def probe(pid: int, out: str | os.PathLike, *, interval: float = 1.0, duration: float = 30.0,
           track_refs: bool = False, on_sample: Callable[[ProbeSample], None] | None = None,
-          ranges: Sequence[tuple[int, int]] | None = None) -> Path:
+          ranges: Sequence[tuple[int, int]] | None = None, replace: bool = False) -> Path:
     """Sample process ``pid`` every ``interval`` s for ``duration`` s into the run directory ``out``.
 
-    ``out`` is the run directory itself (created; must not exist or be empty).
+    ``out`` is the run directory itself (created; must not exist or be empty,
+    unless ``replace``: a finished probe there is replaced).
     Samples are taken at t = 0, interval, 2 interval, ... <= duration.
     ``ranges``: optional [(start, end)] page-aligned address ranges; only VMAs
     that intersect them are recorded, and their pages only inside them
     (smaps counters stay per whole VMA). Returns the run directory.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InvalidArgument(f"{out} already exists and is not an empty directory", "choose a new --out directory")
+    if not replace and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidArgument(f"{out} already exists and is not an empty directory",
+                              "choose a new --out directory, or pass --replace")
     ranges = preflight(pid, interval=interval, duration=duration, track_refs=track_refs, ranges=ranges)
     interval, duration = float(interval), float(duration)
 
@@ -181,19 +166,23 @@ def probe(pid: int, out: str | os.PathLike, *, interval: float = 1.0, duration: 
         "pid": pid, "comm": comm, "cmdline": cmdline, "interval": interval, "duration": duration,
         "track_refs": track_refs, "ranges": [[a, b] for a, b in ranges] if ranges else None,
     }
-    manifest = store.start_manifest("probe", out.name, config, caps)
-    manifest.update(samples=0, note=None, page_sizes_seen=[])
-    return _Probe(pid, out, manifest, interval, duration, track_refs, ranges, on_sample).execute()
+    # From here on, Ctrl-C leaves a whole (interrupted) run, never a half one.
+    life = RunLifecycle("probe", out.parent, out.name, config, capabilities=caps, replace=replace)
+    life.manifest.update(samples=0, note=None, page_sizes_seen=[])
+    with life:
+        _Probe(pid, life, interval, duration, track_refs, ranges, on_sample).execute()
+    assert life.dir is not None
+    return life.dir
 
 
 class _Probe:
-    def __init__(self, pid: int, out: Path, manifest: dict[str, Any], interval: float, duration: float,
+    def __init__(self, pid: int, life: RunLifecycle, interval: float, duration: float,
                  track_refs: bool, ranges: list[tuple[int, int]] | None,
                  on_sample: Callable[[ProbeSample], None] | None) -> None:
-        self.pid, self.out, self.manifest = pid, out, manifest
+        assert life.dir is not None
+        self.pid, self.life, self.out, self.manifest = pid, life, life.dir, life.manifest
         self.interval, self.duration, self.track_refs, self.ranges = interval, duration, track_refs, ranges
         self.on_sample = on_sample
-        self.stop = StopSignals()
         # Timeline, columnar: per sample one int64 block (VMAs x _BLOCK_COLUMNS)
         # and its scalars; VMA strings live once in ``regions``. A long probe of
         # a process with thousands of VMAs stays tens of MB, not a dict per row.
@@ -206,36 +195,17 @@ class _Probe:
         self.page_sizes: set[int] = set()
         self.note: str | None = None
 
-
-    def execute(self) -> Path:
-        status, error, raised = "complete", None, None
-        with self.stop:
-            # From here on, Ctrl-C leaves a whole (interrupted) run, never a half one.
-            self.out.mkdir(parents=True, exist_ok=True)
-            store.write_manifest(self.out, self.manifest)
-            try:
-                self._loop()
-                if self.stop.signum is not None:
-                    status = "interrupted"
-            except _Interrupted:
-                status = "interrupted"
-            except KeyboardInterrupt:  # raised outside our handler (e.g. not the main thread)
-                status = "interrupted"
-            except LocalityError as e:
-                status, error, raised = "failed", str(e), e
-            except Exception as e:
-                status, error, raised = "failed", f"{type(e).__name__}: {e}", e
-            self._write(status, error)
-        if raised is not None:
-            raise raised
-        if status == "interrupted":
-            raise KeyboardInterrupt
-        return self.out
+    def execute(self) -> None:
+        try:
+            self._loop()
+            if self.life.stopping:
+                self.life.cut()
+        finally:
+            self._write()
 
     def _wait_until(self, deadline: float) -> None:
         while True:
-            if self.stop.signum is not None:
-                raise _Interrupted
+            self.life.check()
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -389,14 +359,10 @@ class _Probe:
             "n_pages": np.int64(len(page_addr)),
         }
 
-    def _write(self, status: str, error: str | None) -> None:
+    def _write(self) -> None:
         store.atomic_write_csv(self.out / "timeline.csv", self._timeline())
         store.atomic_write_npz(self.out / "pages.npz", **self._pages())
-        self.manifest.update(
-            status=status, error=error, finished=store.utcnow(), samples=len(self.times), note=self.note,
-            page_sizes_seen=sorted(self.page_sizes),
-        )
-        store.write_manifest(self.out, self.manifest)
+        self.manifest.update(samples=len(self.times), note=self.note, page_sizes_seen=sorted(self.page_sizes))
 
 
 _BLOCK_COLUMNS = ["vma", "rss_bytes", "pss_bytes", "swap_bytes", "referenced_bytes", "anonymous_bytes",

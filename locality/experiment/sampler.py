@@ -22,11 +22,6 @@ import numpy as np
 
 from locality.errors import LocalityError
 
-# A page registered for write tracking but never populated holds a uffd-wp
-# PTE marker, which /proc/PID/pagemap reports as "swapped" with swap type
-# SWP_PTE_MARKER: always the last 5-bit type, 31 (include/linux/swap.h). It is
-# not in swap; only real swap entries (types < MAX_SWAPFILES) count.
-SWP_PTE_MARKER = 31
 SPAN_GAP = 256  # pages: regions closer than this share one pagemap read
 
 # Mappings that are the process's working memory, not code, files or kernel pages.
@@ -225,18 +220,18 @@ class Sampler:
 
     def _residency(self) -> tuple[np.ndarray, np.ndarray]:
         """(present, swapped) per column from /proc/PID/pagemap, read span by span."""
-        from locality.kernel.pagemap import read_entries
+        from locality.kernel import decode_residency, read_entries
 
         present = np.zeros(self.n_cols, dtype=bool)
         swapped = np.zeros(self.n_cols, dtype=bool)
         for start, end, regs in self._spans():
             try:
-                p, w = _decode(read_entries(self.pid, start, end))
+                p, w = decode_residency(read_entries(self.pid, start, end))
             except LocalityError:
                 # Region by region, so one vanished range does not hide the rest.
                 for r in regs:
                     try:
-                        present[r.cols], swapped[r.cols] = _decode(read_entries(self.pid, r.start, r.end))
+                        present[r.cols], swapped[r.cols] = decode_residency(read_entries(self.pid, r.start, r.end))
                     except LocalityError as e:
                         self._drop(r, e)
                 continue
@@ -342,17 +337,6 @@ class Sampler:
             # Which columns hold worker state (packed like a matrix row); absent if the child did not say.
             **({"state": np.packbits(self.state)} if self.state_addrs is not None else {}),
         }
-
-
-def _decode(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(present, really swapped) from raw pagemap entries (bit layout: kernel/pagemap.py)."""
-    from locality.kernel._platform import PM_PRESENT_BIT, PM_SWAP_TYPE_BITS, PM_SWAPPED_BIT
-
-    top = entries.view(np.uint8)[7::8]
-    present = (top & np.uint8(1 << (PM_PRESENT_BIT - 56))) != 0
-    swapped = (top & np.uint8(1 << (PM_SWAPPED_BIT - 56))) != 0
-    swapped &= (entries & np.uint64((1 << PM_SWAP_TYPE_BITS) - 1)) != SWP_PTE_MARKER
-    return present, swapped
 
 
 def runs(mask: np.ndarray) -> list[tuple[int, int]]:

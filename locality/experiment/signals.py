@@ -1,7 +1,10 @@
-"""Ctrl-C and SIGTERM as a flag that long loops check between samples.
+"""Ctrl-C and SIGTERM as a flag that long loops check between samples and between units.
 
 A sample is never cut in half, so an interrupted run can still write every
-file whole and mark itself ``interrupted``.
+file whole and mark itself ``interrupted``. The flag is process-wide and the
+handlers nest: a sweep or compare holds them across its units, each run holds
+them again inside, and a signal that lands between two units stays pending
+for the loop to see instead of being dropped.
 """
 
 from __future__ import annotations
@@ -10,28 +13,56 @@ import signal
 import threading
 from types import FrameType
 
+_lock = threading.Lock()
+_depth = 0
+_signum: int | None = None
+_previous: dict[int, object] = {}
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    global _signum
+    if _signum is None:
+        _signum = signum
+
 
 class StopSignals:
     """Context manager: while active, SIGINT/SIGTERM set ``signum`` instead of raising.
 
-    Off the main thread (where Python cannot install handlers) it does
-    nothing, and a KeyboardInterrupt arrives as usual.
+    The outermost one installs the handlers and, on leaving, restores them and
+    forgets the signal (the caller has seen it by then). Off the main thread
+    (where Python cannot install handlers) it does nothing, and a
+    KeyboardInterrupt arrives as usual.
     """
 
     def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, object] = {}
+        self._active = False
+
+    @property
+    def signum(self) -> int | None:
+        """The first signal received while active, or None."""
+        return _signum if self._active else None
 
     def __enter__(self) -> "StopSignals":
+        global _depth, _signum
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._previous[s] = signal.signal(s, self._on_signal)
+            with _lock:
+                if _depth == 0:
+                    _signum = None
+                    for s in (signal.SIGINT, signal.SIGTERM):
+                        _previous[s] = signal.signal(s, _on_signal)
+                _depth += 1
+            self._active = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous.clear()
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.signum = signum
+        global _depth, _signum
+        if not self._active:
+            return
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                for s, handler in _previous.items():
+                    signal.signal(s, handler)
+                _previous.clear()
+                _signum = None
+        self._active = False

@@ -7,20 +7,29 @@ leaves only whole files behind. Layout of a run directory: docs/internals.md.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import io
 import json
 import os
 import platform
+import shutil
 import socket
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-STATUSES = ("running", "complete", "interrupted", "failed")
+from locality.errors import InvalidArgument
+from locality.experiment.schema import check_metrics, empty_timeline, row  # noqa: F401 - the writers' names
+from locality.kernel import PAGE_SIZE
+
+STATUSES = ("running", "complete", "interrupted", "failed", "crashed")
+# Statuses a stored run can end in; "crashed" is only ever read (a "running" run whose runner is dead).
+FINAL = ("complete", "interrupted", "failed", "crashed")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -102,7 +111,7 @@ def machine() -> dict[str, Any]:
         "arch": platform.machine(),
         "cpus": os.cpu_count(),
         "memory_bytes": psutil.virtual_memory().total,
-        "page_size": os.sysconf("SC_PAGE_SIZE"),
+        "page_size": PAGE_SIZE,
     }
 
 
@@ -123,6 +132,124 @@ def new_run_dir(out: str | os.PathLike, prefix: str, run_id: str | None = None) 
         except FileExistsError:
             continue
     raise FileExistsError(f"could not create a run directory under {out}")
+
+
+class RunExists(InvalidArgument):
+    """A run directory of that id is already there."""
+
+
+class RunBusy(RunExists):
+    """The run directory belongs to a runner that is still alive."""
+
+
+class RunDone(RunExists):
+    """(resume) The run directory holds a complete run."""
+
+
+def check_run_id(run_id: object, what: str = "--id") -> str:
+    """A run id must be one plain path component: it names a directory under ``out``."""
+    text = run_id if isinstance(run_id, str) else ""
+    if (not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text
+            or text != text.strip() or text.startswith(".")):
+        raise InvalidArgument(f"{what} {run_id!r} is not a plain directory name",
+                              "use letters, digits, '-', '_' or '.', not starting with '.' and without '/'")
+    return text
+
+
+def runner_info() -> dict[str, Any]:
+    """Who is writing a run: enough to tell later whether that process is still alive."""
+    import psutil
+
+    return {"pid": os.getpid(), "start_time": psutil.Process().create_time(), "hostname": socket.gethostname()}
+
+
+def runner_alive(runner: Mapping[str, Any] | None) -> bool | None:
+    """True/False if the runner recorded in a manifest is alive/dead here; None if we cannot tell."""
+    import psutil
+
+    if not runner or runner.get("hostname") != socket.gethostname():
+        return None
+    try:
+        proc = psutil.Process(int(runner["pid"]))
+        same = abs(proc.create_time() - float(runner["start_time"])) < 0.05
+        return same and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, KeyError, TypeError, ValueError):
+        return False
+    except psutil.Error:
+        return None
+
+
+def effective_status(run: str | os.PathLike | Mapping[str, Any]) -> str | None:
+    """The status of a run directory (or of its manifest), with ``crashed`` for a
+    ``running`` run whose runner died; None if there is no readable manifest."""
+    if isinstance(run, Mapping):
+        manifest: Mapping[str, Any] = run
+    else:
+        try:
+            manifest = read_manifest(run)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(manifest, Mapping):
+            return None
+    status = manifest.get("status")
+    if status == "running" and runner_alive(manifest.get("runner")) is False:
+        return "crashed"
+    return status
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    # One claim at a time per directory of runs (flock on the directory itself:
+    # nothing left behind, released if the process dies).
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def claim_run_dir(out: str | os.PathLike, run_id: str, manifest: Mapping[str, Any], *, replace: bool = False,
+                  resume: bool = False) -> Path:
+    """Create ``out/run_id`` holding ``manifest``, atomically and exclusively.
+
+    The directory appears whole (made under a temporary name, then renamed),
+    so no two runners ever share it. An existing run is refused (RunExists)
+    unless ``replace``; one whose runner is alive always is (RunBusy). With
+    ``resume`` a complete run is kept (RunDone) and any other is replaced.
+    """
+    out = Path(out)
+    check_run_id(run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", suffix=".new", dir=out))
+    old: Path | None = None
+    try:
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        write_manifest(tmp, manifest)
+        target = out / run_id
+        with _locked(out):
+            if target.is_dir() and not any(target.iterdir()):
+                target.rmdir()  # an empty directory made by hand holds nothing to keep
+            elif target.exists() or target.is_symlink():
+                status = effective_status(target) if target.is_dir() else None
+                where = f"run directory {target} already exists" + (f" ({status})" if status else "")
+                if status == "running":
+                    pid = (read_manifest(target).get("runner") or {}).get("pid")
+                    raise RunBusy(f"{where}: its runner (PID {pid}) is still writing it", "wait for it, or choose another --id")
+                if resume and status == "complete":
+                    raise RunDone(where)
+                if not (replace or resume) or not target.is_dir():
+                    raise RunExists(where, "pass --replace to overwrite it, or choose another --id")
+                old = Path(tempfile.mkdtemp(prefix=f".{run_id}.", suffix=".old", dir=out))
+                os.replace(target, old / run_id)
+            os.rename(tmp, target)
+        return target
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_manifest(run_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:

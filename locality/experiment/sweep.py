@@ -34,6 +34,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from locality.errors import InvalidArgument, LocalityError
 from locality.experiment import store
 from locality.experiment.config import ExperimentConfig, parse_value, with_overrides
+from locality.units import format_bytes
 
 MARGIN = 1.25
 CALIBRATION_WORKERS = 10_000
@@ -130,17 +131,16 @@ def points(config: ExperimentConfig, grid: Mapping[str, Sequence[Any]]) -> list[
 
 
 def status_of(run_dir: Path) -> str | None:
-    try:
-        return store.read_manifest(run_dir).get("status")
-    except (OSError, ValueError):
-        return None
+    """The point's status (``crashed`` if its runner died), None if it has no readable manifest."""
+    return store.effective_status(run_dir)
 
 
 def pending(points: Sequence[SweepPoint], out: str | os.PathLike, resume: bool) -> list[SweepPoint]:
-    """The points still to run: with ``resume``, complete runs are skipped (failed or interrupted re-run)."""
+    """The points still to run: with ``resume``, complete runs and runs a live runner holds
+    are skipped (failed, interrupted or crashed ones re-run)."""
     if not resume:
         return list(points)
-    return [p for p in points if status_of(Path(out) / p.point_id) != "complete"]
+    return [p for p in points if status_of(Path(out) / p.point_id) not in ("complete", "running")]
 
 
 # -- memory budget -------------------------------------------------------------
@@ -196,7 +196,7 @@ def estimate_bytes(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict | 
     """Estimated peak memory of a point (formula in the module docstring) and how it was derived."""
     bpw, empty, source = measured_footprint(cfg, out, {} if cache is None else cache)
     est = int(empty + MARGIN * cfg.workers * bpw)
-    how = f"{cfg.workers:,} workers x {bpw:,.0f} B/worker x {MARGIN} + {_fmt(empty)} empty interpreter ({source})"
+    how = f"{cfg.workers:,} workers x {bpw:,.0f} B/worker x {MARGIN} + {format_bytes(empty)} empty interpreter ({source})"
     return est, how
 
 
@@ -209,17 +209,9 @@ def check_budget(pts: Sequence[SweepPoint], out: str | os.PathLike, cache: dict 
         avail = psutil.virtual_memory().available
         if est > avail:
             raise MemoryBudgetExceeded(
-                f"sweep point {p.point_id} needs about {_fmt(est)} ({how}) but only {_fmt(avail)} is available",
+                f"sweep point {p.point_id} needs about {format_bytes(est)} ({how}) but only {format_bytes(avail)} is available",
                 "lower workers or run it on a bigger machine (--executor dask)",
             )
-
-
-def _fmt(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:,.1f} {unit}" if unit != "B" else f"{n:,.0f} B"
-        n /= 1024
-    return str(n)
 
 
 # -- running -------------------------------------------------------------------
@@ -262,26 +254,36 @@ def run_sweep(
         return [out / p.point_id for p in pts]
     if executor_options:
         raise InvalidArgument(f"options {', '.join(sorted(executor_options))} need --executor dask")
-    if budget:
-        check_budget(todo, out)
     from locality.experiment.runner import RunFailed, run
+    from locality.experiment.signals import StopSignals
 
     bar = None
-    if progress:
-        from locality.progress import progress as progress_bar
+    # Held across the points: a signal between two points stops the sweep
+    # (exit 130) instead of being dropped; one during a point interrupts it.
+    with StopSignals() as stop:
+        if budget:
+            check_budget(todo, out)
+        if progress:
+            from locality.progress import progress as progress_bar
 
-        bar = progress_bar(len(pts), "sweep", "run", initial=len(pts) - len(todo))
-    try:
-        for p in todo:
+            bar = progress_bar(len(pts), "sweep", "run", initial=len(pts) - len(todo))
+        try:
+            for p in todo:
+                if stop.signum is not None:
+                    raise KeyboardInterrupt
+                if bar is not None:
+                    bar.set_postfix_str(p.point_id, refresh=True)
+                try:
+                    run(p.config, out, run_id=p.point_id, progress=False, resume=resume)
+                except RunFailed:
+                    pass  # stored as failed; the summary lists it
+                except (store.RunBusy, store.RunDone):
+                    pass  # another `sweep --resume` runs it, or has finished it
+                if bar is not None:
+                    bar.update(1)
+            if stop.signum is not None:
+                raise KeyboardInterrupt
+        finally:
             if bar is not None:
-                bar.set_postfix_str(p.point_id, refresh=True)
-            try:
-                run(p.config, out, run_id=p.point_id, progress=False)
-            except RunFailed:
-                pass  # stored as failed; the summary lists it
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
     return [out / p.point_id for p in pts]

@@ -153,6 +153,16 @@ def _really_swapped(entries: np.ndarray, swapped_bit: np.ndarray) -> np.ndarray:
     return swapped
 
 
+def decode_residency(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(present, swapped) per raw pagemap entry, uffd-wp markers not counted as swapped.
+
+    The two flags a sampler needs, without building a ``PageMap``.
+    """
+    top = entries.view(np.uint8)[7::8]
+    present = (top & np.uint8(1 << (PM_PRESENT_BIT - 56))) != 0
+    return present, _really_swapped(entries, (top & np.uint8(1 << (PM_SWAPPED_BIT - 56))) != 0)
+
+
 def _checked(pid: int | None, start: int, end: int) -> int:
     """Validate a pagemap request; returns the range's length rounded up to pages."""
     if not isinstance(start, int) or not isinstance(end, int):

@@ -37,8 +37,8 @@ import numpy as np
 
 from locality.errors import InvalidArgument, LocalityError
 from locality.kernel.procfs import smaps
+from locality.kernel import PAGE_SIZE
 
-PAGE_SIZE = mmap.PAGESIZE
 HOT_BYTES = 16
 COLD_BYTES = 80
 RECORD_BYTES = HOT_BYTES + COLD_BYTES

@@ -17,7 +17,6 @@ vectorised from a generator seeded with ``seed``, so runs stay reproducible.
 from __future__ import annotations
 
 import gc
-import mmap
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -26,11 +25,11 @@ from typing import Callable
 import numpy as np
 
 from locality.errors import InvalidArgument, LocalityError
+from locality.kernel import PAGE_SIZE
 from locality.population.attribution import RangeTable, csr_by_page
 from locality.population.patterns import Pattern, make_pattern, sheet_width, unique_in_order
 from locality.population.schedulers import SCHEDULERS, Scheduler, object_span
 
-PAGE_SIZE = mmap.PAGESIZE
 LATENCY_SAMPLE = 100_000
 # Python objects and arena slots are at least 8-byte aligned and 8 bytes long,
 # so probing every 8th byte of a page finds every owner with bytes on it.

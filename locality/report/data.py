@@ -210,6 +210,8 @@ def load_run_data(path: str | Path) -> RunData:
     if not (path / "manifest.json").exists():
         raise RunNotFound(f"{path} is not a run directory (no manifest.json)", "pass directories written by `locality run`, `probe`, `compare` or `beam`")
     manifest = _read_json(path / "manifest.json")
+    if isinstance(manifest, dict) and manifest.get("status") == "running":
+        manifest["status"] = store.effective_status(manifest)  # "crashed" if its runner is dead
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else {}
     latency = _read_csv(path / "latency.csv")
     latency_ns = None
@@ -272,7 +274,9 @@ class Found:
 
 
 def _walk(root: Path, found: Found) -> None:
-    """Every run directory below ``root`` (not descending into runs), in sorted order."""
+    """Every run directory below ``root`` (not descending into runs), in sorted order.
+
+    Hidden entries are run directories still being created or replaced: not looked at."""
     try:
         children = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     except OSError as e:
