@@ -38,6 +38,7 @@ def make_run(
     status: str = "complete",
     error: str | None = None,
     config: dict[str, Any] | None = None,
+    cold: dict[str, float] | None = None,
 ) -> Path:
     run_dir = store.new_run_dir(out, "run", run_id=run_id)
     cfg = config if config is not None else {
@@ -90,7 +91,7 @@ def make_run(
             "bytes_per_worker": bytes_per_worker, "page_utilization": page_utilization,
             "wss_pages_mean": float(written.sum(axis=1).mean()),
             "wss_bytes_mean": float(written.sum(axis=1).mean() * PAGE),
-            "cold_fraction": {"1 s": 0.5, "10 s": 0.25},
+            "cold_fraction": cold if cold is not None else {"1 s": 0.5, "10 s": 0.25},
             "refault_rate_pct_per_min": refault_rate, "latency_p50_us": 50.5, "latency_p99_us": 99.01,
             "activations_per_s": 12345.0, "sampler_overhead_pct": 0.8, "relocation_ms_per_step": 0.0,
             "swapped_pages_max": 0,
@@ -224,7 +225,8 @@ def make_sweep(out: Path) -> list[Path]:
                 point = f"layout={layout}+pattern.name={pattern}+reclaim.policy={policy}-0123abcd"
                 dirs.append(make_run(out / "thesis" / policy, point, layout, config=sweep_config(layout, pattern, policy),
                                      bytes_per_worker=SWEEP_BYTES[pattern, layout],
-                                     refault_rate=1.5 if policy == "pageout-idle" else 0.0))
+                                     refault_rate=1.5 if policy == "pageout-idle" else 0.0,
+                                     cold={"1": 0.5, "5": 0.4, "10": 0.25, "30": 0.125}))
     (out / "thesis" / "scratch").mkdir()
     (out / "thesis" / "scratch" / "notes.txt").write_text("not a run\n")
     broken = make_run(out / "thesis", "broken", "slab")
