@@ -23,7 +23,10 @@ def test_report_renders_offline_without_errors(tmp_path):
     seen = open_report(report, tmp_path / "profile", "report-fixture.png")
     drawn = sorted(k for k, v in seen["figures"].items() if v["class"] == "drawn")
     assert drawn == sorted(f"fig-{n}" for n in ("bytes_per_worker", "page_utilization", "wss_over_time", "pareto", "heatmap",
-                                                "residency_map", "latency_cdf", "page_age", "vma_rss", "vma_referenced"))
+                                                "residency_map", "latency_cdf", "page_age", "vma_rss", "vma_referenced",
+                                                "vma_class_memory", "referenced_per_interval"))
+    # The probe stored no pages.npz: its residency over time is the one slot not drawn, and it says why.
+    assert seen["figures"]["fig-residency_over_time"]["class"] == "omitted"
     assert seen["rows"]["evil"].split() == ["failed"]
     assert seen["rows"]["objects"].split() == ["baseline", "complete"]
     # The injected img was text, not an element: no request for "x", no alert.

@@ -95,9 +95,9 @@ def draw_class_memory(runs: list[RunData], left_out: list[str]) -> Figure:
 
 def draw_residency_over_time(runs: list[RunData], left_out: list[str]) -> Figure:
     def has(r: RunData) -> bool:
-        return r.pages is not None and "resident" in r.pages.packed and r.pages.n_pages > 0
+        return r.kind in FOREIGN and r.pages is not None and "resident" in r.pages.packed and r.pages.n_pages > 0
 
-    kept = figs._split(runs, has, "resident matrix in pages.npz", left_out)
+    kept = figs._split(runs, has, "resident matrix in pages.npz (probe and VM runs)", left_out)
     fig = figs._figure(rows=len(kept))
     axes = fig.subplots(len(kept), 1, squeeze=False)[:, 0]
     image = None
@@ -110,7 +110,7 @@ def draw_residency_over_time(runs: list[RunData], left_out: list[str]) -> Figure
                           cmap="cividis")
         figs._region_marks(ax, run)
         ax.set_title(run.label, loc="left")
-        ax.set_ylabel("tracked pages (MiB, address order)")
+        ax.set_ylabel("offset (MiB)")
         ax.set_xlabel("time (s)")
         ax.grid(False)
     cbar = fig.colorbar(image, ax=list(axes), shrink=min(0.9, 2.0 / len(axes)), aspect=12)
@@ -290,8 +290,9 @@ SPECS = (
                     "classes are the ones it recorded (allocator regions, code, heap); a probe's come from the path "
                     "and permissions in /proc/PID/maps.", draw_class_memory, probe_only=True),
     figs.FigureSpec("residency_over_time", "Residency of the address space over time",
-                    "Tracked pages (every page seen resident or swapped) in address order, binned; colour: share of "
-                    "the bin resident at each sample (pagemap). White lines: VMA boundaries.",
+                    "Tracked pages (every page seen resident or swapped) in address order, binned (offset: MiB from the "
+                    "first tracked page); colour: share of the bin resident at each sample (pagemap). White lines: "
+                    "VMA boundaries.",
                     draw_residency_over_time, probe_only=True),
     figs.FigureSpec("referenced_per_interval", "Referenced bytes per interval",
                     "Bytes whose accessed bit was set between two samples (clear_refs after each sample, smaps "
