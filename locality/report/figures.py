@@ -318,6 +318,10 @@ def region_label(name: str) -> str:
     if len(parts) >= 2 and re.fullmatch(r"0x[0-9a-f]+-0x[0-9a-f]+", parts[0]):
         path = parts[2].rsplit("/", 1)[-1] if len(parts) == 3 else f"anon {parts[0].split('-')[0]}"
         name = f"{path} {parts[1]}"
+    # A VM region is '<class> 0x<start>': the address first, so it survives when a long class wraps.
+    vm = re.fullmatch(r"(.*\S)\s+(0x[0-9a-f]+)", name)
+    if vm:
+        name = f"{vm.group(2)} {vm.group(1)}"
     # Wrapped, never cut: a class such as 'other anonymous (..., process table)' stays readable.
     return wrap_label(name)
 

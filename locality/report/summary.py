@@ -71,7 +71,7 @@ def headline(run: RunData) -> list[tuple[str, str, float, str]]:
 def essentials(run: RunData) -> dict[str, Any]:
     """The config keys a reader needs to recognise the run, flattened (pattern.p, reclaim.policy)."""
     if run.kind != "run":
-        return {k: v for k, v in run.config.items() if not isinstance(v, (dict, list))}
+        return {k: v for k, v in run.config.items() if v is not None and not isinstance(v, (dict, list))}
     flat = _flat_raw(run.config)
     keep = ("workers", "layout", "scheduler", "arena", "hugepages", "steps", "duration", "step_interval", "seed",
             "sampling.interval", "sampling.writes", "reclaim.policy", "reclaim.idle_seconds", "reclaim.limit")
