@@ -290,22 +290,27 @@ def _region_marks(ax, run: RunData) -> None:
 
 def draw_heatmap(runs: list[RunData], left_out: list[str]) -> Figure:
     kept = _split(runs, lambda r: r.pages is not None and "written" in r.pages.packed and r.pages.n_pages > 0, "written matrix in pages.npz", left_out)
+    return matrix_over_time(kept, "written", "viridis", "pages written (%)")
+
+
+def matrix_over_time(kept: list[tuple[int, RunData]], matrix: str, cmap: str, label: str) -> Figure:
+    """One panel per run: its page matrix ``matrix`` binned over address order (y) and samples (x)."""
     fig = _figure(rows=len(kept))
     axes = fig.subplots(len(kept), 1, squeeze=False)[:, 0]
     image = None
     for ax, (_, run) in zip(axes, kept):
         pages = run.pages
-        frac = _bin_columns(pages.written, 400) * 100.0
+        frac = _bin_columns(pages.matrix(matrix), 400) * 100.0
         total_mib = pages.n_pages * run.page_size / MIB
         x0, x1 = _time_extent(pages.t)
-        image = ax.imshow(frac.T, origin="lower", aspect="auto", extent=(x0, x1, 0, total_mib), vmin=0, vmax=100, cmap="viridis")
+        image = ax.imshow(frac.T, origin="lower", aspect="auto", extent=(x0, x1, 0, total_mib), vmin=0, vmax=100, cmap=cmap)
         _region_marks(ax, run)
         ax.set_title(run.label, loc="left")
         ax.set_ylabel("offset (MiB)")
         ax.set_xlabel("time (s)")
         ax.grid(False)
     cbar = fig.colorbar(image, ax=list(axes), shrink=min(0.9, 2.0 / len(axes)), aspect=12)
-    cbar.set_label("pages written (%)")
+    cbar.set_label(label)
     return fig
 
 

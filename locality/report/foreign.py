@@ -98,24 +98,7 @@ def draw_residency_over_time(runs: list[RunData], left_out: list[str]) -> Figure
         return r.kind in FOREIGN and r.pages is not None and "resident" in r.pages.packed and r.pages.n_pages > 0
 
     kept = figs._split(runs, has, "resident matrix in pages.npz (probe and VM runs)", left_out)
-    fig = figs._figure(rows=len(kept))
-    axes = fig.subplots(len(kept), 1, squeeze=False)[:, 0]
-    image = None
-    for ax, (_, run) in zip(axes, kept):
-        pages = run.pages
-        frac = figs._bin_columns(pages.resident, 400) * 100.0
-        total_mib = pages.n_pages * run.page_size / MIB
-        x0, x1 = figs._time_extent(pages.t)
-        image = ax.imshow(frac.T, origin="lower", aspect="auto", extent=(x0, x1, 0, total_mib), vmin=0, vmax=100,
-                          cmap="cividis")
-        figs._region_marks(ax, run)
-        ax.set_title(run.label, loc="left")
-        ax.set_ylabel("offset (MiB)")
-        ax.set_xlabel("time (s)")
-        ax.grid(False)
-    cbar = fig.colorbar(image, ax=list(axes), shrink=min(0.9, 2.0 / len(axes)), aspect=12)
-    cbar.set_label("resident pages (%)")
-    return fig
+    return figs.matrix_over_time(kept, "resident", "cividis", "resident pages (%)")
 
 
 def draw_referenced_per_interval(runs: list[RunData], left_out: list[str]) -> Figure:

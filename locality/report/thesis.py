@@ -144,20 +144,12 @@ def load_figure_set(path: str | Path, formats: list[str] | None = None, out: str
     entries = table.get("figure") or [{"name": n} for n in figs.FIGURES if not figs.FIGURES[n].probe_only]
     for i, entry in enumerate(entries):
         where = f"figures.figure[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: must be a table")
-        for key in entry:
-            if key not in ("name", "file", "where", "label"):
-                raise ConfigError(f"unknown key '{where}.{key}'", "allowed: name, file, where, label")
+        _check_entry(where, entry, ("name", "file", "where", "label"))
         name = entry.get("name")
         if name not in figs.FIGURES:
             raise ConfigError(f"{where}.name: unknown {name!r} (allowed: {', '.join(figs.FIGURES)})")
-        file = entry.get("file") or name
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", str(file)):
-            raise ConfigError(f"{where}.file: {file!r} must be a plain file stem (letters, digits, . _ -)")
-        if not isinstance(entry.get("where", {}), dict):
-            raise ConfigError(f"{where}.where: must be a table of key path = value")
-        requests.append(FigureRequest(name, str(file), dict(entry.get("where", {})), entry.get("label")))
+        file = _stem(where, entry.get("file") or name)
+        requests.append(FigureRequest(name, file, dict(entry.get("where", {})), entry.get("label")))
     reports = [_report_request(i, entry) for i, entry in enumerate(table.get("report") or [])]
     return FigureSet(path, runs_dir, list(run_ids), requests, fmts, Path(out or table.get("out") or "reports/figures"),
                      sweep_hint if grid and table.get("run_ids") is None else f"locality run CONFIG --id RUN_ID --out {runs_dir}",
@@ -174,18 +166,27 @@ class ReportRequest:
     baseline: str | None = None
 
 
-def _report_request(i: int, entry: Any) -> ReportRequest:
-    where = f"figures.report[{i}]"
+def _check_entry(where: str, entry: Any, allowed: tuple[str, ...]) -> None:
+    """A [[figures.figure]] or [[figures.report]] table: known keys, ``where`` a table."""
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be a table")
     for key in entry:
-        if key not in ("file", "where", "title", "baseline"):
-            raise ConfigError(f"unknown key '{where}.{key}'", "allowed: file, where, title, baseline")
-    file = entry.get("file")
-    if not isinstance(file, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", file):
-        raise ConfigError(f"{where}.file: {file!r} must be a plain file stem (letters, digits, . _ -)")
+        if key not in allowed:
+            raise ConfigError(f"unknown key '{where}.{key}'", f"allowed: {', '.join(allowed)}")
     if not isinstance(entry.get("where", {}), dict):
         raise ConfigError(f"{where}.where: must be a table of key path = value")
+
+
+def _stem(where: str, file: Any) -> str:
+    if not isinstance(file, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", file):
+        raise ConfigError(f"{where}.file: {file!r} must be a plain file stem (letters, digits, . _ -)")
+    return file
+
+
+def _report_request(i: int, entry: Any) -> ReportRequest:
+    where = f"figures.report[{i}]"
+    _check_entry(where, entry, ("file", "where", "title", "baseline"))
+    file = _stem(where, entry.get("file"))
     return ReportRequest(file, dict(entry.get("where", {})), entry.get("title"), entry.get("baseline"))
 
 
