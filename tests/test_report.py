@@ -363,3 +363,35 @@ def test_runs_that_shared_a_node_are_flagged(tmp_path):
     flagged = [n for n in notes if "shared" in n]
     assert len(flagged) == 1
     assert "n2" in flagged[0] and "layout=slab-x, layout=grouped-y" in flagged[0]
+
+
+def test_sweep_tree_grouped_with_baseline_option_and_skips_named(tmp_path, capsys):
+    from fixtures_runs import make_sweep
+
+    make_sweep(tmp_path / "runs")
+    out = tmp_path / "r.html"
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path / "runs"), "--out", str(out), "--baseline", "slab", "--json"])
+    assert e.value.code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["run_dirs"]) == 12
+    assert doc["skipped"] == [
+        {"path": str(tmp_path / "runs" / "thesis" / "broken"),
+         "reason": f"cannot read {tmp_path / 'runs' / 'thesis' / 'broken' / 'metrics.json'}: "
+                   "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"},
+        {"path": str(tmp_path / "runs" / "thesis" / "scratch"), "reason": "no manifest.json: not a run directory"},
+    ]
+    rows = table(out.read_text())
+    # Each ratio against the slab run of its own group: uniform objects 2,000 / uniform slab 400.
+    assert rows["objects · uniform · none"]["bytes / worker (B)"] == "2,000 5×"
+    assert rows["objects · sheet · none"]["bytes / worker (B)"] == "1,000 10×"
+    assert rows["slab · sheet · pageout-idle"]["bytes / worker (B)"] == "100"  # a baseline: no ratio
+    html = out.read_text()
+    assert "Found 12 runs under" in html and "skipped 2:" in html
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "x.html"), "--baseline", "nope"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == ("locality: error: --baseline 'nope' matches no run (give a layout (objects), "
+                   "a run label or a run id from the report)\n")
+    assert not (tmp_path / "x.html").exists()
