@@ -32,8 +32,9 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
 
     Each point is stored as OUT/<point-id>, an id built from its grid values
     and a hash of its config, so `--resume` finds it again. Every point is
-    validated before the first runs, and what the grid needs (swap, root,
-    estimated time and memory) is printed before the first starts. With the local executor, a point whose
+    validated before the first runs, and (local executor) what the grid
+    needs (swap, root, estimated time and memory) is printed before the
+    first starts. With the local executor, a point whose
     estimated memory (workers x measured bytes/worker, see
     locality.experiment.sweep) exceeds the free memory is refused up front.
     Exits 1 if any point failed.
@@ -55,10 +56,13 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     all_points = points(cfg, points_grid)
     todo = pending(all_points, out_dir, resume)
     skipped = {p.point_id for p in all_points} - {p.point_id for p in todo}
-    if not as_json:
-        for line in grid_needs(all_points, out_dir, todo).lines():
+    def say_needs(pending_points: list) -> None:
+        # After every check passed (a refused sweep prints only its one error line), before the first run.
+        for line in grid_needs(all_points, out_dir, pending_points).lines():
             click.echo(line, err=True)
-    dirs = run_sweep(cfg, points_grid, out_dir, resume=resume, executor=executor, progress=not as_json, **options)
+
+    dirs = run_sweep(cfg, points_grid, out_dir, resume=resume, executor=executor, progress=not as_json,
+                     on_start=None if as_json else say_needs, **options)
     failed = 0
     for d in dirs:
         try:

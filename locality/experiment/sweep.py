@@ -29,7 +29,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from locality.errors import InvalidArgument, LocalityError
 from locality.experiment import store
@@ -226,6 +226,7 @@ def run_sweep(
     executor: str = "local",
     progress: bool = True,
     budget: bool = True,
+    on_start: Callable[[list[SweepPoint]], None] | None = None,
     **executor_options: Any,
 ) -> list[Path]:
     """Run every pending point; returns the run dirs of all points (skipped ones included).
@@ -263,6 +264,8 @@ def run_sweep(
     with StopSignals() as stop:
         if budget:
             check_budget(todo, out)
+        if on_start is not None:  # every check passed: the first point starts next
+            on_start(todo)
         if progress:
             from locality.progress import progress as progress_bar
 
