@@ -149,3 +149,19 @@ def test_show_missing_run_is_one_error_line(tmp_path, capsys):
     assert rc == 2 and out == ""
     assert err == f"locality: error: no run directory at {tmp_path / 'nope'} (pass directories written by " \
                   "`locality run`, `probe`, `compare` or `beam`)\n"
+
+
+def test_bench_csv_is_its_rows_or_every_scalar():
+    from locality.cli.output import doc_csv
+
+    assert doc_csv({"rows": [{"name": "mincore", "best_ms": 1.5}, {"name": "pagemap", "best_ms": 31.0}], "size": 4}) == \
+        "name,best_ms\nmincore,1.5\npagemap,31.0\n"
+    assert doc_csv({"workers": 1000, "ratio_off": {"written": 0.97}, "runs": [1, 2]}) == \
+        'key,value\nworkers,1000\nratio_off.written,0.97\nruns,"[1, 2]"\n'
+
+
+def test_json_and_another_format_disagree(runs, capsys):
+    objects, _ = runs
+    rc, out, err = run_cli(capsys, "show", str(objects), "--json", "--format", "csv")
+    assert rc == 2 and out == ""
+    assert err == "locality: error: --json and --format csv disagree; give one of them (see `locality show --help`)\n"
