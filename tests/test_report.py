@@ -189,6 +189,13 @@ def test_probe_run_renders_per_vma_figures(tmp_path):
     assert figures["fig-vma_rss"] == "drawn"
     assert figures["fig-vma_referenced"] == "drawn"
     assert "probe 4242" in html and "fig-vma_class_memory" in figures
+    # Its row holds what a probe measures (VMAs summed at the last sample), not worker columns of dashes:
+    # 6 x 500 pages resident, 40 swapped, half the resident referenced.
+    (row,) = table(html).values()
+    assert "metrics-more" not in html  # nothing else measured: no second table
+    assert {k: v for k, v in row.items() if k not in ("run", "status", "workers")} == {
+        "resident, last sample (MiB)": "11.72", "swapped, last sample (MiB)": "0.1562",
+        "referenced, last interval (MiB)": "5.859"}
     assert not any(f"fig-{n}" in figures for n in ("bytes_per_worker", "heatmap", "page_age", "pareto"))
     assert "beam.smp" in html  # VMA named by its file
 

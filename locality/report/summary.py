@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from locality.report.data import RunData, find_key, load_run_data
-from locality.report.table import METRICS, _seconds, fmt_number
+from locality.report.table import FOREIGN_COLUMNS, METRICS, _seconds, fmt_number, value_of
 
 REPEAT_FREE_KEYS = ("seed", "name", "out")
 # A VM run's own accounting, shown after the common metrics.
@@ -45,9 +45,9 @@ def _number(value: Any) -> float | None:
 def headline(run: RunData) -> list[tuple[str, str, float, str]]:
     """(key, heading, value in the heading's unit, formatted) of every headline metric the run has, in report order."""
     out = []
-    specs = METRICS[:] + (BEAM_METRICS if run.kind == "beam" else [])
+    specs = METRICS[:] + (BEAM_METRICS if run.kind == "beam" else []) + FOREIGN_COLUMNS
     for key, heading, scale, digits, _ in specs:
-        value = _number(run.metrics.get(key))
+        value = _number(value_of(run, key))
         if value is not None:
             out.append((key, heading, value * scale, fmt_number(value * scale, digits)))
     cold = run.metrics.get("cold_fraction")
@@ -57,14 +57,8 @@ def headline(run: RunData) -> list[tuple[str, str, float, str]]:
             if seconds is not None and value is not None:
                 out.append((f"cold_fraction.{seconds:g}", f"cold after {seconds:g} s (%)", 100 * value, fmt_number(100 * value, 3)))
     if run.kind == "probe" and run.vma_timeline is not None and len(run.vma_timeline):
-        tl = run.vma_timeline
-        last = tl[tl["t"] == tl["t"].max()]
-        for col, heading in (("rss_bytes", "resident at the last sample (MiB)"), ("swap_bytes", "swapped at the last sample (MiB)"),
-                             ("referenced_bytes", "referenced in the last interval (MiB)")):
-            if col in last and last[col].notna().any():
-                value = float(last[col].sum()) / (1 << 20)
-                out.append((f"last.{col}", heading, value, fmt_number(value, 4)))
-        out.append(("vmas", "VMAs seen", float(tl["vma"].nunique()), fmt_number(int(tl["vma"].nunique()))))
+        vmas = int(run.vma_timeline["vma"].nunique())
+        out.append(("vmas", "VMAs seen", float(vmas), fmt_number(vmas)))
     return out
 
 

@@ -87,30 +87,71 @@ def _cold_cell(run: RunData, seconds: float) -> Cell:
     return Cell("—")
 
 
+# A probe or VM run has no worker metrics; these come from its per-VMA smaps rows (last sample).
+FOREIGN_COLUMNS: list[tuple[str, str, float, int, bool]] = [
+    ("resident_bytes_last", "resident, last sample (MiB)", 1.0 / (1 << 20), 4, True),
+    ("swapped_bytes_last", "swapped, last sample (MiB)", 1.0 / (1 << 20), 4, True),
+    ("referenced_bytes_last", "referenced, last interval (MiB)", 1.0 / (1 << 20), 4, True),
+]
+FOREIGN_KINDS = ("probe", "beam")
+
+
+def foreign_values(run: RunData) -> dict[str, float]:
+    """FOREIGN_COLUMNS of a probe or VM run, summed over its VMAs at the last sample."""
+    tl = run.vma_timeline
+    if run.kind not in FOREIGN_KINDS or tl is None or not len(tl) or "t" not in tl:
+        return {}
+    last = tl[tl["t"] == tl["t"].max()]
+    out = {}
+    for key, column in (("resident_bytes_last", "rss_bytes"), ("swapped_bytes_last", "swap_bytes"),
+                        ("referenced_bytes_last", "referenced_bytes")):
+        if column in last and last[column].notna().any():
+            out[key] = float(last[column].sum())
+    return out
+
+
+def value_of(run: RunData, key: str) -> Any:
+    return run.metrics[key] if key in run.metrics else foreign_values(run).get(key)
+
+
 def _metric_cell(run: RunData, base: RunData | None, key: str, scale: float, digits: int, compared: bool) -> Cell:
-    value = run.metrics.get(key)
+    value = value_of(run, key)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or run.failed:
         return Cell("—")
     ratio = ""
-    ref = base.metrics.get(key) if base is not None else None
+    ref = value_of(base, key) if base is not None else None
     if compared and run is not base and isinstance(ref, (int, float)) and not isinstance(ref, bool) and ref:
         ratio = f"{value / ref:.3g}×"
     return Cell(fmt_number(value * scale, digits), ratio)
 
 
-def metric_columns() -> tuple[list[tuple], list[tuple]]:
-    """(main, more) METRICS entries; cold-fraction columns sit between MAIN and MAIN_AFTER_COLD."""
+def metric_columns(runs: list[RunData] = ()) -> tuple[list[tuple], list[tuple]]:
+    """(main, more) METRICS entries; cold-fraction columns sit between MAIN and MAIN_AFTER_COLD.
+
+    With probe or VM runs, their FOREIGN_COLUMNS join the main table; a report
+    without worker runs leaves out the columns none of its runs has (a probe's
+    row is not a row of dashes)."""
     by_key = {m[0]: m for m in METRICS}
-    main = [by_key[k] for k in MAIN]
-    after = [by_key[k] for k in MAIN_AFTER_COLD]
+    main = [by_key[k] for k in MAIN] + [("__cold__", "", 1.0, 3, False)] + [by_key[k] for k in MAIN_AFTER_COLD]
     more = [m for m in METRICS if m[0] not in MAIN and m[0] not in MAIN_AFTER_COLD]
-    return main + [("__cold__", "", 1.0, 3, False)] + after, more
+    kinds = {r.kind for r in runs}
+    if kinds & set(FOREIGN_KINDS):
+        main += FOREIGN_COLUMNS
+    if runs and not kinds - set(FOREIGN_KINDS):
+        def has(m: tuple) -> bool:
+            return m[0] == "__cold__" or any(_number(value_of(r, m[0])) for r in runs)
+        main, more = [m for m in main if has(m)], [m for m in more if has(m)]
+    return main, more
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def metrics_rows(runs: list[RunData], groups: list[Group]) -> dict[str, Any]:
     """The metrics tables: headings and, per group, rows whose ratios use the group's baseline."""
     colds = cold_columns(runs)
-    main, more = metric_columns()
+    main, more = metric_columns(runs)
     main_headings = []
     for key, heading, *_ in main:
         main_headings += [h for _, h in colds] if key == "__cold__" else [heading]
