@@ -56,6 +56,9 @@ def test_sweep_report_groups_baselines_and_a_short_title(tmp_path):
     assert {v["class"] for v in seen["figures"].values()} == {"drawn"}
     assert len(seen["figures"]) == 8
     # open_report checked that the main table (12 columns, 4 cold windows) fits 1400 px unscrolled.
+    # The bar labels are ratios to each run's own group baseline: uniform slab 400 / uniform objects 2,000.
+    ratios = sorted(t for t in seen["texts"]["fig-bytes_per_worker"] if t.endswith("×"))
+    assert ratios == sorted(["1×", "0.05×", "0.1×", "1×", "0.1×", "0.2×"] * 2)
 
 
 PROBE_FIGURES = ("vma_class_memory", "residency_over_time", "referenced_per_interval", "residency_map", "vma_rss",

@@ -137,8 +137,9 @@ def _metric_bars(runs: list[RunData], left_out: list[str], key: str, what: str, 
 
 
 def _bar_panel(ax, runs: list[RunData], kept: list[tuple[int, RunData]], key: str, xlabel: str, scale: float) -> None:
-    """One horizontal bar per kept run, labelled with its ratio to the baseline."""
-    base_value = _metric(runs[baseline_index(runs)], key)
+    """One horizontal bar per kept run, labelled with its ratio to its baseline (its group's, in a
+    grouped report; else the figure's first objects run)."""
+    default_base = runs[baseline_index(runs)]
     colors = _colors(len(runs))
     y = np.arange(len(kept))[::-1]
     values = [_metric(r, key) * scale for _, r in kept]
@@ -147,10 +148,14 @@ def _bar_panel(ax, runs: list[RunData], kept: list[tuple[int, RunData]], key: st
     ax.set_xlabel(xlabel)
     ax.set_ylabel("run")
     ax.grid(axis="y", visible=False)
-    if base_value:
-        for yy, (_, run), v in zip(y, kept, values):
-            ratio = _metric(run, key) / base_value
-            ax.annotate(f" {ratio:.3g}×", (v, yy), va="center", ha="left", fontsize="x-small")
+    labelled = False
+    for yy, (_, run), v in zip(y, kept, values):
+        base = run.group_baseline if run.group_baseline is not None else default_base
+        base_value = _metric(base, key)
+        if base_value:
+            ax.annotate(f" {_metric(run, key) / base_value:.3g}×", (v, yy), va="center", ha="left", fontsize="x-small")
+            labelled = True
+    if labelled:
         ax.margins(x=0.18)
 
 
