@@ -16,7 +16,10 @@ kills the child. Page lists are page indices into the mapping.
 Commands: touch/write/read(pages), register_write_tracking()/unregister(),
 tracker_start()/tracker_written() (a WriteTracker inside the child),
 mincore(), faults() -> (minflt, majflt), msync(), pageout(pages=None),
-sleep(seconds), loop_touch(pages, rate, seconds) (touches at ``rate`` pages/s).
+sleep(seconds), loop_touch(pages, rate, seconds) (touches at ``rate`` pages/s),
+madvise(pages, advice), munmap(pages), mremap(write) (moves the whole mapping to a
+new address, writes pages ``write`` there and returns that address; the
+child's own views of the old mapping are dead afterwards).
 ``start(op, **args)`` sends without waiting; ``result()`` collects the answer.
 """
 
@@ -124,6 +127,15 @@ class Child:
     def sleep(self, seconds: float) -> None:
         self.call("sleep", seconds=seconds)
 
+    def madvise(self, pages, advice: int) -> None:
+        self.call("madvise", pages=[int(p) for p in pages], advice=int(advice))
+
+    def munmap(self, pages) -> None:
+        self.call("munmap", pages=[int(p) for p in pages])
+
+    def mremap(self, write=()) -> int:
+        return self.call("mremap", write=[int(p) for p in write])
+
     def loop_touch(self, pages, rate: float, seconds: float) -> int:
         return self.call("loop_touch", pages=[int(p) for p in pages], rate=rate, seconds=seconds)
 
@@ -215,6 +227,30 @@ def _child_main(spec: dict) -> None:
             return sum(kernel.pageout(addr + p * page, page) for p in args["pages"])
         elif op == "sleep":
             time.sleep(args["seconds"])
+        elif op in ("madvise", "munmap"):
+            from locality.kernel._platform import libc
+
+            libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            for p in args["pages"]:
+                rv = (libc.madvise(ctypes.c_void_p(addr + p * page), page, args["advice"]) if op == "madvise"
+                      else libc.munmap(ctypes.c_void_p(addr + p * page), page))
+                if rv != 0:
+                    raise OSError(ctypes.get_errno(), f"{op} of page {p}")
+        elif op == "mremap":
+            from locality.kernel._platform import libc
+
+            libc.mremap.restype = ctypes.c_void_p
+            libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+            libc.mmap.restype = ctypes.c_void_p
+            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+            # Onto a fresh placeholder mapping (MREMAP_MAYMOVE | MREMAP_FIXED), so it surely moves.
+            target = libc.mmap(None, length, 3, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+            new = libc.mremap(ctypes.c_void_p(addr), length, length, 3, ctypes.c_void_p(target))
+            if new in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), "mremap")
+            for p in args["write"]:
+                ctypes.c_char.from_address(new + p * page).value = b"w"
+            return new
         elif op == "loop_touch":
             idx = offsets(args["pages"])
             interval, deadline, done = 1.0 / args["rate"], time.monotonic() + args["seconds"], 0

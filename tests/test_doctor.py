@@ -10,7 +10,7 @@ from locality.kernel import capabilities
 def test_doctor_json_lists_every_capability_and_exits_0(cli):
     rc, out, err = cli("doctor", "--json")
     assert rc == 0, err
-    report = json.loads(out)
+    report = json.loads(out)["capabilities"]
     assert set(report) == set(capabilities())
     for c in report.values():
         assert set(c) >= {"available", "reason", "hint"}
@@ -20,8 +20,9 @@ def test_doctor_table_shows_each_verdict_with_reason_and_fix(cli):
     rc, out, err = cli("doctor")
     assert rc == 0 and err == ""
     rc2, js, _ = cli("doctor", "--json")
-    report = json.loads(js)
-    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line and not line.startswith(" ")}
+    report = json.loads(js)["capabilities"]
+    table = out.split("\n\n")[0]
+    rows = {line.split()[0]: line.split()[1] for line in table.splitlines()[1:] if line and not line.startswith(" ")}
     for name, c in report.items():
         assert rows[name] == ("works" if c["available"] else "MISSING"), name
     missing = [n for n, c in report.items() if not c["available"]]

@@ -255,3 +255,48 @@ def test_page_history_rebuilds_every_sample_exactly():
     for i, (resident, swapped) in enumerate(sets):
         np.testing.assert_array_equal(addr[resident_bits[i]], resident)
         np.testing.assert_array_equal(addr[swapped_bits[i]], swapped)
+
+
+def test_whole_process_totals_come_from_smaps_rollup_not_truncated_per_vma_values(tmp_path, monkeypatch):
+    # 300 one-page shared mappings, each shared by 3 processes: PSS 1.33 kB per VMA,
+    # which smaps prints as 1 kB. The sum over VMAs reads 100 kB low; smaps_rollup does not.
+    script = textwrap.dedent(
+        """
+        import mmap, os, sys
+        maps = [mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS) for _ in range(300)]
+        for m in maps:
+            m[0] = 1
+        r, w = os.pipe()
+        for _ in range(2):  # two children map every page too: three sharers
+            if os.fork() == 0:
+                for m in maps:
+                    m[0]
+                os.write(w, b"x")
+                sys.stdin.read()
+                os._exit(0)
+        os.read(r, 1), os.read(r, 1)
+        print("ready", flush=True)
+        sys.stdin.read()
+        """
+    )
+    p = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    rolled, samples = [], []
+    real = probe_module.rollup
+
+    def spy(pid):
+        rolled.append(real(pid))
+        return rolled[-1]
+
+    monkeypatch.setattr(probe_module, "rollup", spy)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        run = probe(p.pid, tmp_path / "run", interval=0.1, duration=0.1, on_sample=samples.append)
+    finally:
+        p.stdin.close()
+        p.wait()
+    assert len(samples) == len(rolled) == 2
+    assert [s.pss_bytes for s in samples] == [r["pss"] for r in rolled]
+    assert [s.rss_bytes for s in samples] == [r["rss"] for r in rolled]
+    rows = pd.read_csv(run / "timeline.csv")
+    per_vma_sum = rows.groupby("sample").pss_bytes.sum().tolist()
+    assert all(s.pss_bytes - v >= 300 * (4096 // 3 - 1024) - 8 * 1024 for s, v in zip(samples, per_vma_sum))

@@ -350,3 +350,25 @@ def test_state_metrics_use_the_windows_of_the_whole_process_ones():
                 latencies_ns=np.empty(0), cold_thresholds=[], interval=1.0, state_pages=7, state_tracked_pages=0)
     assert m["state_page_utilization"] is None and m["state_wss_pages_mean"] is None
 
+
+
+@pytest.mark.parametrize(
+    "drops, verdict, noise",
+    [
+        ([-7.4], "not measurable at this size", None),  # one repetition: no noise measured
+        ([-17.0, -7.4, 2.6], "not measurable at this size", 9.8),  # the issue's -7.4% median, within its noise
+        ([0.4, 1.1, 1.9], "within", 0.75),
+        ([-3.0, -2.5, -2.0], "within", 0.5),  # faster than off beyond the noise: still not a drop above target
+        ([2.5, 3.0, 6.0], "ABOVE", 1.75),
+        ([30.0, 90.0], "ABOVE", 30.0),  # every repetition far above: conclusive however noisy
+        ([-98.7, -1.3], "not measurable at this size", 48.7),  # all "faster", but noise far coarser than 2%
+        ([1.5, 2.5], "not measurable at this size", 0.5),  # straddles the target
+        ([2.0, 2.0], "within", 0.0),
+    ],
+)
+def test_bench_sampler_meets_a_target_only_outside_the_measured_noise(drops, verdict, noise):
+    from locality.bench.sampler import judge
+
+    v, n = judge(drops, 2.0)
+    assert v == verdict
+    assert n == (None if noise is None else pytest.approx(noise))

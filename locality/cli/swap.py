@@ -25,7 +25,7 @@ def on(size: int) -> None:
     """Create a zram swap device of SIZE and enable it at the highest priority."""
     from locality.kernel.swap import swap_active, zram_swap_on
 
-    zram_swap_on(size)
+    zram_swap_on(size, keep=True)
     area = next(a for a in swap_active() if a["filename"].endswith("zram0"))
     click.echo(f"zram swap on: {area['filename']}, {human(area['size_bytes'])}, priority {area['priority']}")
 
@@ -33,12 +33,22 @@ def on(size: int) -> None:
 @swap.command()
 @click.option("--force", is_flag=True, help="Turn it off even while the process that turned it on is still running.")
 def off(force: bool) -> None:
-    """Disable the zram swap locality turned on and reset the device."""
+    """Disable the zram swap locality turned on and reset the device.
+
+    Also removes what killed locality processes left behind (memory cgroups,
+    zram state and temporary files whose owner is dead; see `locality doctor`).
+    """
+    from locality.experiment import leftovers
     from locality.kernel.swap import STATE_FILE, zram_swap_off
 
     was_on = STATE_FILE.exists()
     zram_swap_off(force=force)
     click.echo("zram swap off" if was_on else "zram swap was not on; nothing to do")
+    removed, failed = leftovers.clean()
+    for item in removed:
+        click.echo(f"removed leftover {item.kind} {item.path} (owner PID {item.owner_pid} is dead)")
+    for item, why in failed:
+        click.echo(f"could not remove leftover {item.kind} {item.path}: {why}", err=True)
 
 
 @swap.command()

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from locality import tempfiles
 from locality.errors import LocalityError
 from locality.experiment import store
 from locality.experiment.channel import Channel, ChildDied, ChildEnd
@@ -105,7 +106,7 @@ def _run_point(point: Any, out: str, token: str, shared_out: bool | None, run_fn
         raise ClusterSetupError(f"out directory {out} is not shared with {machine['hostname']}", "drop shared_out=True")
     # The run itself always goes to a local directory: a point process
     # orphaned by a lost worker must not write into ``out`` afterwards.
-    parent = Path(tempfile.mkdtemp(prefix="locality-point-"))
+    parent = Path(tempfile.mkdtemp(prefix=tempfiles.prefix("point")))
     run_dir = parent / point.point_id
     try:
         lost = _earlier_attempt(token, point.point_id)

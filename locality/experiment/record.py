@@ -68,6 +68,8 @@ class RunRecord:
             self.pageout_bytes += advised
             row.update(store.row("run", {
                 "written_pages": s.written_pages,
+                "discarded_pages": s.discarded_pages,
+                "unresolved_pages": s.unresolved_pages,
                 "resident_pages": s.resident_pages,
                 "swapped_pages": s.swapped_pages,
                 "populated_pages": s.populated_pages,

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from locality import tempfiles
 from locality.errors import LocalityError, Unsupported
+from locality.experiment import leftovers
 from locality.experiment.channel import Channel, ChildDied
 from locality.experiment.config import ExperimentConfig
 from locality.experiment.lifecycle import RunLifecycle
@@ -103,7 +105,8 @@ class _Run:
         life.on_end = self._finish_manifest
 
     def execute(self) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix="locality-run-"))
+        leftovers.clean()  # what killed runs left behind (their owners are dead)
+        tmp = Path(tempfile.mkdtemp(prefix=tempfiles.prefix("run")))
         latency_path, state_path = tmp / "latency.npy", tmp / "state-pages.npy"
         try:
             with self.policy:

@@ -96,6 +96,8 @@ class Sample:
     cold_pages: dict[float, int]
     sample_s: float
     written_state_pages: int | None = None  # written pages holding worker state (None: state unknown)
+    discarded_pages: int = 0  # read as written but dropped since the last sample (MADV_DONTNEED): not in written_pages
+    unresolved_pages: int = 0  # in swap or a uffd-wp marker, undecidable without CAP_SYS_ADMIN: neither resident nor swapped
 
 
 class Sampler:
@@ -132,6 +134,10 @@ class Sampler:
         # not told), and per column whether the page is one of them.
         self.state_addrs: np.ndarray | None = None
         self.state = np.empty(0, dtype=bool)
+        self.unresolved = 0  # pages of the last residency read that pagemap leaves undecided
+        # Present or in swap at the last read and not seen dropped since: such a page held
+        # a page at the last reset, so it holds no uffd-wp marker (kernel/markers.py).
+        self.held = np.empty(0, dtype=bool)
 
     # -- regions ----------------------------------------------------------------
     def add_region(self, name: str, start: int, length: int, now: float, *, writes: bool = True) -> Region | None:
@@ -153,6 +159,7 @@ class Sampler:
         self.paged_out = np.concatenate([self.paged_out, np.zeros(n, bool)])
         self.out_prev = np.concatenate([self.out_prev, np.zeros(n, bool)])
         self.present = np.concatenate([self.present, np.zeros(n, bool)])
+        self.held = np.concatenate([self.held, np.zeros(n, bool)])
         self.state = np.concatenate([self.state, self._state_mask(start, n)])
         return region
 
@@ -219,19 +226,23 @@ class Sampler:
         return spans
 
     def _residency(self) -> tuple[np.ndarray, np.ndarray]:
-        """(present, swapped) per column from /proc/PID/pagemap, read span by span."""
-        from locality.kernel import decode_residency, read_entries
+        """(present, swapped) per column from /proc/PID/pagemap, read span by span; updates ``held``."""
+        from locality.kernel import pagemap
 
         present = np.zeros(self.n_cols, dtype=bool)
         swapped = np.zeros(self.n_cols, dtype=bool)
+        self.unresolved = 0
         for start, end, regs in self._spans():
             try:
-                p, w = decode_residency(read_entries(self.pid, start, end))
+                pm = pagemap(self.pid, start, end, held=self._held_span(start, end, regs))
+                p, w, u = pm.present, pm.swapped, pm.unresolved  # uffd-wp markers are none of them
             except LocalityError:
                 # Region by region, so one vanished range does not hide the rest.
                 for r in regs:
                     try:
-                        present[r.cols], swapped[r.cols] = decode_residency(read_entries(self.pid, r.start, r.end))
+                        pm = pagemap(self.pid, r.start, r.end, held=self.held[r.cols])
+                        present[r.cols], swapped[r.cols] = pm.present, pm.swapped
+                        self.unresolved += int(np.count_nonzero(pm.unresolved))
                     except LocalityError as e:
                         self._drop(r, e)
                 continue
@@ -239,16 +250,28 @@ class Sampler:
                 a = (r.start - start) // self.page_size
                 present[r.cols] = p[a : a + r.n_pages]
                 swapped[r.cols] = w[a : a + r.n_pages]
+                self.unresolved += int(np.count_nonzero(u[a : a + r.n_pages]))
+        self.held = present | swapped
         return present, swapped
+
+    def _held_span(self, start: int, end: int, regs: list[Region]) -> np.ndarray:
+        held = np.zeros((end - start) // self.page_size, dtype=bool)
+        for r in regs:
+            a = (r.start - start) // self.page_size
+            held[a : a + r.n_pages] = self.held[r.cols]
+        return held
 
     def sample(self, now: float) -> Sample:
         """One sample at monotonic time ``now``: written (and re-protect), present, swapped."""
         t0 = time.perf_counter()
         w = np.zeros(self.n_cols, dtype=bool)
+        discarded = 0
         for r in self.regions:
             if r.alive and r.tracker is not None:
                 try:
-                    w[r.cols] = r.tracker.written_and_reset()
+                    w[r.cols], d = r.tracker.scan(reset=True)
+                    discarded += int(np.count_nonzero(d))
+                    self.held[r.cols] &= ~d  # dropped before this reset: may hold a marker now
                 except LocalityError as e:
                     self._drop(r, e)
         present, swp = self._residency()
@@ -278,6 +301,8 @@ class Sampler:
             cold_pages=cold,
             sample_s=time.perf_counter() - t0,
             written_state_pages=int(np.count_nonzero(w & self.state)) if self.state_addrs is not None else None,
+            discarded_pages=discarded,
+            unresolved_pages=self.unresolved,
         )
 
     def idle_ranges(self, now: float, idle_seconds: float) -> list[tuple[int, int]]:

@@ -62,8 +62,12 @@ TIMELINE: dict[str, tuple[Field, ...]] = {
         F("major_faults", "int", "count", "the child's major faults so far (/proc/PID/stat)"),
         F("minor_faults", "int", "count", "the child's minor faults so far"),
         F("written_pages", "int", "pages", "tracked pages written since the previous sample (PAGEMAP_SCAN)"),
+        F("discarded_pages", "int", "pages", "tracked pages the kernel reads as written that were dropped since the "
+          "previous sample (MADV_DONTNEED): no page left, not in written_pages"),
         F("resident_pages", "int", "pages", "tracked pages present in RAM"),
         F("swapped_pages", "int", "pages", "tracked pages in swap (uffd-wp markers excluded)"),
+        F("unresolved_pages", "int", "pages", "tracked pages in swap or holding a uffd-wp marker, which a reader "
+          "without CAP_SYS_ADMIN cannot tell apart (0 as root); in neither resident_pages nor swapped_pages"),
         F("populated_pages", "int", "pages", "tracked pages present or swapped"),
         F("refaulted_pages", "int", "pages", "tracked pages back in RAM since the previous sample after being swapped"),
         F("paged_out_pages", "int", "pages", "tracked pages that went from RAM to swap since the previous sample"),

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from locality import tempfiles
 from locality.errors import InvalidArgument, LocalityError
 from locality.experiment import store
 from locality.experiment.config import ExperimentConfig, parse_value, with_overrides
@@ -185,7 +186,7 @@ def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dic
     data["pattern"] = {"name": "uniform"}
     data["sampling"] = {"interval": 0, "pages": False}
     data["reclaim"] = {"policy": "none"}
-    with tempfile.TemporaryDirectory(prefix="locality-calibrate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=tempfiles.prefix("calibrate")) as tmp:
         run_dir = run(validate(data), tmp, run_id="calibration", progress=False)
         m = json.loads((run_dir / "metrics.json").read_text())
     cache[key] = (max(0.0, float(m["bytes_per_worker"])), int(m["pss_empty_bytes"]), f"calibration run of {n:,} workers")

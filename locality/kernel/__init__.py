@@ -12,7 +12,7 @@ capabilities). The names are bound here after their modules are imported, so
 from locality.kernel._platform import PAGE_SIZE, SWP_PTE_MARKER, check_pid, die_with_parent
 from locality.kernel.capabilities import capabilities
 from locality.kernel.mincore import mincore
-from locality.kernel.pagemap import PageMap, decode_residency, pagemap, read_entries, residency
+from locality.kernel.pagemap import PageMap, pagemap, read_entries, residency
 from locality.kernel.procfs import Vma, clear_refs, faults, rollup, smaps, vmas
 from locality.kernel.reclaim import cold, pageout, process_cold, process_pageout
 from locality.kernel.swap import swap_active, zram_swap_off, zram_swap_on
@@ -28,7 +28,6 @@ __all__ = [
     "check_pid",
     "clear_refs",
     "cold",
-    "decode_residency",
     "die_with_parent",
     "faults",
     "mincore",

@@ -14,6 +14,8 @@ import os
 import platform
 import sys
 
+import psutil
+
 from locality.errors import AccessDenied, InvalidArgument, NoSuchProcess, Unsupported
 
 PAGE_SIZE: int = os.sysconf("SC_PAGE_SIZE")
@@ -144,9 +146,30 @@ IOV_MAX = 1024
 # --- shared argument checks and errno mapping --------------------------------
 
 
-def check_range(addr: int, length: int) -> int:
-    """Validate a user range like the kernel does; returns the length rounded up to pages."""
-    if not isinstance(addr, int) or not isinstance(length, int):
+def _user_address_limit() -> int:
+    """End of the user address space (the kernel's TASK_SIZE_MAX): no range reaches past it."""
+    if MACHINE == "x86_64":
+        try:
+            with open("/proc/cpuinfo", "rb") as f:
+                la57 = b" la57" in f.read(1 << 16)
+        except OSError:
+            la57 = False
+        # The top page below the canonical hole is a guard the kernel never maps.
+        return (1 << (56 if la57 else 47)) - PAGE_SIZE
+    return 1 << 52  # aarch64: 52-bit VAs at most (48 on most kernels)
+
+
+USER_ADDRESS_LIMIT: int = _user_address_limit()
+
+
+def check_range(addr: int, length: int, result_bytes_per_page: int = 0) -> int:
+    """Validate a user range like the kernel does; returns the length rounded up to pages.
+
+    ``result_bytes_per_page``: what the caller will allocate per page of the
+    range; a range whose result cannot fit in available memory is refused
+    here, before anything is allocated or the kernel is asked.
+    """
+    if isinstance(addr, bool) or isinstance(length, bool) or not isinstance(addr, int) or not isinstance(length, int):
         raise InvalidArgument(f"address and length must be integers, got {type(addr).__name__}, {type(length).__name__}")
     if addr < 0 or length < 0:
         raise InvalidArgument(f"negative range: address {addr:#x}, length {length}")
@@ -154,7 +177,22 @@ def check_range(addr: int, length: int) -> int:
         raise InvalidArgument(f"empty range at {addr:#x}", "pass a length of at least one byte")
     if addr % PAGE_SIZE:
         raise InvalidArgument(f"address {addr:#x} is not page-aligned", f"page size is {PAGE_SIZE}")
-    return (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    if addr + length > USER_ADDRESS_LIMIT:
+        raise InvalidArgument(
+            f"range {addr:#x}-{addr + length:#x} reaches past the user address space (ends at {USER_ADDRESS_LIMIT:#x})",
+            "pass a range of mapped addresses",
+        )
+    if result_bytes_per_page:
+        need = (length // PAGE_SIZE) * result_bytes_per_page
+        available = psutil.virtual_memory().available
+        if need > available // 2:
+            raise InvalidArgument(
+                f"range {addr:#x}-{addr + length:#x} has {length // PAGE_SIZE:,} pages; its result needs "
+                f"{need / 2**30:,.1f} GiB, more than half of the {available / 2**30:,.1f} GiB available",
+                "ask for a smaller range",
+            )
+    return length
 
 
 def check_pid(pid: int) -> int:

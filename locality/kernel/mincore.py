@@ -19,7 +19,7 @@ def mincore(addr: int, length: int) -> np.ndarray:
     the kernel does. Returns one bool per page. For file-backed mappings this
     is page-cache residency; swapped-out anonymous pages are not resident.
     """
-    length = check_range(addr, length)
+    length = check_range(addr, length, 2)  # the kernel's byte vector and the bool result
     vec = np.empty(length // PAGE_SIZE, dtype=np.uint8)
     if libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(length), vec.ctypes.data_as(ctypes.c_void_p)) != 0:
         err = ctypes.get_errno()

@@ -41,13 +41,13 @@ from locality.kernel._platform import (
     PM_SWAPPED_BIT,
     PM_UFFD_WP_BIT,
     PAGE_IS_WPALLOWED,
-    SWP_PTE_MARKER,
     check_pid,
     check_range,
     libc,
     open_proc,
     process_error,
 )
+from locality.kernel.markers import split_swapped
 
 ENTRY_BYTES = 8
 CHUNK_ENTRIES = 1 << 20  # 8 MiB per pread: few syscalls, bounded kernel buffer work
@@ -61,7 +61,10 @@ class PageMap:
     caller that needs only residency pays for one flag, not for all of them.
     """
 
-    def __init__(self, start: int, end: int, page_size: int, raw: np.ndarray) -> None:
+    def __init__(self, start: int, end: int, page_size: int, raw: np.ndarray, pid: int | None = None,
+                 held: np.ndarray | None = None) -> None:
+        self.pid = pid  # None: this process
+        self.held = held  # pages known to hold a page when last write-protected (markers.split_swapped)
         self.start = start
         self.end = end
         self.page_size = page_size
@@ -82,9 +85,22 @@ class PageMap:
         return self._flag(PM_PRESENT_BIT)
 
     @cached_property
+    def _swap_split(self) -> tuple[np.ndarray, np.ndarray]:
+        return split_swapped(self.pid, self.start, self.raw, self.held)
+
+    @property
     def swapped(self) -> np.ndarray:
-        """bool: in swap (uffd-wp markers of never-populated pages excluded)."""
-        return _really_swapped(self.raw, self._flag(PM_SWAPPED_BIT))
+        """bool: in swap for certain (uffd-wp markers of never-populated pages excluded)."""
+        return self._swap_split[0]
+
+    @property
+    def unresolved(self) -> np.ndarray:
+        """bool: in swap or a uffd-wp marker, which this reader cannot tell (kernel/markers.py).
+
+        Always empty with CAP_SYS_ADMIN; without it, only where a VMA holds
+        both write-protected pages in swap and markers.
+        """
+        return self._swap_split[1]
 
     @cached_property
     def pfn(self) -> np.ndarray:
@@ -118,8 +134,8 @@ class PageMap:
 
     @property
     def uffd_marker(self) -> np.ndarray:
-        """Never-populated pages holding a uffd-wp PTE marker (reported as swapped by the kernel)."""
-        return _swapped_bit(self.raw) & ~self.swapped
+        """Pages holding a uffd-wp PTE marker for certain (reported as swapped by the kernel)."""
+        return self._flag(PM_SWAPPED_BIT) & ~self.swapped & ~self.unresolved
 
     @property
     def soft_dirty(self) -> np.ndarray:
@@ -140,36 +156,13 @@ class PageMap:
         return off
 
 
-def _swapped_bit(entries: np.ndarray) -> np.ndarray:
-    return (entries.view(np.uint8)[7::8] & np.uint8(1 << (PM_SWAPPED_BIT - 56))) != 0
-
-
-def _really_swapped(entries: np.ndarray, swapped_bit: np.ndarray) -> np.ndarray:
-    """Swap entries that are not uffd-wp markers (decided on the few swapped pages only)."""
-    swapped = swapped_bit.copy()
-    idx = np.flatnonzero(swapped_bit)
-    if idx.size:
-        swapped[idx] = (entries[idx] & np.uint64((1 << PM_SWAP_TYPE_BITS) - 1)) != SWP_PTE_MARKER
-    return swapped
-
-
-def decode_residency(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(present, swapped) per raw pagemap entry, uffd-wp markers not counted as swapped.
-
-    The two flags a sampler needs, without building a ``PageMap``.
-    """
-    top = entries.view(np.uint8)[7::8]
-    present = (top & np.uint8(1 << (PM_PRESENT_BIT - 56))) != 0
-    return present, _really_swapped(entries, (top & np.uint8(1 << (PM_SWAPPED_BIT - 56))) != 0)
-
-
-def _checked(pid: int | None, start: int, end: int) -> int:
+def _checked(pid: int | None, start: int, end: int, result_bytes_per_page: int) -> int:
     """Validate a pagemap request; returns the range's length rounded up to pages."""
     if not isinstance(start, int) or not isinstance(end, int):
         raise InvalidArgument(f"start and end must be integers, got {start!r}, {end!r}")
     if end <= start:
         raise InvalidArgument(f"empty or negative range: start {start:#x}, end {end:#x}")
-    length = check_range(start, end - start)
+    length = check_range(start, end - start, result_bytes_per_page)
     if pid is not None:
         check_pid(pid)
     return length
@@ -177,7 +170,8 @@ def _checked(pid: int | None, start: int, end: int) -> int:
 
 def read_entries(pid: int | None, start: int, end: int) -> np.ndarray:
     """The raw pagemap entries of ``[start, end)`` of ``pid`` (None: this process)."""
-    length = _checked(pid, start, end)
+    # 8 bytes of entries per page, and about as much again for decoded fields.
+    length = _checked(pid, start, end, 2 * ENTRY_BYTES)
     n = length >> PAGE_SHIFT
     entries = np.empty(n, dtype="<u8")
     buf = memoryview(entries).cast("B")
@@ -201,19 +195,25 @@ def read_entries(pid: int | None, start: int, end: int) -> np.ndarray:
     return entries
 
 
-def decode(start: int, entries: np.ndarray) -> PageMap:
-    """Decode raw pagemap entries of pages starting at ``start`` (fields on first use)."""
-    return PageMap(start=start, end=start + len(entries) * PAGE_SIZE, page_size=PAGE_SIZE, raw=entries)
+def decode(start: int, entries: np.ndarray, pid: int | None = None, held: np.ndarray | None = None) -> PageMap:
+    """Decode raw pagemap entries of ``pid``'s pages starting at ``start`` (fields on first use)."""
+    return PageMap(start=start, end=start + len(entries) * PAGE_SIZE, page_size=PAGE_SIZE, raw=entries, pid=pid,
+                   held=held)
 
 
-def pagemap(pid: int | None, start: int, end: int) -> PageMap:
+def pagemap(pid: int | None, start: int, end: int, *, held: np.ndarray | None = None) -> PageMap:
     """Per-page state of ``[start, end)`` in process ``pid`` (``None``: this process).
 
     ``start`` must be page-aligned, ``end`` is rounded up to a page boundary.
     Unmapped pages in the range read as all-zero entries (not present, not
-    swapped). PFNs are 0 unless the caller has CAP_SYS_ADMIN.
+    swapped). PFNs are 0 unless the caller has CAP_SYS_ADMIN. ``held`` (bool
+    per page, optional): pages known to hold a page when last write-protected,
+    which lets a reader without CAP_SYS_ADMIN decide more uffd-wp markers.
     """
-    return decode(start, read_entries(pid, start, end))
+    entries = read_entries(pid, start, end)
+    if held is not None and len(held) != len(entries):
+        raise InvalidArgument(f"held has {len(held)} entries for a range of {len(entries)} pages")
+    return decode(start, entries, pid, held)
 
 
 # --- PAGEMAP_SCAN ----------------------------------------------------------------
@@ -311,6 +311,7 @@ class Residency:
     page_size: int
     present: np.ndarray
     swapped: np.ndarray
+    unresolved: np.ndarray  # in swap or a uffd-wp marker: not decidable by this reader (PageMap.unresolved)
 
 
 def residency(pid: int | None, start: int, end: int, *, max_regions: int = DEFAULT_MAX_REGIONS) -> Residency:
@@ -320,7 +321,7 @@ def residency(pid: int | None, start: int, end: int, *, max_regions: int = DEFAU
     pages instead of one 8-byte entry per page: far less kernel work when
     only residency is needed. Needs Linux >= 6.7; no registration needed.
     """
-    length = _checked(pid, start, end)
+    length = _checked(pid, start, end, 12)  # four bools, and entries where markers may hide
     if max_regions < 1:
         raise InvalidArgument(f"max_regions must be >= 1, got {max_regions}")
     n = length >> PAGE_SHIFT
@@ -347,12 +348,14 @@ def residency(pid: int | None, start: int, end: int, *, max_regions: int = DEFAU
         raise scan_error(e.errno, who) from None
     finally:
         os.close(fd)
+    unresolved = np.zeros(n, dtype=np.bool_)
     if ambiguous.any():
         idx = np.flatnonzero(ambiguous)
         lo, hi = int(idx[0]), int(idx[-1]) + 1
         entries = read_entries(pid, start + lo * PAGE_SIZE, start + hi * PAGE_SIZE)
-        real = _really_swapped(entries, _swapped_bit(entries))
+        real, unknown = split_swapped(pid, start + lo * PAGE_SIZE, entries)
         swapped[lo:hi] |= ambiguous[lo:hi] & real
-    return Residency(start=start, end=end, page_size=PAGE_SIZE, present=present, swapped=swapped)
+        unresolved[lo:hi] = ambiguous[lo:hi] & unknown
+    return Residency(start=start, end=end, page_size=PAGE_SIZE, present=present, swapped=swapped, unresolved=unresolved)
 
 

@@ -114,7 +114,8 @@ def _device_lock() -> Iterator[None]:
 
 def _write_state(state: dict) -> None:
     STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".zram-state.", dir=STATE_FILE.parent)
+    # The owner's PID in the name: `locality doctor` removes it only once that process is dead.
+    fd, tmp = tempfile.mkstemp(prefix=f".zram-state.{os.getpid()}.", dir=STATE_FILE.parent)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(state, f, indent=2)
@@ -173,11 +174,14 @@ def _restore(prior: dict) -> None:
         STATE_FILE.parent.rmdir()
 
 
-def zram_swap_on(size_bytes: int) -> None:
+def zram_swap_on(size_bytes: int, *, keep: bool = False) -> None:
     """Turn on a zram swap device of ``size_bytes`` (uncompressed capacity), highest priority.
 
     Refuses if the device is already in use (as swap, or initialised for
-    something else). Every step is undone if a later one fails.
+    something else). Every step is undone if a later one fails. ``keep``:
+    meant to outlive this process (`locality swap on`); otherwise swap left
+    on after this process died is a leftover that `locality doctor --fix`
+    turns off.
     """
     if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes < MIN_SIZE:
         raise InvalidArgument(f"zram swap size must be at least {MIN_SIZE} bytes (1M), got {size_bytes!r}")
@@ -203,6 +207,7 @@ def zram_swap_on(size_bytes: int) -> None:
             "turned_on": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "owner_pid": os.getpid(),
             "owner_start": _start_time(os.getpid()),
+            "keep": keep,
         }
         _write_state(prior)
         try:

@@ -22,6 +22,8 @@ import numpy as np
 
 from locality.errors import InvalidArgument, LocalityError, NoSuchProcess, Unsupported
 from locality.kernel._platform import (
+    PAGE_IS_PRESENT,
+    PAGE_IS_SWAPPED,
     PAGE_IS_WPALLOWED,
     PAGE_IS_WRITTEN,
     PAGE_SHIFT,
@@ -58,6 +60,9 @@ class _UffdioRange(ctypes.Structure):
     _fields_ = [("start", _u64), ("len", _u64)]
 
 
+# A written page that is neither present nor in swap was dropped after its last
+# write-protect: the kernel reads an empty PTE in a tracked VMA as written.
+_HOLDS_PAGE = PAGE_IS_PRESENT | PAGE_IS_SWAPPED
 _HINT_KERNEL = "needs Linux >= 6.7 with CONFIG_USERFAULTFD (see `locality doctor`)"
 
 # --- this process's registrations --------------------------------------------
@@ -196,7 +201,7 @@ class WriteTracker:
     """
 
     def __init__(self, addr: int, length: int, pid: int | None = None, *, max_regions: int = DEFAULT_MAX_REGIONS):
-        self.length = check_range(addr, length)
+        self.length = check_range(addr, length, 4)  # written and discarded, with their region marks
         self.start = addr
         self.end = addr + self.length
         self.pid = None if pid is None or pid == os.getpid() else check_pid(pid)
@@ -263,17 +268,32 @@ class WriteTracker:
         self._scan(PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WPALLOWED, 0, collect=False)
 
     def written(self) -> np.ndarray:
-        """Pages written since the last reset (bool per page); does not reset."""
-        return self._scan(PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, PAGE_IS_WRITTEN, collect=True)
+        """Pages written since the last reset that hold a page (bool per page); does not reset.
+
+        A page dropped since the reset (MADV_DONTNEED, as allocators do) reads
+        as written to the kernel whether or not it was stored to; it holds no
+        page, so it is in ``discarded()``, not here.
+        """
+        return self.scan()[0]
+
+    def discarded(self) -> np.ndarray:
+        """Pages the kernel reads as written but that hold no page: dropped since the last reset."""
+        return self.scan()[1]
 
     def written_and_reset(self) -> np.ndarray:
         """``written()`` and ``reset()`` atomically per page, in one ioctl walk."""
-        return self._scan(PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, PAGE_IS_WRITTEN, collect=True)
+        return self.scan(reset=True)[0]
 
-    def _scan(self, flags: int, category_mask: int, return_mask: int, *, collect: bool) -> np.ndarray:
+    def scan(self, *, reset: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(written, discarded) in one ioctl walk; with ``reset`` it also re-protects them."""
+        flags = PM_SCAN_CHECK_WPASYNC | (PM_SCAN_WP_MATCHING if reset else 0)
+        return self._scan(flags, PAGE_IS_WRITTEN, PAGE_IS_WRITTEN | _HOLDS_PAGE, collect=True)
+
+    def _scan(self, flags: int, category_mask: int, return_mask: int, *, collect: bool) -> tuple[np.ndarray, np.ndarray]:
         if self._fd is None:
             raise InvalidArgument("this WriteTracker is closed")
-        out = np.zeros(self.n_pages, dtype=np.bool_)
+        held = np.zeros(self.n_pages, dtype=np.bool_)
+        dropped = np.zeros(self.n_pages, dtype=np.bool_)
         arg = self._arg
         arg.flags = flags
         arg.category_mask = category_mask
@@ -282,12 +302,14 @@ class WriteTracker:
         regions = self._regions if collect else None
         try:
             for batch in scan_regions(self._fd, arg, self.start, self.end, regions):
-                mark_regions(out, batch, self.start)
+                holds = (batch["categories"] & _HOLDS_PAGE) != 0
+                mark_regions(held, batch[holds], self.start)
+                mark_regions(dropped, batch[~holds], self.start)
         except OSError as e:
             raise self._error(e.errno) from None
         if self._pidfd is not None and select.select([self._pidfd], [], [], 0)[0]:
             raise NoSuchProcess(self.pid)  # it exited before or during the walk
-        return out
+        return held, dropped
 
     def _error(self, err: int) -> Exception:
         who = os.getpid() if self.pid is None else self.pid

@@ -35,6 +35,7 @@ from typing import ClassVar, Iterable
 
 import numpy as np
 
+from locality import tempfiles
 from locality.errors import InvalidArgument, LocalityError
 from locality.kernel.procfs import smaps
 from locality.kernel import PAGE_SIZE
@@ -174,7 +175,7 @@ class Arena:
             if directory is not None and not os.path.isdir(directory):
                 raise ArenaError(f"arena directory {os.fspath(directory)!r} does not exist", "create it or pass another --arena-dir")
             try:
-                fd, self.path = tempfile.mkstemp(prefix=f"locality-{name}-", suffix=".arena", dir=directory)
+                fd, self.path = tempfile.mkstemp(prefix=tempfiles.prefix(name), suffix=".arena", dir=directory)
             except OSError as e:
                 raise ArenaError(f"cannot create an arena file in {directory or tempfile.gettempdir()!r}: {e.strerror}",
                                  "pass a writable directory") from None
