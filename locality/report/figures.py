@@ -12,7 +12,6 @@ state, so rendering many figures in one process leaks nothing.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import re
 import textwrap
@@ -30,6 +29,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 
 from locality.report.data import RunData, baseline_index  # noqa: E402
+from locality.report.figure_files import save, to_svg  # noqa: E402,F401 - their old home
 
 STYLE_PATH = Path(__file__).with_name("locality.mplstyle")
 MIB = float(1 << 20)
@@ -481,29 +481,6 @@ def render(name: str, runs: list[RunData]) -> Rendered:
     left_out: list[str] = []
     fig = spec.draw(runs, left_out)
     return Rendered(name, fig, left_out)
-
-
-_XML_PROLOG = re.compile(r"^.*?(?=<svg)", re.S)
-_XML_COMMENT = re.compile(r"<!--.*?-->\s*", re.S)
-
-
-def to_svg(fig: Figure, salt: str) -> str:
-    """SVG text without prolog or comments, ids salted so several SVGs can share one page."""
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": salt}):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    return _XML_COMMENT.sub("", _XML_PROLOG.sub("", buf.getvalue(), count=1))
-
-
-def save(fig: Figure, path: Path, fmt: str, salt: str) -> Path:
-    """Write one figure file reproducibly (no dates; SVG ids from a fixed salt)."""
-    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}, "png": {"Software": None}}.get(fmt)
-    buf = io.BytesIO()
-    with matplotlib.rc_context({"svg.hashsalt": salt}):
-        fig.savefig(buf, format=fmt, metadata=metadata)
-    from locality.experiment.store import atomic_write_bytes
-
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 # Worker figures whose data foreign runs have too (a VM run's PSS per process, its latency, residency).

@@ -18,6 +18,7 @@ from markupsafe import Markup
 from locality.experiment import store
 from locality.report import figures as figs
 from locality.report import foreign  # noqa: F401 - registers the probe and VM figures
+from locality.report.figure_files import to_svg
 from locality.report.data import RunData, find_runs
 from locality.report.groups import group_runs, short_title
 from locality.report.table import METRICS, fmt_number, metrics_rows  # noqa: F401 - METRICS, fmt_number: public here too
@@ -65,7 +66,7 @@ def figure_blocks(runs: list[RunData], names: Iterable[str]) -> list[dict[str, A
             except figs.NoData as e:
                 block["missing"] = f"Not drawn: {e}."
             else:
-                block["svg"] = Markup(figs.to_svg(rendered.figure, salt=f"locality-{name}"))
+                block["svg"] = Markup(to_svg(rendered.figure, salt=f"locality-{name}"))
                 block["left_out"] = rendered.left_out
             blocks.append(block)
     return blocks

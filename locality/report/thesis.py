@@ -40,6 +40,7 @@ from locality.errors import ConfigError, LocalityError
 from locality.experiment.config import parse_overrides
 from locality.report import figures as figs
 from locality.report import foreign  # noqa: F401 - registers the probe and VM figures
+from locality.report.figure_files import save as save_figure
 from locality.report.data import RunData, load_run_data
 
 FORMATS = ("pdf", "svg", "png")
@@ -265,7 +266,7 @@ def write_figures(fs: FigureSet) -> tuple[list[Path], list[str]]:
         written: list[Path] = []
         for req, result in rendered:
             for fmt in fs.formats:
-                path = figs.save(result.figure, fs.out / f"{req.file}.{fmt}", fmt, salt=f"locality-{req.file}")
+                path = save_figure(result.figure, fs.out / f"{req.file}.{fmt}", fmt, salt=f"locality-{req.file}")
                 written.append(path)
     from locality.experiment.store import atomic_write_text
 
