@@ -56,9 +56,9 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     all_points = points(cfg, points_grid)
     todo = pending(all_points, out_dir, resume)
     skipped = {p.point_id for p in all_points} - {p.point_id for p in todo}
-    def say_needs(pending_points: list) -> None:
+    def say_needs(pending_points: list, footprints: dict) -> None:
         # After every check passed (a refused sweep prints only its one error line), before the first run.
-        for line in grid_needs(all_points, out_dir, pending_points).lines():
+        for line in grid_needs(all_points, out_dir, pending_points, footprints).lines():
             click.echo(line, err=True)
 
     dirs = run_sweep(cfg, points_grid, out_dir, resume=resume, executor=executor, progress=not as_json,

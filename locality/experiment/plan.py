@@ -156,8 +156,12 @@ def _estimate(cfg: Any, stored: list[tuple[dict[str, Any], float]]) -> tuple[flo
     return floor, False
 
 
-def grid_needs(points: Sequence[Any], out: str | os.PathLike, pending: Sequence[Any]) -> GridNeeds:
-    """What running ``pending`` (a subset of ``points``, SweepPoints) under ``out`` needs."""
+def grid_needs(points: Sequence[Any], out: str | os.PathLike, pending: Sequence[Any],
+               footprints: dict | None = None) -> GridNeeds:
+    """What running ``pending`` (a subset of ``points``, SweepPoints) under ``out`` needs.
+
+    ``footprints``: the sweep budget check's measurements (sweep.measured_footprint's cache),
+    so the memory of calibrated points is shown too."""
     from locality.experiment.sweep import MARGIN, stored_footprint
 
     out = Path(out)
@@ -177,7 +181,7 @@ def grid_needs(points: Sequence[Any], out: str | os.PathLike, pending: Sequence[
         needs.root_reasons.append(f"cgroup memory limits ({cgroups} point(s))")
     needs.is_root = os.geteuid() == 0
     stored = _stored_runs(out)
-    cache: dict = {}
+    cache: dict = footprints if footprints is not None else {}
     missing_footprint = 0
     for p in pending:
         needs.seconds_floor += floor_seconds(p.config)

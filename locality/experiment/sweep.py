@@ -227,7 +227,7 @@ def run_sweep(
     executor: str = "local",
     progress: bool = True,
     budget: bool = True,
-    on_start: Callable[[list[SweepPoint]], None] | None = None,
+    on_start: Callable[[list[SweepPoint], dict], None] | None = None,
     **executor_options: Any,
 ) -> list[Path]:
     """Run every pending point; returns the run dirs of all points (skipped ones included).
@@ -263,10 +263,11 @@ def run_sweep(
     # Held across the points: a signal between two points stops the sweep
     # (exit 130) instead of being dropped; one during a point interrupts it.
     with StopSignals() as stop:
+        footprints: dict = {}  # measured by the budget check (stored runs or calibration), shown by on_start
         if budget:
-            check_budget(todo, out)
+            check_budget(todo, out, footprints)
         if on_start is not None:  # every check passed: the first point starts next
-            on_start(todo)
+            on_start(todo, footprints)
         if progress:
             from locality.progress import progress as progress_bar
 
