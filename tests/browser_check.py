@@ -29,8 +29,9 @@ def require_chromium() -> tuple[str, str]:
     return chromium, driver
 
 
-def open_report(report: Path, profile_dir: Path, screenshot_name: str) -> dict:
-    """Load ``report`` and return what the browser saw (raises AssertionError on any failed check)."""
+def open_report(report: Path, profile_dir: Path, screenshot_name: str, script: str | None = None) -> dict:
+    """Load ``report`` and return what the browser saw (raises AssertionError on any failed check);
+    ``script`` (JavaScript with a return) runs in the page, its value under "script"."""
     chromium, driver_path = require_chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -65,6 +66,7 @@ def open_report(report: Path, profile_dir: Path, screenshot_name: str) -> dict:
             bbox = driver.execute_script("const s = arguments[0].querySelector(':scope > svg'); if (!s) return null;"
                                          "const b = s.getBBox(); return [b.width, b.height];", fig)
             figures[fig.get_attribute("id")] = {"class": fig.get_attribute("class"), "size": size, "bbox": bbox}
+        scripted = driver.execute_script(script) if script else None
         table_rows = driver.find_elements(By.CSS_SELECTOR, "#metrics-table tbody tr[data-run]")
         rows = {r.get_attribute("data-run"): r.get_attribute("class") for r in table_rows}
         groups = [g.text for g in driver.find_elements(By.CSS_SELECTOR, "#metrics-table tr.group th")]
@@ -105,7 +107,7 @@ def open_report(report: Path, profile_dir: Path, screenshot_name: str) -> dict:
     assert not clipped, f"text cut off at the edge of its figure: {clipped}"
     assert table_fit[0] <= table_fit[1], f"the main metrics table needs horizontal scrolling at 1400 px: {table_fit}"
     assert shot.stat().st_size > 10_000
-    return {"figures": figures, "rows": rows, "requests": [u for u, _ in requests], "console": console, "screenshot": shot,
+    return {"script": scripted, "figures": figures, "rows": rows, "requests": [u for u, _ in requests], "console": console, "screenshot": shot,
             "groups": groups, "heading": heading, "texts": texts}
 
 

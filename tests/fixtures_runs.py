@@ -15,6 +15,7 @@ import pandas as pd
 from locality.experiment import store
 
 PAGE = 4096
+PORTION_NAMES = ("worker_state", "coroutine_frames", "scheduler", "runtime_heap", "native_heap", "code", "stacks", "other")
 
 
 def make_run(
@@ -39,6 +40,7 @@ def make_run(
     error: str | None = None,
     config: dict[str, Any] | None = None,
     cold: dict[str, float] | None = None,
+    portions: dict[str, tuple[int, float]] | None = None,
 ) -> Path:
     run_dir = store.new_run_dir(out, "run", run_id=run_id)
     cfg = config if config is not None else {
@@ -82,6 +84,9 @@ def make_run(
             resident=store.pack_bits(resident),
             swapped=store.pack_bits(np.zeros_like(resident)),
             n_pages=np.int64(n_pages),
+            # With portions: the first region's pages are worker state, the others runtime heap.
+            **({"portion": np.where(region_index == 0, 0, 3).astype(np.int8),
+                "portion_names": np.array(PORTION_NAMES)} if portions else {}),
         )
     if with_latency:
         store.atomic_write_csv(run_dir / "latency.csv", pd.DataFrame({"latency_ns": np.arange(1, 101) * 1000}))
@@ -95,6 +100,8 @@ def make_run(
             "refault_rate_pct_per_min": refault_rate, "latency_p50_us": 50.5, "latency_p99_us": 99.01,
             "activations_per_s": 12345.0, "sampler_overhead_pct": 0.8, "relocation_ms_per_step": 0.0,
             "swapped_pages_max": 0,
+            **({"portions": {name: {"resident_bytes": rb, "wss_bytes_mean": wss} for name, (rb, wss) in portions.items()},
+                "mixed_pages": 3} if portions else {}),
         })
     store.write_manifest(run_dir, manifest)
     return run_dir

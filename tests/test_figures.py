@@ -27,7 +27,8 @@ def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("runs")
     dirs = [
         make_run(d, "objects", "objects", bytes_per_worker=1000.0, page_utilization=0.016, refault_rate=0.0),
-        make_run(d, "slab", "slab", bytes_per_worker=120.0, page_utilization=0.3, refault_rate=3.0),
+        make_run(d, "slab", "slab", bytes_per_worker=120.0, page_utilization=0.3, refault_rate=3.0,
+                 portions={"worker_state": (1 << 20, 4096.0), "runtime_heap": (3 << 20, 8192.0)}),
         make_probe(d, pid=99),
     ]
     return load_runs(dirs)

@@ -53,6 +53,19 @@ def _num(v: object, fmt: str, unit: str = "") -> str:
     return "n/a" if v is None else format(v, fmt) + unit
 
 
+def _portion_lines(m: dict) -> list[str]:
+    """The portions with the largest working set, and the largest resident ones (metrics ``portions``)."""
+    portions = m.get("portions") or {}
+    out = []
+    for key, what in (("wss_bytes_mean", "WSS by portion   "), ("resident_bytes", "RSS by portion   ")):
+        values = {n: f.get(key) for n, f in portions.items() if isinstance(f.get(key), (int, float)) and f.get(key) > 0}
+        total = sum(values.values())
+        if total:
+            top = sorted(values, key=values.get, reverse=True)[:3]
+            out.append(f"  {what}  " + ", ".join(f"{n} {values[n] / 2**20:,.1f} MiB ({values[n] / total:.0%})" for n in top))
+    return out
+
+
 def summary(run_dir: Path, m: dict) -> str:
     cold = ", ".join(f"{k} s: {_num(v, '.1%')}" for k, v in sorted((m.get("cold_fraction") or {}).items(), key=lambda kv: float(kv[0])))
     lines = [
@@ -63,6 +76,7 @@ def summary(run_dir: Path, m: dict) -> str:
         f"{_num(m.get('page_utilization'), '.2%')} whole process",
         f"  WSS per window     {_num(m.get('state_wss_pages_mean'), ',.0f', ' pages')} of worker state, "
         f"{_num(m.get('wss_pages_mean'), ',.0f', ' pages')} whole process",
+        *_portion_lines(m),
         f"  cold fraction      {cold or 'n/a'}",
         f"  refault rate       {_num(m.get('refault_rate_pct_per_min'), ',.2f', ' % of WSS/min')}"
         f"  (major faults {_num(m.get('major_faults_per_min'), ',.1f', '/min')})",

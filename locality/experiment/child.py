@@ -17,6 +17,9 @@ from a library cannot corrupt the protocol).
     {"cmd": "state_pages", "path"}       (optional, before "go")
                                          {"msg": "state_pages", "count", "source", "seconds"}
                                          (sorted uint64 page addresses saved with np.save to path)
+    {"cmd": "portions", "path"}          (optional, before "go")
+                                         {"msg": "portions", "seconds", "pages", "pools"}
+                                         (population.portions.walk arrays saved with np.savez to path)
     {"cmd": "go"}
                                          {"msg": "steps", ...}     (batched progress, every ~50 ms)
     {"cmd": "register", "ranges": [[start, length], ...]}
@@ -141,7 +144,7 @@ def main() -> None:
     latency_path = m.get("latency_path")
 
     from locality.experiment.sampler import anonymous_ranges
-    from locality.kernel import vmas
+    from locality.kernel import PAGE_SIZE, vmas
     from locality.layouts import make_layout
     from locality.population import Population, make_pattern
 
@@ -177,8 +180,17 @@ def main() -> None:
     while (m := chan.recv()).get("cmd") != "go":
         if m.get("cmd") in ("exit", "stop"):
             raise SystemExit(0)
+        if m.get("cmd") == "portions":  # once, like state_pages: never per step
+            from locality.population.portions import walk
+
+            anon = [(s, ln) for _, s, ln in anonymous_ranges(vmas(os.getpid()), exclude=arena_ranges)]
+            arrays = walk(pop, layout, anon, PAGE_SIZE)
+            np.savez(m["path"], **arrays)
+            chan.send("portions", seconds=float(arrays["seconds"]), pages=int(arrays["page"].size), pools=len(arrays["pools"]))
+            del arrays
+            continue
         if m.get("cmd") != "state_pages":
-            raise RuntimeError(f"protocol: expected 'state_pages' or 'go', got {m!r}")
+            raise RuntimeError(f"protocol: expected 'state_pages', 'portions' or 'go', got {m!r}")
         # After the parent read PSS and before its first sample: the arrays
         # built here are neither in bytes_per_worker nor in any window.
         t_s = time.perf_counter()

@@ -84,9 +84,8 @@ def compute(
     out["page_utilization"] = useful / (written_total * page_size) if written_total else None
 
     if sampled:
-        dt = windows["t"].diff().fillna(windows["t"].iloc[0] - timeline["t"].iloc[0])
-        full = windows[dt >= 0.9 * interval]
-        wss = (full if len(full) else windows)["written_pages"]
+        full = timeline.iloc[full_windows(timeline, interval)]
+        wss = full["written_pages"]
         out["wss_pages_mean"] = float(wss.mean())
     else:
         out["wss_pages_mean"] = None
@@ -99,7 +98,7 @@ def compute(
     state_total = int(windows["written_state_pages"].sum()) if state_sampled else 0
     out["state_page_utilization"] = useful / (state_total * page_size) if state_total else None
     if state_sampled:
-        out["state_wss_pages_mean"] = float((full if len(full) else windows)["written_state_pages"].mean())
+        out["state_wss_pages_mean"] = float(full["written_state_pages"].mean())
     else:
         out["state_wss_pages_mean"] = None
     out["state_wss_bytes_mean"] = out["state_wss_pages_mean"] * page_size if out["state_wss_pages_mean"] is not None else None
@@ -158,6 +157,18 @@ def compute(
     out["reclaim_overhead_pct"] = duty_pct("policy_ms")
     out["sampler_overhead_kind"] = OVERHEAD_KIND
     return out
+
+
+def full_windows(timeline: pd.DataFrame, interval: float) -> np.ndarray:
+    """Row positions of the sample windows a mean WSS is taken over: every
+    window after the first sample at least 0.9 intervals long (all windows
+    if none is)."""
+    if len(timeline) < 2:
+        return np.empty(0, np.int64)
+    t = timeline["t"].to_numpy(dtype=np.float64)
+    dt = np.diff(t)
+    full = np.flatnonzero(dt >= 0.9 * interval) + 1
+    return full if full.size else np.arange(1, len(t))
 
 
 def _tkey(t: float) -> str:

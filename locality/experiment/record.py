@@ -92,7 +92,8 @@ class RunRecord:
         return row
 
     def write(self, *, child: dict[str, Any], latency_path: Path, sampler: Any, pss_empty: int | None,
-              pss_spawned: int | None, spawn_s: float | None, state_info: dict[str, Any] | None) -> None:
+              pss_spawned: int | None, spawn_s: float | None, state_info: dict[str, Any] | None,
+              portions: Any = None) -> None:
         """Store every file of the run from what was measured (any status)."""
         from locality.kernel import PAGE_SIZE
 
@@ -104,8 +105,11 @@ class RunRecord:
         except (OSError, ValueError):
             lat = np.empty(0, np.int64)
         store.atomic_write_csv(d / "latency.csv", pd.DataFrame({"latency_ns": lat.astype(np.int64)}))
+        if portions is not None:  # experiment.portions.PortionCounter
+            store.atomic_write_csv(d / "portions.csv", portions.table())
         if sampler is not None and self.config.sampling.pages and sampler.times:
-            store.atomic_write_npz(d / "pages.npz", **sampler.page_matrices())
+            extra = portions.npz_arrays() if portions is not None else {}
+            store.atomic_write_npz(d / "pages.npz", **sampler.page_matrices(), **extra)
         if not len(timeline):
             return
         metrics = compute(
@@ -123,4 +127,6 @@ class RunRecord:
         )
         metrics["spawn_s"] = spawn_s
         metrics["pageout_bytes"] = self.pageout_bytes
+        if portions is not None:
+            metrics.update(portions.metrics(timeline, self.config, int(child.get("useful_bytes", 0))))
         store.atomic_write_json(d / "metrics.json", store.check_metrics("run", metrics))

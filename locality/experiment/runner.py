@@ -101,6 +101,7 @@ class _Run:
         self.spawn_s: float | None = None
         self.register_failures: list[Any] = []
         self.state_info: dict[str, Any] | None = None  # the child's state page set: count, source, seconds
+        self.portions: Any = None  # experiment.portions.PortionCounter once the child walked its portions
         self.bar: Any = None
         life.on_end = self._finish_manifest
 
@@ -119,7 +120,7 @@ class _Run:
         finally:
             self.record.write(child=self.child_done or {}, latency_path=latency_path, sampler=self.sampler,
                               pss_empty=self.pss_empty, pss_spawned=self.pss_spawned, spawn_s=self.spawn_s,
-                              state_info=self.state_info)
+                              state_info=self.state_info, portions=self.portions)
             for p in (latency_path, state_path):
                 p.unlink(missing_ok=True)
             tmp.rmdir()
@@ -207,6 +208,9 @@ class _Run:
             for r in m["regions"]:
                 self._track(r["name"], r["start"], r["length"], now)
             self._state_pages(state_path)
+            from locality.experiment.portions import request
+
+            self.portions, self.manifest["portions"] = request(self.chan.send, self._wait_for, self.chan.pid, self.sampler, SETUP_TIMEOUT_S)
         if self.progress:
             from locality.progress import progress
 
@@ -251,6 +255,8 @@ class _Run:
             self._next(min(0.1, next_sample - now))
         if self.child_done is not None:
             self._sample(time.monotonic())
+            if self.portions is not None:
+                self.portions.finish(self.chan.pid)
 
     def _drain_until_done(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -280,6 +286,8 @@ class _Run:
     def _sample(self, now: float) -> None:
         assert self.chan is not None and self.t0 is not None
         row = self.record.sample(self.chan.pid, now - self.t0, now, self.sampler, self.policy)
+        if row is not None and self.portions is not None:
+            self.portions.count(now - self.t0)
         if row is not None and self.bar is not None:
             self.bar.set_postfix_str(f"RSS {row['rss_bytes'] / 2**20:,.0f} MiB", refresh=False)
 

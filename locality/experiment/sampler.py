@@ -134,6 +134,10 @@ class Sampler:
         # not told), and per column whether the page is one of them.
         self.state_addrs: np.ndarray | None = None
         self.state = np.empty(0, dtype=bool)
+        # The last sample's page masks, kept for per-portion counts (experiment/portions.py).
+        self.last_w = self.last_swapped = self.last_populated = self.last_refaulted = np.empty(0, dtype=bool)
+        self.last_paged_out = np.empty(0, dtype=bool)
+        self._early_mask: np.ndarray | None = None
         self.unresolved = 0  # pages of the last residency read that pagemap leaves undecided
         # Present or in swap at the last read and not seen dropped since: such a page held
         # a page at the last reset, so it holds no uffd-wp marker (kernel/markers.py).
@@ -278,14 +282,20 @@ class Sampler:
         self.last_written[w] = now
         # Out of memory: swapped, or a page we paged out that is gone (file pages).
         out_now = swp | (self.paged_out & ~present)
-        refaulted = int(np.count_nonzero(self.out_prev & present)) + self.early_refaults
+        back = self.out_prev & present
+        refaulted = int(np.count_nonzero(back)) + self.early_refaults
         self.early_refaults = 0
+        if self._early_mask is not None and self._early_mask.size == back.size:
+            back |= self._early_mask
+        self._early_mask = None
         self.paged_out &= ~present
         self.out_prev = out_now
         self.present = present
         pop = present | swp | self.paged_out
         age = now - self.last_written
         cold = {t: int(np.count_nonzero(pop & (age >= t))) for t in self.thresholds}
+        self.last_w, self.last_swapped, self.last_populated, self.last_refaulted = w, swp, pop, back
+        self.last_paged_out = self.paged_out.copy()  # the reclaim policy adds to paged_out after the sample
         if self.keep_pages:
             self.rows.append((self.n_cols, np.packbits(w), np.packbits(present), np.packbits(swp)))
         self.times.append(now)
@@ -323,7 +333,9 @@ class Sampler:
         count starts from what really left memory."""
         present, swp = self._residency()
         # Out at the sample, back already: refaults that happened while we paged out.
-        self.early_refaults += int(np.count_nonzero(self.out_prev & present))
+        early = self.out_prev & present
+        self.early_refaults += int(np.count_nonzero(early))
+        self._early_mask = early if self._early_mask is None or self._early_mask.size != early.size else self._early_mask | early
         self.paged_out &= ~present
         self.out_prev = swp | self.paged_out
 

@@ -159,6 +159,12 @@ METRICS: dict[str, tuple[Field, ...]] = {
         F("reclaim_overhead_pct", "float", "%", "the reclaim policy's share of the wall time", nullable=True),
         F("sampler_overhead_kind", "str", "", "how sampler_overhead_pct is measured"),
         F("pageout_bytes", "int", "bytes", "bytes the reclaim policy advised out in all"),
+        F("portions", "dict", "", "portion -> resident_bytes, share_of_rss, tracked_pages, wss_pages_mean, wss_bytes_mean, "
+          "page_utilization, cold_fraction, paged_out_pages_max, refaulted_pages (experiment/portions.py)", nullable=True),
+        F("mixed_pages", "int", "pages", "tracked pages holding bytes of two or more portions", nullable=True),
+        F("portions_rss_bytes", "int", "bytes", "RSS read right after the portions' resident bytes", nullable=True),
+        F("portions_walk_s", "float", "s", "the child's walk of the portions it can name, once after spawn", nullable=True),
+        F("portion_dominating_wss", "str", "", "the portion with the largest mean WSS", nullable=True),
     ),
     "probe": (),
     "beam": _COMMON_METRICS + (

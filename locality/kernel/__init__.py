@@ -13,7 +13,7 @@ from locality.kernel._platform import PAGE_SIZE, SWP_PTE_MARKER, check_pid, die_
 from locality.kernel.capabilities import capabilities
 from locality.kernel.mincore import mincore
 from locality.kernel.pagemap import PageMap, pagemap, read_entries, residency
-from locality.kernel.procfs import Vma, clear_refs, faults, rollup, smaps, vmas
+from locality.kernel.procfs import Vma, clear_refs, faults, rollup, smaps, thread_stack_pointers, vmas
 from locality.kernel.reclaim import cold, pageout, process_cold, process_pageout
 from locality.kernel.swap import swap_active, zram_swap_off, zram_swap_on
 from locality.kernel.writetrack import WriteTracker, register_write_tracking, unregister_write_tracking
@@ -41,6 +41,7 @@ __all__ = [
     "rollup",
     "smaps",
     "swap_active",
+    "thread_stack_pointers",
     "unregister_write_tracking",
     "vmas",
     "zram_swap_off",

@@ -25,7 +25,7 @@ import numpy as np
 from locality.errors import InvalidArgument
 from locality.kernel._platform import check_pid, process_error
 
-__all__ = ["Vma", "SmapsEntry", "vmas", "smaps", "rollup", "clear_refs", "faults"]
+__all__ = ["Vma", "SmapsEntry", "vmas", "smaps", "rollup", "clear_refs", "faults", "thread_stack_pointers"]
 
 
 @dataclass(slots=True)
@@ -286,3 +286,28 @@ def faults(pid: int) -> tuple[int, int]:
     rest = text[text.rindex(b")") + 2 :].split()
     # rest[0] is field 3 (state); minflt is field 10, majflt field 12.
     return int(rest[7]), int(rest[9])
+
+
+def thread_stack_pointers(pid: int) -> list[int]:
+    """Stack pointer of each thread of ``pid`` blocked in a system call, from
+    /proc/PID/task/TID/syscall (the VMA holding it is that thread's stack).
+
+    A running thread shows no registers, and reading another process's
+    registers needs ptrace rights over it (a parent has them over its child):
+    threads not readable are left out.
+    """
+    check_pid(pid)
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError as e:
+        raise process_error(e.errno, pid, "task") from None
+    out = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/syscall", "rb") as f:
+                fields = f.read().split()
+        except OSError:
+            continue  # the thread exited, or no ptrace rights over it
+        if len(fields) == 9:  # number, 6 arguments, sp, pc
+            out.append(int(fields[7], 16))
+    return out

@@ -45,6 +45,8 @@ class Pages:
     regions: list[str]
     packed: dict[str, np.ndarray] = field(default_factory=dict)
     state: np.ndarray | None = None  # bool per page: holds worker state (runs since state pages are measured)
+    portion: np.ndarray | None = None  # int8 per page: index into portion_names (runs since portions are measured)
+    portion_names: list[str] = field(default_factory=list)
     _unpacked: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -190,7 +192,14 @@ def _read_pages(path: Path) -> Pages | None:
                 if bits.shape != ((n_pages + 7) // 8,):
                     raise ValueError(f"state has shape {bits.shape}, expected ({(n_pages + 7) // 8},)")
                 state = np.unpackbits(bits, count=n_pages).astype(bool)
+            portion = None
+            if "portion" in names:
+                portion = np.asarray(z["portion"], dtype=np.int8)
+                if portion.shape != (n_pages,):
+                    raise ValueError(f"portion has shape {portion.shape}, expected ({n_pages},)")
             return Pages(
+                portion=portion,
+                portion_names=[str(p) for p in z["portion_names"]] if "portion_names" in names else [],
                 t=t,
                 page_addr=page_addr,
                 region=np.asarray(z["region"], dtype=np.int64) if "region" in names else np.zeros(n_pages, np.int64),

@@ -56,6 +56,7 @@ class FigureSpec:
     caption: str
     draw: Callable[[list[RunData], list[str]], Figure]
     probe_only: bool = False
+    when: Callable[[list[RunData]], bool] | None = None  # drawn by default only if this holds for the runs
 
 
 @contextlib.contextmanager
@@ -310,6 +311,7 @@ def matrix_over_time(kept: list[tuple[int, RunData]], matrix: str, cmap: str, la
         x0, x1 = _time_extent(pages.t)
         image = ax.imshow(frac.T, origin="lower", aspect="auto", extent=(x0, x1, 0, total_mib), vmin=0, vmax=100, cmap=cmap)
         _region_marks(ax, run)
+        portion_band(ax, run, 400)
         ax.set_title(run.label, loc="left")
         ax.set_ylabel("offset (MiB)")
         ax.set_xlabel("time (s)")
@@ -463,7 +465,8 @@ FIGURES: dict[str, FigureSpec] = {
                    "Grey: the Pareto front.", draw_pareto),
         FigureSpec("heatmap", "Writes per page over time",
                    "Tracked pages in address order (binned); colour: share of the bin written in the sample window. "
-                   "White lines: region boundaries.", draw_heatmap),
+                   "White lines: region boundaries. Band at the right (runs with portions): the most common portion "
+                   "of each bin, coloured as in the portion figures.", draw_heatmap),
         FigureSpec("residency_map", "Residency map of the address space",
                    "Resident share of each page bin at the last sample, one row per region (arena or VMA).",
                    draw_residency_map),
@@ -497,4 +500,10 @@ def default_names(runs: list[RunData]) -> list[str]:
     workers = bool(kinds - {"probe", "beam"})
     return [n for n, s in FIGURES.items()
             if (per_vma if s.probe_only else workers or bool(kinds & ALSO_FOREIGN.get(n, set())))
-            and (n not in ONLY_KINDS or bool(kinds & ONLY_KINDS[n]))]
+            and (n not in ONLY_KINDS or bool(kinds & ONLY_KINDS[n])) and (s.when is None or s.when(runs))]
+
+
+# Registered last: report.portions draws with the helpers above.
+from locality.report.portions import FIGURE_DEFS, portion_band  # noqa: E402
+
+FIGURES.update({name: FigureSpec(name, title, caption, draw, when=when) for name, title, caption, draw, when in FIGURE_DEFS})

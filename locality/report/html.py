@@ -22,6 +22,8 @@ from locality.report.figure_files import to_svg
 from locality.report.data import RunData, find_runs
 from locality.report.groups import group_runs, short_title
 from locality.report.table import METRICS, fmt_number, metrics_rows  # noqa: F401 - METRICS, fmt_number: public here too
+from locality.report.portions import table as portion_table
+from locality.report.portions import verdicts as portion_verdicts
 
 QUESTION = (
     "When a million small, rarely activated workers live in one process, which parts of their "
@@ -124,6 +126,8 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
         verdict=list(verdict),
         setup=setup_of(runs),
         figures=figure_blocks(runs, names),
+        portion_verdicts=portion_verdicts(runs),
+        portion_table=portion_table(runs),
         notes=[*notes, *shared_node_notes(runs)],
         created=store.utcnow(),
     )
