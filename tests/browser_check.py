@@ -71,11 +71,22 @@ def open_report(report: Path, profile_dir: Path, screenshot_name: str, script: s
             figures[fig.get_attribute("id")] = {"class": fig.get_attribute("class"), "size": size, "bbox": bbox,
                                                 "marks": marks}
         scripted = driver.execute_script(script) if script else None
-        table_rows = driver.find_elements(By.CSS_SELECTOR, "#metrics-table tbody tr")
+        table_rows = driver.find_elements(By.CSS_SELECTOR, "#metrics-table tbody tr[data-run]")
         rows = {r.get_attribute("data-run"): r.get_attribute("class") for r in table_rows}
         verdict = [[c.text for c in r.find_elements(By.CSS_SELECTOR, "td")]
                    for r in driver.find_elements(By.CSS_SELECTOR, "#verdict-table tr")]
         verdict = [v for v in verdict if v]
+        groups = [g.text for g in driver.find_elements(By.CSS_SELECTOR, "#metrics-table tr.group th")]
+        title = driver.find_element(By.TAG_NAME, "h1")
+        heading = {"text": title.text, "width": title.size["width"], "height": title.size["height"]}
+        # Text drawn outside its figure's box is cut off for the reader (a label wider than the margin).
+        clipped = driver.execute_script(CLIPPED_TEXT_JS)
+        # The main metrics table must fit 1400 px: no horizontal scrolling for it.
+        table_fit = driver.execute_script(
+            "const t = document.getElementById('metrics-table'); const s = t.parentElement;"
+            "return [t.scrollWidth, s.clientWidth, window.innerWidth];")
+        texts = {fig.get_attribute("id"): [t.text for t in fig.find_elements(By.CSS_SELECTOR, ":scope > svg text")]
+                 for fig in driver.find_elements(By.CSS_SELECTOR, "figure.drawn")}
 
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1400, min(int(height) + 100, 16000))
@@ -100,6 +111,25 @@ def open_report(report: Path, profile_dir: Path, screenshot_name: str, script: s
         assert fig["size"]["width"] > 100 and fig["size"]["height"] > 50, (name, fig)
         assert fig["bbox"][0] > 50 and fig["bbox"][1] > 30, (name, fig)
     assert table_rows, "no metrics table"
+    assert not clipped, f"text cut off at the edge of its figure: {clipped}"
+    assert table_fit[0] <= table_fit[1], f"the main metrics table needs horizontal scrolling at 1400 px: {table_fit}"
     assert shot.stat().st_size > 10_000
-    return {"script": scripted, "figures": figures, "rows": rows, "verdict": verdict, "requests": [u for u, _ in requests],
-            "console": console, "screenshot": shot}
+    return {"script": scripted, "figures": figures, "rows": rows, "verdict": verdict, "requests": [u for u, _ in requests], "console": console, "screenshot": shot,
+            "groups": groups, "heading": heading, "texts": texts}
+
+
+# Every <text> of every drawn figure's SVG must lie inside the SVG's box (1 px tolerance).
+CLIPPED_TEXT_JS = """
+const out = [];
+for (const svg of document.querySelectorAll('figure.drawn > svg')) {
+  const box = svg.getBoundingClientRect();
+  for (const t of svg.querySelectorAll('text')) {
+    const r = t.getBoundingClientRect();
+    if (r.width === 0) continue;
+    if (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1 || r.bottom > box.bottom + 1) {
+      out.push([svg.parentElement.id, t.textContent, Math.round(r.left - box.left), Math.round(box.right - r.right)]);
+    }
+  }
+}
+return out;
+"""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from browser_check import open_report
-from fixtures_runs import make_probe, make_run
+from fixtures_runs import make_beam, make_probe, make_run, make_sweep
 from locality.report.html import write_report
 
 pytestmark = pytest.mark.browser
@@ -23,7 +23,10 @@ def test_report_renders_offline_without_errors(tmp_path):
     seen = open_report(report, tmp_path / "profile", "report-fixture.png")
     drawn = sorted(k for k, v in seen["figures"].items() if v["class"] == "drawn")
     assert drawn == sorted(f"fig-{n}" for n in ("bytes_per_worker", "page_utilization", "wss_over_time", "pareto", "heatmap",
-                                                "residency_map", "latency_cdf", "page_age", "vma_rss", "vma_referenced"))
+                                                "residency_map", "latency_cdf", "page_age", "vma_rss", "vma_referenced",
+                                                "vma_class_memory", "referenced_per_interval"))
+    # The probe stored no pages.npz: its residency over time is the one slot not drawn, and it says why.
+    assert seen["figures"]["fig-residency_over_time"]["class"] == "omitted"
     assert seen["rows"]["evil"].split() == ["failed"]
     assert seen["rows"]["objects"].split() == ["baseline", "complete"]
     # The injected img was text, not an element: no request for "x", no alert.
@@ -36,6 +39,61 @@ def test_report_with_missing_figures_still_clean(tmp_path):
     seen = open_report(report, tmp_path / "profile", "report-missing-data.png")
     omitted = sorted(k for k, v in seen["figures"].items() if v["class"] == "omitted")
     assert omitted == ["fig-heatmap", "fig-latency_cdf", "fig-page_age", "fig-residency_map"]
+
+
+def test_sweep_report_groups_baselines_and_a_short_title(tmp_path):
+    make_sweep(tmp_path / "runs")
+    report = write_report([tmp_path / "runs"], tmp_path / "sweep.html")
+    seen = open_report(report, tmp_path / "profile", "report-sweep.png")
+    # The title names the experiment, the run count and the axes: not 12 point ids.
+    assert seen["heading"]["text"] == "thesis: 12 runs, layout × pattern.name × reclaim.policy"
+    assert seen["heading"]["height"] < 60
+    assert seen["groups"] == [f"pattern.name = {p} · reclaim.policy = {r} (baseline: objects · {p} · {r})"
+                              for r in ("none", "pageout-idle") for p in ("sheet", "uniform")]
+    assert len(seen["rows"]) == 12
+    assert sum("baseline" in c.split() for c in seen["rows"].values()) == 4
+    # Every worker figure has data here, so every slot is drawn (none "Not drawn").
+    assert {v["class"] for v in seen["figures"].values()} == {"drawn"}
+    assert len(seen["figures"]) == 8
+    # open_report checked that the main table (12 columns, 4 cold windows) fits 1400 px unscrolled.
+    # The bar labels are ratios to each run's own group baseline: uniform slab 400 / uniform objects 2,000.
+    ratios = sorted(t for t in seen["texts"]["fig-bytes_per_worker"] if t.endswith("×"))
+    assert ratios == sorted(["1×", "0.05×", "0.1×", "1×", "0.1×", "0.2×"] * 2)
+
+
+PROBE_FIGURES = ("vma_class_memory", "residency_over_time", "referenced_per_interval", "residency_map", "vma_rss",
+                 "vma_referenced")
+
+
+def test_probe_report_draws_its_own_figures(tmp_path):
+    probe = make_probe(tmp_path / "runs", pid=4242, with_pages=True)
+    report = write_report([probe], tmp_path / "probe.html")
+    seen = open_report(report, tmp_path / "profile", "report-probe.png")
+    # Every slot of a probe report is drawn: no worker-figure slot left empty.
+    assert {k: v["class"] for k, v in seen["figures"].items()} == {f"fig-{n}": "drawn" for n in PROBE_FIGURES}
+    classes = " ".join(seen["texts"]["fig-vma_class_memory"])
+    for name in ("code (executable files)", "anonymous", "heap (brk)"):
+        assert name in classes
+    assert "beam.smp r-xp" in " ".join(seen["texts"]["fig-residency_map"])
+
+
+BEAM_FIGURES = ("bytes_per_worker", "residency_map", "latency_cdf", "vma_class_memory", "residency_over_time",
+                "bytes_per_process", "referenced_by_region", "vma_rss", "vma_referenced")
+
+
+def test_vm_report_draws_its_own_figures_and_whole_labels(tmp_path):
+    report = write_report([make_beam(tmp_path / "runs")], tmp_path / "beam.html")
+    seen = open_report(report, tmp_path / "profile", "report-beam.png")
+    drawn = {k for k, v in seen["figures"].items() if v["class"] == "drawn"}
+    assert drawn == {f"fig-{n}" for n in BEAM_FIGURES}
+    assert {k for k, v in seen["figures"].items() if v["class"] == "omitted"} == set()
+    for fig in ("fig-residency_map", "fig-referenced_by_region"):
+        words = " ".join(seen["texts"][fig])
+        assert "other anonymous (allocator carriers, thread" in words, fig  # the start is never cut ...
+        assert "rocess table)" not in words.replace("process table)", ""), fig
+    bars = " ".join(seen["texts"]["fig-bytes_per_process"])
+    for value in ("2,704", "2,690", "2,612", "2,650"):
+        assert value in bars
 
 
 # The stacked bars' segments, by fill colour, and the verdict's text.

@@ -87,6 +87,8 @@ def test_failed_and_refused_layouts_are_failed_rows(fake, tmp_path, capsys):
     # the default workload adds the adversarial wave sheet for the baseline (and the best pager, none here)
     assert {k: v["status"] for k, v in out["runs"].items()} == {
         "objects": "complete", "isolated": "failed", "grouped": "failed", "slab": "complete", "waves-objects": "complete"}
+    # One JSON shape across commands: run_dirs names the run directories.
+    assert [Path(d).name for d in out["run_dirs"]] == ["objects", "isolated", "grouped", "slab", "waves-objects"]
     html = (tmp_path / "c.html").read_text()
     rows = table(html)
     assert rows["isolated"]["status"] == "failed child exited with status 1: MemoryError"

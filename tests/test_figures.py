@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures_runs import PAGE, make_probe, make_run
+from fixtures_runs import PAGE, make_beam, make_probe, make_run
 from locality.cli import main
 from locality.report import figures as figs
+from locality.report import foreign
 from locality.report.data import load_runs
 from locality.report.thesis import MissingRuns, load_figure_set, write_figures
 
@@ -33,10 +34,16 @@ def runs(tmp_path_factory):
     return load_runs(dirs)
 
 
+@pytest.fixture(scope="module")
+def vm_runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vm")
+    return load_runs([make_probe(d, pid=98, with_pages=True), make_beam(d)])
+
+
 @pytest.mark.parametrize("name", list(figs.FIGURES))
-def test_every_axis_has_a_label_with_a_unit(runs, name):
+def test_every_axis_has_a_label_with_a_unit(runs, vm_runs, name):
     with figs.style():
-        fig = figs.render(name, runs).figure
+        fig = figs.render(name, vm_runs if figs.FIGURES[name].probe_only else runs).figure
     assert fig.axes
     for ax in fig.axes:
         for label in (ax.get_xlabel(), ax.get_ylabel()):
@@ -135,7 +142,7 @@ def test_latency_cdf_is_the_stored_sample(runs):
 
 
 def test_probe_vma_series_sum_to_rss(runs):
-    t, names, values = figs._vma_series(runs[2], "rss_bytes", top=2)
+    t, names, values = foreign._vma_series(runs[2], "rss_bytes", top=2)
     assert names == ["[heap]", "anon 0x7f0000000000", "other (1 VMAs)"]
     # Fixture: VMA i at sample k has (i+1)(k+1)*100 pages.
     assert values.sum(axis=0).tolist() == [(k + 1) * 600 * PAGE for k in range(5)]
@@ -259,6 +266,12 @@ def test_thesis_experiment_file_is_one_file_for_sweep_and_figures():
     assert len(fs.run_ids) == len(set(fs.run_ids)) == 7 * 3 * 2
     assert fs.runs_dir == Path(config.out)
     assert len(fs.requests) == 10
+    assert fs.out == Path("reports") and [r.file for r in fs.reports] == ["main-job"]
+    # At 100k: the ids `locality sweep thesis.toml --set workers=100000` gives, none of the 1M ones.
+    small = load_figure_set(thesis, overrides=["workers=100000"])
+    assert small.run_ids == [p.point_id for p in points(load_config(thesis, ["workers=100000"]), file_grid(thesis))]
+    assert not set(small.run_ids) & set(fs.run_ids)
+    assert all(p.config.workers == 100_000 for p in small.points)
 
 
 def test_figures_from_a_real_sweep(tmp_path):

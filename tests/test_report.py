@@ -22,7 +22,8 @@ class Tables(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: list[list[str]] = []
+        self.rows: list[list[str]] = []  # the main metrics table
+        self.more_rows: list[list[str]] = []  # the collapsed second table
         self.row_attrs: list[dict] = []
         self._in_table = False
         self._cell: list[str] | None = None
@@ -35,11 +36,13 @@ class Tables(HTMLParser):
         for key in ("src", "href", "xlink:href"):
             if key in a:
                 self.srcs.append(a[key])
-        if tag == "table" and a.get("id") == "metrics-table":
+        if tag == "table" and a.get("id") in ("metrics-table", "metrics-more"):
             self._in_table = True
+            self._rows = self.rows if a["id"] == "metrics-table" else self.more_rows
         elif self._in_table and tag == "tr":
-            self.rows.append([])
-            self.row_attrs.append(a)
+            self._rows.append([])
+            if self._rows is self.rows:
+                self.row_attrs.append(a)
         elif self._in_table and tag in ("td", "th"):
             self._cell = []
         elif tag == "figure":
@@ -50,7 +53,7 @@ class Tables(HTMLParser):
         if tag == "table":
             self._in_table = False
         elif tag in ("td", "th") and self._cell is not None:
-            self.rows[-1].append(" ".join("".join(self._cell).split()))
+            self._rows[-1].append(" ".join("".join(self._cell).split()))
             self._cell = None
 
     def handle_data(self, data):
@@ -67,8 +70,13 @@ def parse(html: str) -> Tables:
 def table(html: str) -> dict[str, dict[str, str]]:
     """run label -> heading -> cell text."""
     t = parse(html)
-    head, *body = t.rows
-    return {row[0].replace(" (baseline)", ""): dict(zip(head, row)) for row in body}
+    out: dict[str, dict[str, str]] = {}
+    for rows in (t.rows, t.more_rows):
+        if rows:
+            head, *body = rows
+            for row in body:
+                out.setdefault(row[0].replace(" (baseline)", ""), {}).update(zip(head, row))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +110,7 @@ def test_metrics_table_values_and_ratios_to_objects_baseline(three_report):
     assert rows["slab"]["workers"] == "1,000"
     assert rows["slab"]["cold after 1 s (%)"] == "50"
     assert rows["slab"]["cold after 10 s (%)"] == "25"
-    assert "(baseline)" in parse(out.read_text()).rows[2][0]
+    assert "(baseline)" in parse(out.read_text()).rows[1][0]  # the baseline row comes first
 
 
 def test_baseline_is_first_run_without_objects(tmp_path):
@@ -180,8 +188,15 @@ def test_probe_run_renders_per_vma_figures(tmp_path):
     figures = parse(html).figures
     assert figures["fig-vma_rss"] == "drawn"
     assert figures["fig-vma_referenced"] == "drawn"
-    assert figures["fig-bytes_per_worker"] == "omitted"
-    assert "probe 4242" in html
+    assert "probe 4242" in html and "fig-vma_class_memory" in figures
+    # Its row holds what a probe measures (VMAs summed at the last sample), not worker columns of dashes:
+    # 6 x 500 pages resident, 40 swapped, half the resident referenced.
+    (row,) = table(html).values()
+    assert "metrics-more" not in html  # nothing else measured: no second table
+    assert {k: v for k, v in row.items() if k not in ("run", "status", "workers")} == {
+        "resident, last sample (MiB)": "11.72", "swapped, last sample (MiB)": "0.1562",
+        "referenced, last interval (MiB)": "5.859"}
+    assert not any(f"fig-{n}" in figures for n in ("bytes_per_worker", "heatmap", "page_age", "pareto"))
     assert "beam.smp" in html  # VMA named by its file
 
 
@@ -301,6 +316,8 @@ def test_page_utilization_figure_of_runs_without_state_pages_is_the_whole_proces
 
 
 def test_report_of_a_real_probe_shows_the_touched_file(tmp_path):
+    from locality.report import foreign
+
     import subprocess
     import sys
 
@@ -317,7 +334,7 @@ def test_report_of_a_real_probe_shows_the_touched_file(tmp_path):
         maps = Path(f"/proc/{child.pid}/maps").read_text()
     arena = next(line.split()[-1] for line in maps.splitlines() if line.endswith(".arena"))
     (run,) = load_runs([run_dir])
-    t, names, values = figs._vma_series(run, "rss_bytes", top=1000)
+    t, names, values = foreign._vma_series(run, "rss_bytes", top=1000)
     series = values[names.index(Path(arena).name)]
     assert series.tolist() == [64 * 4096] * len(t)  # exactly the touched pages, every sample
     html = write_report([run_dir], tmp_path / "r.html").read_text()
@@ -353,3 +370,35 @@ def test_runs_that_shared_a_node_are_flagged(tmp_path):
     flagged = [n for n in notes if "shared" in n]
     assert len(flagged) == 1
     assert "n2" in flagged[0] and "layout=slab-x, layout=grouped-y" in flagged[0]
+
+
+def test_sweep_tree_grouped_with_baseline_option_and_skips_named(tmp_path, capsys):
+    from fixtures_runs import make_sweep
+
+    make_sweep(tmp_path / "runs")
+    out = tmp_path / "r.html"
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path / "runs"), "--out", str(out), "--baseline", "slab", "--json"])
+    assert e.value.code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["run_dirs"]) == 12
+    assert doc["skipped"] == [
+        {"path": str(tmp_path / "runs" / "thesis" / "broken"),
+         "reason": f"cannot read {tmp_path / 'runs' / 'thesis' / 'broken' / 'metrics.json'}: "
+                   "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"},
+        {"path": str(tmp_path / "runs" / "thesis" / "scratch"), "reason": "no manifest.json: not a run directory"},
+    ]
+    rows = table(out.read_text())
+    # Each ratio against the slab run of its own group: uniform objects 2,000 / uniform slab 400.
+    assert rows["objects · uniform · none"]["bytes / worker (B)"] == "2,000 5×"
+    assert rows["objects · sheet · none"]["bytes / worker (B)"] == "1,000 10×"
+    assert rows["slab · sheet · pageout-idle"]["bytes / worker (B)"] == "100"  # a baseline: no ratio
+    html = out.read_text()
+    assert "Found 12 runs under" in html and "skipped 2:" in html
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "x.html"), "--baseline", "nope"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == ("locality: error: --baseline 'nope' matches no run (give a layout (objects), "
+                   "a run label or a run id from the report)\n")
+    assert not (tmp_path / "x.html").exists()

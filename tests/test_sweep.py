@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,6 +106,8 @@ def test_sweep_interrupted_then_resumed_runs_only_the_missing_points(tmp_path):
     assert rc.returncode == 0, rc.stderr
     rows = [json.loads(line) for line in rc.stdout.splitlines()]
     assert [r["point_id"] for r in rows] == ids and {r["status"] for r in rows} == {"complete"}
+    # Only the point that was complete before this sweep is reported as skipped.
+    assert [r["skipped"] for r in rows] == [True, False, False]
     # The complete point was not run again.
     assert json.loads((runs / ids[0] / "manifest.json").read_text())["created"] == first_created
     assert all(json.loads((runs / i / "manifest.json").read_text())["status"] == "complete" for i in ids)
@@ -131,3 +134,31 @@ def test_experiment_file_grid_table(cli, tmp_path):
     (tmp_path / "none.toml").write_text(text.split("[grid]")[0])
     rc, out, err = cli("sweep", "none.toml")
     assert rc == 2 and "no --grid given and the config has no [grid] table" in err
+
+
+def test_figures_set_finds_the_runs_of_sweep_set(cli, tmp_path):
+    """`figures --set` derives the same run ids as `sweep --set`; without the --set they are missing."""
+    (tmp_path / "e.toml").write_text(
+        'workers = 500\nsteps = 3\n[pattern]\nname = "uniform"\np = 0.1\n[sampling]\ninterval = 0.05\n'
+        '[grid]\nseed = [1, 2]\n[figures]\nruns = "runs"\nout = "figs"\n'
+        '[[figures.figure]]\nname = "bytes_per_worker"\nfile = "bpw"\n'
+    )
+    rc, out, err = cli("sweep", "e.toml", "--set", "workers=300", "--out", "runs", "--json")
+    assert rc == 0, err
+    swept = [json.loads(line)["run_dir"] for line in out.splitlines()]
+    assert len(swept) == 2
+    rc, out, err = cli("figures", "e.toml", "--set", "workers=300", "--format", "svg", "--json")
+    assert rc == 0, err
+    drawn = json.loads(out)
+    assert drawn["run_dirs"] == swept and drawn["files"] == ["figs/bpw.svg"]
+    rc, out, err = cli("figures", "e.toml", "--format", "svg")
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("locality: error: 2 of 2 runs missing in runs: ")
+    # What producing them needs: no swap or root; time and memory from the 300-worker runs stored there.
+    assert re.search(r"\(produce them with: locality sweep e.toml --out runs --resume; "
+                     r"needs about \d+ s, about [\d.,]+ MiB at the largest point\)$", err.rstrip()), err
+    # A sweep again with --resume: what it skipped it says it skipped, not "complete".
+    rc, out, err = cli("sweep", "e.toml", "--set", "workers=300", "--out", "runs", "--resume")
+    assert rc == 0, err
+    assert [line.split()[0] for line in out.splitlines()] == ["skipped", "skipped"]
+    assert err.splitlines()[0] == "grid: 2 points, 0 to run, 2 already complete"

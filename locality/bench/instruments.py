@@ -16,11 +16,12 @@ import json
 import mmap
 import os
 import statistics
-import sys
 import time
 from typing import Callable
 
 import click
+
+from locality.cli.output import doc_csv, format_option, resolve
 import numpy as np
 
 from locality.kernel import PAGE_SIZE
@@ -77,7 +78,7 @@ def run_benchmark(size: int, repeat: int, progress: bool = True) -> dict:
     except ImportError:  # written by another engineer; the rest still runs
         procfs = None
 
-    from tqdm import tqdm
+    from locality.progress import progress as progress_bar
 
     import psutil
 
@@ -89,7 +90,7 @@ def run_benchmark(size: int, repeat: int, progress: bool = True) -> dict:
         )
     n_pages = size // PAGE_SIZE
     pid = os.getpid()
-    bar = tqdm(total=repeat + 1, desc="bench instruments", file=sys.stderr, disable=not progress, leave=False)
+    bar = progress_bar(repeat + 1, "bench instruments", "round", enabled=progress, leave=False)
     rows: list[dict] = []
     notes: list[str] = []
 
@@ -231,7 +232,8 @@ def _print_table(report: dict) -> None:
 @click.option("--size", type=SIZE, default="4G", show_default=True, help="Size of the anonymous mapping to sample.")
 @click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True, help="Timed samples per instrument.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON (no progress bar).")
-def command(size: int, repeat: int, as_json: bool) -> None:
+@format_option
+def command(size: int, repeat: int, fmt: str | None, as_json: bool) -> None:
     """Time one full sample of each instrument on one SIZE mapping, side by side.
 
     mincore, pagemap (kernel read and numpy decode separately), residency
@@ -240,8 +242,11 @@ def command(size: int, repeat: int, as_json: bool) -> None:
     with 1% of pages written, query+reset). Use a smaller --size (e.g. 1G)
     for a quick run; this process holds SIZE of memory while it runs.
     """
-    report = run_benchmark(size, repeat, progress=not as_json)
-    if as_json:
+    fmt = resolve(fmt, as_json)
+    report = run_benchmark(size, repeat, progress=fmt == "text")
+    if fmt == "json":
         click.echo(json.dumps(report, indent=2))
+    elif fmt == "csv":
+        click.echo(doc_csv(report), nl=False)
     else:
         _print_table(report)

@@ -21,12 +21,12 @@ import itertools
 import json
 import math
 import os
-import sys
 import time
 from typing import Any
 
 import click
 
+from locality.cli.output import doc_csv, format_option, resolve
 from locality.units import COUNT
 import numpy as np
 
@@ -336,9 +336,10 @@ def _fmt(x: float, kind: str) -> str:
 @click.option("--driver", type=click.Choice(["auto", "population", "direct"]), default="auto", show_default=True,
               help="Drive layouts through the population's lean scheduler (auto: when available) or call update directly.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
+@format_option
 def command(workers: int, steps: int, names: str, pattern: str, p: float, pattern_params: tuple[str, ...],
             warmup: int, seed: int, window: int, arena: str, arena_dir: str | None, hugepages: bool, driver: str,
-            as_json: bool) -> None:
+            fmt: str | None, as_json: bool) -> None:
     """Page utilization (and its ceiling), working set and cost of every allocation strategy, side by side.
 
     All layouts run the same seeded workload in this one process; ratios are
@@ -381,10 +382,11 @@ def command(workers: int, steps: int, names: str, pattern: str, p: float, patter
 
     order = [n for n in ORDER if n in wanted]
     bar = None
-    if not as_json:
-        from tqdm import tqdm
+    fmt = resolve(fmt, as_json)
+    if fmt == "text":
+        from locality.progress import progress
 
-        bar = tqdm(total=(total + REPEATS * steps) * len(order), desc="layouts", unit="step", file=sys.stderr, leave=False)
+        bar = progress((total + REPEATS * steps) * len(order), "layouts", "step", every=10.0, leave=False)
     rows = []
     baseline: _Rounds | None = None
     try:
@@ -417,8 +419,11 @@ def command(workers: int, steps: int, names: str, pattern: str, p: float, patter
         "temporal_reuse": _reuse(ids_steps[warmup:] if warmup >= window else ids_steps, workers, window),
         "rows": rows, "targets": targets,
     }
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps(doc, indent=2, default=float))
+        return
+    if fmt == "csv":
+        click.echo(doc_csv(doc), nl=False)
         return
     _print_table(doc)
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import click
 
+from locality.cli.output import doc_csv, format_option, resolve
+
 from locality.errors import InvalidArgument
 from locality.units import parse_counts
 
@@ -157,11 +159,10 @@ def run_benchmark(sizes: list[int], schedulers: list[str], steps: int, activity:
             plan += [(n, "lean", "slab") for n in sizes]
         else:
             notes.append(why)
-    from tqdm import tqdm
+    from locality.progress import progress as progress_bar
 
     rows = []
-    with tqdm(total=len(plan), desc="bench population", unit="run", file=sys.stderr, disable=not progress,
-              leave=False) as bar:
+    with progress_bar(len(plan), "bench population", "run", enabled=progress, leave=False) as bar:
         for n, sched, layout in plan:
             bar.set_postfix_str(f"{n:,} {sched}{'+' + layout if layout else ''}")
             rows.append(run_child(n, sched, layout, steps, activity, seed, rounds, collector))
@@ -279,8 +280,9 @@ def _print_report(doc: dict) -> None:
               help="Cyclic garbage collector while stepping (objects made at spawn are frozen either way). "
                    "'off' matches DESIGN.md's asyncio baseline; asyncio at 1M runs several times faster without it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table (no progress bar).")
+@format_option
 def command(sizes: str, schedulers: str, steps: int, rounds: int, activity: float, seed: int, slab: bool,
-            collector: str, as_json: bool) -> None:
+            collector: str, fmt: str | None, as_json: bool) -> None:
     """Bytes per idle worker, spawn time, activations/s and latency of each scheduler.
 
     Each (size, scheduler) is measured in a fresh child process; the 1M
@@ -296,9 +298,12 @@ def command(sizes: str, schedulers: str, steps: int, rounds: int, activity: floa
     for s in names:
         if s not in KNOWN:
             raise InvalidArgument(f"--schedulers: unknown scheduler {s!r}", f"use any of: {', '.join(KNOWN)}")
-    doc = run_benchmark(size_list, names, steps, activity, seed, slab, progress=not as_json, rounds=rounds,
+    fmt = resolve(fmt, as_json)
+    doc = run_benchmark(size_list, names, steps, activity, seed, slab, progress=fmt == "text", rounds=rounds,
                         collector=collector == "on")
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps(doc, indent=2))
+    elif fmt == "csv":
+        click.echo(doc_csv(doc), nl=False)
     else:
         _print_report(doc)

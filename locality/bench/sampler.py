@@ -29,6 +29,7 @@ from typing import Any
 import click
 
 from locality import tempfiles
+from locality.cli.output import doc_csv, format_option, resolve
 from locality.units import parse_count, parse_duration
 
 TARGET_DROP_PCT = 2.0
@@ -126,16 +127,23 @@ def measure(workers: int, interval: float, duration: float, repeat: int, layout:
 @click.option("--layout", default="slab", show_default=True, help="Layout of the population.")
 @click.option("--pattern", type=click.Choice(["uniform", "sheet"]), default="uniform", show_default=True, help="Activation pattern (1% per step).")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
-def command(workers: str, interval: str, duration: str, repeat: int, layout: str, pattern: str, as_json: bool) -> None:
+@format_option
+def command(workers: str, interval: str, duration: str, repeat: int, layout: str, pattern: str, fmt: str | None,
+            as_json: bool) -> None:
     """Activation throughput sampled every INTERVAL vs not sampled.
 
     Same seeded workload in three modes (off, residency only, residency +
     written pages); prints the medians and the ratios to `off` (target: at
     most a 2% drop).
     """
-    r = measure(parse_count(workers, "--workers"), parse_duration(interval, "--interval"), parse_duration(duration, "--duration"), repeat, layout, pattern, progress=not as_json)
-    if as_json:
+    fmt = resolve(fmt, as_json)
+    r = measure(parse_count(workers, "--workers"), parse_duration(interval, "--interval"),
+                parse_duration(duration, "--duration"), repeat, layout, pattern, progress=fmt == "text")
+    if fmt == "json":
         click.echo(json.dumps(r, indent=2))
+        return
+    if fmt == "csv":
+        click.echo(doc_csv(r), nl=False)
         return
     click.echo(f"{r['workers']:,} workers, layout {layout}, {pattern} 1%/step, {r['duration_s']:g} s per run, "
                f"sampling every {r['interval_s']:g} s, {repeat} repetition(s)")

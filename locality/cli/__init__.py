@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("locality.cli.compare", "compare", "Run every layout on one seeded workload and write a comparison report."),
     "report": ("locality.cli.report", "report", "Write one self-contained HTML report from stored runs."),
     "figures": ("locality.cli.figures", "figures", "Regenerate the thesis figures from stored runs alone."),
+    "show": ("locality.cli.show", "show", "Summarise one stored run: status, config, headline metrics, files."),
+    "diff": ("locality.cli.diff", "diff", "Two stored runs' metrics side by side, with ratios and run-to-run noise."),
     "beam": ("locality.cli.beam", "beam", "Start an Erlang VM with many processes and measure it like a run."),
     "bench": ("locality.cli.bench", "bench", "Benchmarks that print measured ratios side by side."),
 }

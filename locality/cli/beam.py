@@ -88,7 +88,7 @@ def beam(ctx: click.Context, processes: int, pattern: str, p: float, steps: int 
     run_dir = run_beam(config, out, progress=not as_json, on_event=say)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if as_json:
-        click.echo(json.dumps({"run": str(run_dir), "metrics": metrics}, sort_keys=True))
+        click.echo(json.dumps({"run_dir": str(run_dir), "metrics": metrics}, sort_keys=True))
         return
     _print_summary(run_dir, metrics)
 

@@ -56,7 +56,7 @@ def _idle(ctx: click.Context, param: click.Parameter, value: str | None) -> list
               show_default=True, help="Runs are stored under RUNS/<UTC time>/<layout>.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/compare.html"),
               show_default=True, help="HTML report to write.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report path, run dirs and statuses as JSON; no progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report path, run_dirs and each run's status as JSON; no progress bars.")
 def compare(workers: int, layouts: str, pattern: str, duration: float | None, steps: int | None, step_interval: float,
             interval: float, reclaim: str, swap: int | None, idle: list[float] | None, runs_dir: Path, out: Path,
             as_json: bool) -> None:
@@ -98,8 +98,8 @@ def compare(workers: int, layouts: str, pattern: str, duration: float | None, st
     if as_json:
         click.echo(json.dumps({
             "report": str(rendered.report),
-            "runs": {r.label: {"run_dir": str(r.path), "status": r.status, "seconds": result.seconds.get(r.label)}
-                     for r in rendered.runs},
+            "run_dirs": [str(r.path) for r in rendered.runs],
+            "runs": {r.label: {"status": r.status, "seconds": result.seconds.get(r.label)} for r in rendered.runs},
             "interrupted_at": result.interrupted_at,
             "not_run": result.not_run,
         }))

@@ -28,28 +28,47 @@ def _formats(ctx: click.Context, param: click.Parameter, value: str | None) -> l
               help="Directory for the figure files [default: the file's figures.out, else reports/figures/].")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Directory holding the runs [default: the file's figures.runs, else its out].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a base config value (TOML), exactly as `locality sweep --set`: the run ids follow, "
+                   "so --set workers=100000 draws the figures of `locality sweep EXPERIMENT --set workers=100000`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
-def figures(experiment: Path, formats: list[str] | None, out: Path | None, runs_dir: Path | None, as_json: bool) -> None:
+def figures(experiment: Path, formats: list[str] | None, out: Path | None, runs_dir: Path | None,
+            overrides: tuple[str, ...], as_json: bool) -> None:
     """Regenerate every thesis figure of EXPERIMENT from its stored runs (no re-run).
 
     EXPERIMENT is a TOML file such as experiments/thesis.toml: a `locality
     run` config, a [grid] that `locality sweep` runs, and a [figures] table
     naming the figures. If any run is missing or not complete, nothing is
-    drawn: the error names the runs and the `locality sweep` command that
-    produces them (exit status 2). The same runs give byte-identical SVG.
+    drawn: the error names the runs, the `locality sweep` command (with the
+    same --set) that produces them and what that needs (swap, root, time,
+    memory); exit status 2. The same runs give
+    byte-identical SVG.
+
+    \b
+    At another size, e.g. 100k workers instead of 1M:
+      locality sweep experiments/thesis.toml --set workers=100000 --resume
+      locality figures experiments/thesis.toml --set workers=100000 --out reports-100k
     """
+    from locality.experiment.plan import grid_needs
     from locality.report.thesis import load_figure_set, write_figures
 
-    fs = load_figure_set(experiment, formats=formats, out=out)
+    fs = load_figure_set(experiment, formats=formats, out=out, overrides=overrides)
     if runs_dir is not None:
         fs.runs_dir = runs_dir
     from locality.experiment.outputs import check_output_dir
 
     check_output_dir(fs.out, "--out")
+    missing = fs.missing_points()
+    if missing:
+        # The error that names the missing runs also says what producing them takes.
+        fs.needs = grid_needs(fs.points, fs.runs_dir, missing).short()
     written, notes = write_figures(fs)
     if as_json:
-        click.echo(json.dumps({"files": [str(p) for p in written], "notes": notes}))
+        click.echo(json.dumps({"files": [str(p) for p in written], "notes": notes, "runs_dir": str(fs.runs_dir),
+                               "run_dirs": [str(fs.runs_dir / r) for r in fs.run_ids]}))
         return
     for note in notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"{len(written)} figure files in {fs.out}/ from {len(fs.run_ids)} runs in {fs.runs_dir}/")
+    pages = [p for p in written if p.suffix == ".html"]
+    extra = f" and {len(pages)} HTML report{'s' if len(pages) != 1 else ''}" if pages else ""
+    click.echo(f"{len(written) - len(pages)} figure files{extra} in {fs.out}/ from {len(fs.run_ids)} runs in {fs.runs_dir}/")

@@ -24,14 +24,17 @@ import click
 @click.option("--cluster", type=click.Choice(["local", "slurm", "pbs"]), default=None,
               help="Cluster to create when no --scheduler is given (with --executor dask) [default: local].")
 @click.option("--runs-per-node", type=click.IntRange(min=1), default=None, help="Concurrent runs per node (with --executor dask) [default: 1].")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per point (id, status, run_dir); no progress bar.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per point (point_id, status, skipped, run_dir, error); no progress bar.")
 def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resume: bool, out: Path | None, executor: str,
           scheduler: str | None, cluster: str | None, runs_per_node: int | None, as_json: bool) -> None:
     """Run CONFIG once per combination of --grid values (or of its [grid] table).
 
     Each point is stored as OUT/<point-id>, an id built from its grid values
     and a hash of its config, so `--resume` finds it again. Every point is
-    validated before the first runs. With the local executor, a point whose
+    validated before the first runs, and (local executor) what the grid
+    needs (swap, root, estimated time and memory) is printed before the
+    first starts. With the local executor, a point whose
     estimated memory (workers x measured bytes/worker, see
     locality.experiment.sweep) exceeds the free memory is refused up front.
     Two `--resume`s of one OUT share the work: a point another one is running
@@ -41,8 +44,9 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     from locality.errors import InvalidArgument
     from locality.experiment.config import load_config
     from locality.experiment.outputs import check_output_dir
+    from locality.experiment.plan import grid_needs
     from locality.experiment.store import effective_status, read_manifest
-    from locality.experiment.sweep import file_grid, parse_grid, run_sweep
+    from locality.experiment.sweep import file_grid, parse_grid, pending, points, run_sweep
 
     cfg = load_config(config, overrides)
     points_grid = parse_grid(grid) if grid else file_grid(config)
@@ -51,9 +55,18 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
     options = {k: v for k, v in (("scheduler", scheduler), ("cluster", cluster), ("runs_per_node", runs_per_node)) if v is not None}
     if options and executor != "dask":
         raise InvalidArgument(f"--{next(iter(options)).replace('_', '-')} needs --executor dask")
-    out = check_output_dir(out if out is not None else Path(cfg.out), "--out")
-    dirs = run_sweep(cfg, points_grid, out, resume=resume, executor=executor,
-                     progress=not as_json, **options)
+    out_dir = check_output_dir(out if out is not None else Path(cfg.out), "--out")
+    all_points = points(cfg, points_grid)
+    todo = pending(all_points, out_dir, resume)
+    skipped = {p.point_id for p in all_points} - {p.point_id for p in todo}
+
+    def say_needs(pending_points: list, footprints: dict) -> None:
+        # After every check passed (a refused sweep prints only its one error line), before the first run.
+        for line in grid_needs(all_points, out_dir, pending_points, footprints).lines():
+            click.echo(line, err=True)
+
+    dirs = run_sweep(cfg, points_grid, out_dir, resume=resume, executor=executor, progress=not as_json,
+                     on_start=None if as_json else say_needs, **options)
     failed = 0
     for d in dirs:
         try:
@@ -65,10 +78,14 @@ def sweep(config: Path, grid: tuple[str, ...], overrides: tuple[str, ...], resum
         except (OSError, ValueError, AttributeError):
             status, error = "missing", None
         failed += status not in ("complete", "running")  # running: another `--resume` holds it
+        was_skipped = d.name in skipped and status == "complete"
         if as_json:
-            click.echo(json.dumps({"point_id": d.name, "status": status, "run_dir": str(d), "error": error}))
+            click.echo(json.dumps({"point_id": d.name, "status": status, "skipped": was_skipped, "run_dir": str(d),
+                                   "error": error}))
         else:
-            line = f"{status:<11} {d}"
+            line = f"{'skipped' if was_skipped else status:<11} {d}"
+            if was_skipped:
+                line += "  (complete before this sweep; --resume kept it)"
             if error:
                 line += f"  ({error.splitlines()[0]})"
             click.echo(line)

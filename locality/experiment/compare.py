@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,9 +255,9 @@ class _Job:
             return
         bar = None
         if self.progress:
-            from tqdm import tqdm
+            from locality.progress import progress as progress_bar
 
-            bar = tqdm(total=len(items), unit="run", desc="compare", file=sys.stderr, position=0, dynamic_ncols=True)
+            bar = progress_bar(len(items), "compare", "run")
         try:
             for run_id, config in items:
                 if self.stop is not None and self.stop.signum is not None:  # arrived between two runs

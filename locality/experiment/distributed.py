@@ -257,7 +257,7 @@ class _Sweep:
 
     def run(self) -> list[Path]:
         from distributed import as_completed
-        from tqdm import tqdm
+        from locality.progress import progress
 
         futures = {
             self.client.submit(
@@ -266,7 +266,7 @@ class _Sweep:
             ): pid
             for pid, p in self.points.items()
         }
-        bar = tqdm(total=len(futures), desc="sweep (dask)", unit="run", file=sys.stderr, disable=not self.progress)
+        bar = progress(len(futures), "sweep (dask)", "run", enabled=self.progress)
         failed = 0
         try:
             for future in as_completed(futures, loop=self.client.loop):

@@ -68,8 +68,9 @@ def _kind(cfg: ExperimentConfig) -> tuple:
     return (cfg.layout, cfg.scheduler, cfg.arena, cfg.hugepages)
 
 
-def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict) -> tuple[float, int, str]:
-    """(bytes_per_worker, pss_empty, source) for cfg's kind of population, measured."""
+def stored_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict) -> tuple[float, int, str] | None:
+    """(bytes_per_worker, pss_empty, source) from a complete run of cfg's kind under ``out`` or a
+    saved calibration; None if neither exists (nothing is run)."""
     key = _kind(cfg)
     if key in cache:
         return cache[key]
@@ -90,14 +91,24 @@ def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dic
             except (KeyError, TypeError, ValueError):
                 continue  # an older or damaged run: measure instead
             return cache[key]
-    from locality.experiment.config import validate
-    from locality.experiment.runner import RunFailed, run
-
-    n = min(cfg.workers, CALIBRATION_WORKERS)
-    saved = _read_saved().get(_saved_key(key, n))
+    saved = _read_saved().get(_saved_key(key, min(cfg.workers, CALIBRATION_WORKERS)))
     if isinstance(saved, list) and len(saved) == 3:
         cache[key] = (float(saved[0]), int(saved[1]), str(saved[2]))
         return cache[key]
+    return None
+
+
+def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict) -> tuple[float, int, str]:
+    """(bytes_per_worker, pss_empty, source) for cfg's kind of population: stored, or measured now
+    by a calibration run of at most CALIBRATION_WORKERS workers."""
+    found = stored_footprint(cfg, out, cache)
+    if found is not None:
+        return found
+    from locality.experiment.config import validate
+    from locality.experiment.runner import RunFailed, run
+
+    key = _kind(cfg)
+    n = min(cfg.workers, CALIBRATION_WORKERS)
     data = cfg.model_dump(mode="json")
     data.update(workers=n, steps=0, duration=None, name=None)
     data["pattern"] = {"name": "uniform"}
@@ -194,7 +205,12 @@ def lower_bound(cfg: ExperimentConfig) -> int:
 
 def estimate_bytes(cfg: ExperimentConfig, out: str | os.PathLike, cache: dict | None = None) -> tuple[int, str]:
     """Estimated peak memory of one run of ``cfg`` and how it was derived (one line)."""
-    bpw, empty, source = measured_footprint(cfg, out, {} if cache is None else cache)
+    return estimate_from(cfg, measured_footprint(cfg, out, {} if cache is None else cache))
+
+
+def estimate_from(cfg: ExperimentConfig, footprint: tuple[float, int, str]) -> tuple[int, str]:
+    """Estimated peak memory of one run of ``cfg`` given its kind's (bytes_per_worker, pss_empty, source)."""
+    bpw, empty, source = footprint
     population = MARGIN * cfg.workers * bpw
     pat = pattern_bytes(cfg)
     pages = sampler_bytes(cfg, empty + population)

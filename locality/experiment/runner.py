@@ -252,9 +252,9 @@ class _Run:
 
             self.portions, self.manifest["portions"] = request(self.chan.send, self._wait_for, self.chan.pid, self.sampler, SETUP_TIMEOUT_S)
         if self.progress:
-            from tqdm import tqdm
+            from locality.progress import progress
 
-            self.bar = tqdm(total=self.config.steps, unit="step", file=sys.stderr, desc=self.life.dir.name, dynamic_ncols=True)
+            self.bar = progress(self.config.steps, self.life.dir.name, "step", every=10.0)
         self.t0 = time.monotonic()
         self._sample(self.t0)
         self.chan.send("go")

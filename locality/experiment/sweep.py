@@ -18,10 +18,9 @@ import itertools
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from locality.errors import InvalidArgument, LocalityError
 from locality.experiment import store
@@ -151,6 +150,7 @@ def run_sweep(
     executor: str = "local",
     progress: bool = True,
     budget: bool = True,
+    on_start: Callable[[list[SweepPoint], dict], None] | None = None,
     **executor_options: Any,
 ) -> list[Path]:
     """Run every pending point; returns the run dirs of all points (skipped ones included).
@@ -186,12 +186,15 @@ def run_sweep(
     # Held across the points: a signal between two points stops the sweep
     # (exit 130) instead of being dropped; one during a point interrupts it.
     with StopSignals() as stop:
+        footprints: dict = {}  # measured by the budget check (stored runs or calibration), shown by on_start
         if budget:
-            check_budget(todo, out)
+            check_budget(todo, out, footprints)
+        if on_start is not None:  # every check passed: the first point starts next
+            on_start(todo, footprints)
         if progress:
-            from tqdm import tqdm
+            from locality.progress import progress as progress_bar
 
-            bar = tqdm(total=len(pts), initial=len(pts) - len(todo), unit="run", file=sys.stderr, desc="sweep")
+            bar = progress_bar(len(pts), "sweep", "run", initial=len(pts) - len(todo))
         try:
             for p in todo:
                 if stop.signum is not None:

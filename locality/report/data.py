@@ -93,6 +93,8 @@ class RunData:
     latency_ns: np.ndarray | None = None
     label: str = ""
     vma_timeline: pd.DataFrame | None = None  # one row per (sample, VMA): probe timeline.csv or beam vmas.csv
+    # The run its ratios are taken against (its group's baseline, report/groups.py); None: the report's first.
+    group_baseline: "RunData | None" = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -265,25 +267,77 @@ def label_runs(runs: list[RunData]) -> list[RunData]:
     return runs
 
 
-def expand_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run directories; a directory of runs (a sweep's or compare's out) stands for its runs, sorted."""
-    out: list[Path] = []
+@dataclass
+class Found:
+    """What a search of run trees found: runs to report and directories left out, with why."""
+
+    runs: list[RunData] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    searched: list[Path] = field(default_factory=list)  # directories searched (not runs themselves)
+
+    def summary(self) -> str | None:
+        """One sentence for the report and the terminal, or None if nothing was searched."""
+        if not self.searched:
+            return None
+        where = ", ".join(str(p) for p in self.searched)
+        text = f"Found {len(self.runs)} run{'s' if len(self.runs) != 1 else ''} under {where} (searched recursively)"
+        if not self.skipped:
+            return text + "; skipped none."
+        shown = "; ".join(f"{p} ({why})" for p, why in self.skipped[:10])
+        more = f"; and {len(self.skipped) - 10} more" if len(self.skipped) > 10 else ""
+        return f"{text}; skipped {len(self.skipped)}: {shown}{more}."
+
+
+def _walk(root: Path, found: Found) -> None:
+    """Every run directory below ``root`` (not descending into runs), in sorted order.
+
+    Hidden entries are run directories still being created or replaced: not looked at."""
+    try:
+        children = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError as e:
+        found.skipped.append((root, f"cannot list: {e.strerror}"))
+        return
+    for d in children:
+        if (d / "manifest.json").is_file():
+            try:
+                found.runs.append(load_run_data(d))
+            except LocalityError as e:
+                found.skipped.append((d, e.message))
+        elif any(c.is_dir() for c in d.iterdir()):
+            _walk(d, found)
+        else:
+            found.skipped.append((d, "no manifest.json: not a run directory"))
+
+
+def find_runs(paths: Iterable[str | Path]) -> Found:
+    """Runs named or found below the given paths.
+
+    A run directory given by name must be readable (errors name the file);
+    a directory that is not a run stands for every run below it, at any
+    depth (a sweep's out, runs/compare/<time>/, a whole runs/ tree); runs
+    there that cannot be read are skipped and named with the reason.
+    """
+    found = Found()
     for p in map(Path, paths):
         if p.is_dir() and not (p / "manifest.json").exists():
-            # Hidden entries are run directories still being created or replaced.
-            inner = sorted(d for d in p.iterdir() if not d.name.startswith(".") and (d / "manifest.json").is_file())
-            if inner:
-                out += inner
-                continue
-        out.append(p)
-    return out
+            before = len(found.runs)
+            _walk(p, found)
+            found.searched.append(p)
+            if len(found.runs) == before and not any(str(s).startswith(str(p)) for s, _ in found.skipped):
+                raise RunNotFound(f"{p} is not a run directory (no manifest.json) and holds no runs",
+                                  "pass directories written by `locality run`, `probe`, `compare` or `beam`")
+            continue
+        found.runs.append(load_run_data(p))
+    if not found.runs:
+        raise RunNotFound("no run directories given" if not found.searched else
+                          f"no readable run under {', '.join(map(str, found.searched))}: {found.summary()}",
+                          "pass one or more run directories, e.g. runs/compare/*")
+    label_runs(found.runs)
+    return found
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[RunData]:
-    paths = expand_run_dirs(paths)
-    if not paths:
-        raise RunNotFound("no run directories given", "pass one or more run directories, e.g. runs/compare/*")
-    return label_runs([load_run_data(p) for p in paths])
+    return find_runs(paths).runs
 
 
 def baseline_index(runs: list[RunData]) -> int:

@@ -12,9 +12,9 @@ state, so rendering many figures in one process leaks nothing.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -29,6 +29,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 
 from locality.report.data import RunData, baseline_index  # noqa: E402
+from locality.report.figure_files import save, to_svg  # noqa: E402,F401 - their old home
 
 STYLE_PATH = Path(__file__).with_name("locality.mplstyle")
 MIB = float(1 << 20)
@@ -137,8 +138,9 @@ def _metric_bars(runs: list[RunData], left_out: list[str], key: str, what: str, 
 
 
 def _bar_panel(ax, runs: list[RunData], kept: list[tuple[int, RunData]], key: str, xlabel: str, scale: float) -> None:
-    """One horizontal bar per kept run, labelled with its ratio to the baseline."""
-    base_value = _metric(runs[baseline_index(runs)], key)
+    """One horizontal bar per kept run, labelled with its ratio to its baseline (its group's, in a
+    grouped report; else the figure's first objects run)."""
+    default_base = runs[baseline_index(runs)]
     colors = _colors(len(runs))
     y = np.arange(len(kept))[::-1]
     values = [_metric(r, key) * scale for _, r in kept]
@@ -147,10 +149,14 @@ def _bar_panel(ax, runs: list[RunData], kept: list[tuple[int, RunData]], key: st
     ax.set_xlabel(xlabel)
     ax.set_ylabel("run")
     ax.grid(axis="y", visible=False)
-    if base_value:
-        for yy, (_, run), v in zip(y, kept, values):
-            ratio = _metric(run, key) / base_value
-            ax.annotate(f" {ratio:.3g}×", (v, yy), va="center", ha="left", fontsize="x-small")
+    labelled = False
+    for yy, (_, run), v in zip(y, kept, values):
+        base = run.group_baseline if run.group_baseline is not None else default_base
+        base_value = _metric(base, key)
+        if base_value:
+            ax.annotate(f" {_metric(run, key) / base_value:.3g}×", (v, yy), va="center", ha="left", fontsize="x-small")
+            labelled = True
+    if labelled:
         ax.margins(x=0.18)
 
 
@@ -351,20 +357,25 @@ def _region_marks(ax, run: RunData) -> None:
         if (e - s) >= 0.08 * region.size and len(starts) > 1:
             name = run.pages.regions[region[s]] if 0 <= region[s] < len(run.pages.regions) else "?"
             pos = (s + e) / 2 * mib
-            ax.text(0.01, pos, name[-28:], transform=ax.get_yaxis_transform(), color="white", fontsize="xx-small", va="center", ha="left")
+            ax.text(0.01, pos, region_label(name), transform=ax.get_yaxis_transform(), color="white", fontsize="xx-small", va="center", ha="left")
 
 
 def draw_heatmap(runs: list[RunData], left_out: list[str]) -> Figure:
     kept = _split(runs, lambda r: r.pages is not None and "written" in r.pages.packed and r.pages.n_pages > 0, "written matrix in pages.npz", left_out)
+    return matrix_over_time(kept, "written", "viridis", "pages written (%)")
+
+
+def matrix_over_time(kept: list[tuple[int, RunData]], matrix: str, cmap: str, label: str) -> Figure:
+    """One panel per run: its page matrix ``matrix`` binned over address order (y) and samples (x)."""
     fig = _figure(rows=len(kept))
     axes = fig.subplots(len(kept), 1, squeeze=False)[:, 0]
     image = None
     for ax, (_, run) in zip(axes, kept):
         pages = run.pages
-        frac = _bin_columns(pages.written, 400) * 100.0
+        frac = _bin_columns(pages.matrix(matrix), 400) * 100.0
         total_mib = pages.n_pages * run.page_size / MIB
         x0, x1 = _time_extent(pages.t)
-        image = ax.imshow(frac.T, origin="lower", aspect="auto", extent=(x0, x1, 0, total_mib), vmin=0, vmax=100, cmap="viridis")
+        image = ax.imshow(frac.T, origin="lower", aspect="auto", extent=(x0, x1, 0, total_mib), vmin=0, vmax=100, cmap=cmap)
         _region_marks(ax, run)
         portion_band(ax, run, 400)
         ax.set_title(run.label, loc="left")
@@ -372,7 +383,7 @@ def draw_heatmap(runs: list[RunData], left_out: list[str]) -> Figure:
         ax.set_xlabel("time (s)")
         ax.grid(False)
     cbar = fig.colorbar(image, ax=list(axes), shrink=min(0.9, 2.0 / len(axes)), aspect=12)
-    cbar.set_label("pages written (%)")
+    cbar.set_label(label)
     return fig
 
 
@@ -384,8 +395,19 @@ def region_label(name: str) -> str:
     parts = name.split(None, 2)
     if len(parts) >= 2 and re.fullmatch(r"0x[0-9a-f]+-0x[0-9a-f]+", parts[0]):
         path = parts[2].rsplit("/", 1)[-1] if len(parts) == 3 else f"anon {parts[0].split('-')[0]}"
-        return f"{path} {parts[1]}"[-28:]
-    return name[-28:]
+        name = f"{path} {parts[1]}"
+    # A VM region is '<class> 0x<start>': the address first, so it survives when a long class wraps.
+    vm = re.fullmatch(r"(.*\S)\s+(0x[0-9a-f]+)", name)
+    if vm:
+        name = f"{vm.group(2)} {vm.group(1)}"
+    # Wrapped, never cut: a class such as 'other anonymous (..., process table)' stays readable.
+    return wrap_label(name)
+
+
+def wrap_label(text: str, width: int = 42) -> str:
+    """At most two lines of ``width``; a longer text loses its end to ' …', never its start."""
+    lines = textwrap.wrap(text, width) or [text]
+    return "\n".join(lines) if len(lines) <= 2 else lines[0] + "\n" + textwrap.shorten(" ".join(lines[1:]), width, placeholder=" …")
 
 
 def draw_residency_map(runs: list[RunData], left_out: list[str]) -> Figure:
@@ -393,7 +415,7 @@ def draw_residency_map(runs: list[RunData], left_out: list[str]) -> Figure:
     heights = []
     for _, run in kept:
         heights.append(min(MAP_REGIONS, len(np.unique(run.pages.region))))
-    fig = _figure(rows=len(kept), row_height=0.35 + 0.16 * max(heights))
+    fig = _figure(rows=len(kept), row_height=0.35 + 0.24 * max(heights))  # room for two-line labels
     axes = fig.subplots(len(kept), 1, squeeze=False)[:, 0]
     image = None
     for ax, (_, run) in zip(axes, kept):
@@ -490,68 +512,7 @@ def draw_latency_cdf(runs: list[RunData], left_out: list[str]) -> Figure:
     return fig
 
 
-# --- foreign processes (probe, beam): per-VMA timelines ---------------------------
-
-
-def _vma_runs(runs: list[RunData], left_out: list[str], column: str) -> list[tuple[int, RunData]]:
-    return _split(
-        runs,
-        lambda r: r.vma_timeline is not None and len(r.vma_timeline) > 0 and {"vma", "t", column} <= set(r.vma_timeline.columns)
-        and r.vma_timeline[column].notna().any(),
-        f"per-VMA {column}",
-        left_out,
-    )
-
-
-def _vma_name(row) -> str:
-    path = row.get("path")
-    if isinstance(path, str) and path:
-        return path.rsplit("/", 1)[-1]
-    start = row.get("start")
-    try:
-        return f"anon {int(start):#x}"
-    except (TypeError, ValueError):
-        return f"vma {row.get('vma')}"
-
-
-def _vma_series(run: RunData, column: str, top: int = 6) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """t, names, values (series x t) for the ``top`` VMAs by peak value, plus "other"."""
-    tl = run.vma_timeline
-    table = tl.pivot_table(index="t", columns="vma", values=column, aggfunc="sum", fill_value=0).sort_index()
-    peak = table.max(axis=0).sort_values(ascending=False, kind="stable")
-    chosen = list(peak.index[:top])
-    names_by_vma = tl.drop_duplicates("vma").set_index("vma")
-    names = [_vma_name(names_by_vma.loc[v].to_dict() | {"vma": v}) for v in chosen]
-    values = [table[v].to_numpy(dtype=np.float64) for v in chosen]
-    rest = [v for v in table.columns if v not in chosen]
-    if rest:
-        names.append(f"other ({len(rest)} VMAs)")
-        values.append(table[rest].sum(axis=1).to_numpy(dtype=np.float64))
-    return table.index.to_numpy(dtype=np.float64), names, np.array(values)
-
-
-def _draw_vma(runs: list[RunData], left_out: list[str], column: str, ylabel: str) -> Figure:
-    kept = _vma_runs(runs, left_out, column)
-    fig = _figure(rows=len(kept))
-    axes = fig.subplots(len(kept), 1, squeeze=False)[:, 0]
-    for ax, (_, run) in zip(axes, kept):
-        t, names, values = _vma_series(run, column)
-        ax.stackplot(t, values / MIB, labels=names, colors=_colors(len(names)))
-        ax.set_title(run.label, loc="left")
-        ax.set_xlabel("time (s)")
-        ax.set_ylabel(ylabel)
-        ax.legend(loc="upper left", fontsize="xx-small", ncols=2)
-    return fig
-
-
-def draw_vma_rss(runs: list[RunData], left_out: list[str]) -> Figure:
-    return _draw_vma(runs, left_out, "rss_bytes", "resident (MiB)")
-
-
-def draw_vma_referenced(runs: list[RunData], left_out: list[str]) -> Figure:
-    return _draw_vma(runs, left_out, "referenced_bytes", "referenced (MiB)")
-
-
+# The worker figures; locality.report.foreign adds those of probe and VM runs (probe_only).
 FIGURES: dict[str, FigureSpec] = {
     spec.name: spec
     for spec in (
@@ -584,11 +545,6 @@ FIGURES: dict[str, FigureSpec] = {
                    "Cumulative distribution of wake-to-done latency, measured in the child.", draw_latency_cdf),
         FigureSpec("page_age", "Page age",
                    "Pages resident at the last sample by time since their last write.", draw_page_age),
-        FigureSpec("vma_rss", "Resident memory per VMA",
-                   "RSS of the largest VMAs over time (smaps).", draw_vma_rss, probe_only=True),
-        FigureSpec("vma_referenced", "Referenced memory per VMA",
-                   "Referenced bytes of the largest VMAs since the previous sample (clear_refs + smaps).",
-                   draw_vma_referenced, probe_only=True),
     )
 }
 
@@ -601,33 +557,21 @@ def render(name: str, runs: list[RunData]) -> Rendered:
     return Rendered(name, fig, left_out)
 
 
-_XML_PROLOG = re.compile(r"^.*?(?=<svg)", re.S)
-_XML_COMMENT = re.compile(r"<!--.*?-->\s*", re.S)
-
-
-def to_svg(fig: Figure, salt: str) -> str:
-    """SVG text without prolog or comments, ids salted so several SVGs can share one page."""
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": salt}):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    return _XML_COMMENT.sub("", _XML_PROLOG.sub("", buf.getvalue(), count=1))
-
-
-def save(fig: Figure, path: Path, fmt: str, salt: str) -> Path:
-    """Write one figure file reproducibly (no dates; SVG ids from a fixed salt)."""
-    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}, "png": {"Software": None}}.get(fmt)
-    buf = io.BytesIO()
-    with matplotlib.rc_context({"svg.hashsalt": salt}):
-        fig.savefig(buf, format=fmt, metadata=metadata)
-    from locality.experiment.store import atomic_write_bytes
-
-    return atomic_write_bytes(path, buf.getvalue())
+# Worker figures whose data foreign runs have too (a VM run's PSS per process, its latency, residency).
+ALSO_FOREIGN = {"bytes_per_worker": {"beam"}, "latency_cdf": {"beam"}, "residency_map": {"probe", "beam"}}
+# Figures only one kind of run can have (filled by the modules that register them).
+ONLY_KINDS: dict[str, set[str]] = {}
 
 
 def default_names(runs: list[RunData]) -> list[str]:
-    """The figures a report tries: all worker figures, and per-VMA ones if a run has them."""
-    per_vma = any(r.vma_timeline is not None for r in runs) or any(r.kind in ("probe", "beam") for r in runs)
-    return [n for n, s in FIGURES.items() if (per_vma or not s.probe_only) and (s.when is None or s.when(runs))]
+    """The figures a report tries: worker figures if there are worker runs (or the foreign runs
+    have their data), per-VMA ones if there are probe or VM runs; never slots no run could fill."""
+    kinds = {r.kind for r in runs}
+    per_vma = any(r.vma_timeline is not None for r in runs) or bool(kinds & {"probe", "beam"})
+    workers = bool(kinds - {"probe", "beam"})
+    return [n for n, s in FIGURES.items()
+            if (per_vma if s.probe_only else workers or bool(kinds & ALSO_FOREIGN.get(n, set())))
+            and (n not in ONLY_KINDS or bool(kinds & ONLY_KINDS[n])) and (s.when is None or s.when(runs))]
 
 
 # Registered last: report.portions draws with the helpers above.

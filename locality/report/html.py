@@ -9,9 +9,6 @@ only the SVG that matplotlib wrote (which escapes its own text) is marked safe.
 from __future__ import annotations
 
 import json
-import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,7 +18,11 @@ from markupsafe import Markup
 from locality.experiment import store
 from locality.experiment.schema import FILES
 from locality.report import figures as figs
-from locality.report.data import RunData, baseline_index, find_key, load_runs
+from locality.report import foreign  # noqa: F401 - registers the probe and VM figures
+from locality.report.figure_files import to_svg
+from locality.report.data import RunData, find_runs
+from locality.report.groups import group_runs, short_title
+from locality.report.table import METRICS, fmt_number, metrics_rows  # noqa: F401 - METRICS, fmt_number: public here too
 from locality.report.portions import table as portion_table
 from locality.report.portions import verdicts as portion_verdicts
 
@@ -31,113 +32,9 @@ QUESTION = (
     "strategies make the hot part small and dense?"
 )
 
-# (metrics.json key, column heading, scale, digits, compared to the baseline)
-METRICS: list[tuple[str, str, float, int, bool]] = [
-    ("bytes_per_worker", "bytes / worker (B)", 1.0, 4, True),
-    # Worker state first: the pages holding the layout's state (what the layouts change);
-    # then every tracked page of the process (interpreter, scheduler, heap).
-    ("state_page_utilization", "page utilization, worker state (%)", 100.0, 3, True),
-    ("page_utilization", "page utilization, whole process (%)", 100.0, 3, True),
-    # the bound the pattern's co-activation groups and the record packing set (layouts/ceiling.py)
-    ("page_utilization_ceiling", "page utilization ceiling (%)", 100.0, 3, False),
-    ("state_utilization_of_ceiling", "worker state, share of ceiling (%)", 100.0, 3, False),
-    ("state_wss_bytes_mean", "mean WSS, worker state (MiB)", 1.0 / (1 << 20), 4, True),
-    ("wss_bytes_mean", "mean WSS, whole process (MiB)", 1.0 / (1 << 20), 4, True),
-    ("refault_rate_pct_per_min", "refault rate (% WSS/min)", 1.0, 3, True),
-    ("latency_p50_us", "latency p50 (µs)", 1.0, 3, True),
-    ("latency_p99_us", "latency p99 (µs)", 1.0, 3, True),
-    ("activations_per_s", "activations / s", 1.0, 4, True),
-    ("relocation_ms_per_step", "relocation (ms / step)", 1.0, 3, True),
-    ("swapped_pages_max", "swapped pages (max)", 1.0, 6, True),
-    ("sampler_overhead_pct", "sampler overhead (%)", 1.0, 3, False),
-    ("reclaim_overhead_pct", "reclaim policy time (% of wall)", 1.0, 3, False),
-]
-
 # The HTML page is wider than a thesis column and its text stays text.
 REPORT_STYLE = {"figure.figsize": (6.4, 3.0), "font.size": 9, "axes.labelsize": 9, "axes.titlesize": 9,
                 "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8, "svg.fonttype": "none"}
-
-
-@dataclass
-class Cell:
-    text: str
-    ratio: str = ""
-
-
-def fmt_number(value: Any, digits: int = 4) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "—" if value is None else str(value)
-    if not math.isfinite(value):
-        return str(value)
-    if value != 0 and (abs(value) >= 10 ** digits or float(value).is_integer()):
-        return f"{value:,.0f}"
-    return f"{value:,.{digits}g}" if abs(value) < 10 ** digits else f"{value:,.0f}"
-
-
-def _seconds(key: Any) -> float | None:
-    """A cold_fraction key ('5', '5.0' or '5 s') as seconds, or None."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|seconds)?\s*", str(key))
-    return float(m.group(1)) if m else None
-
-
-def cold_columns(runs: list[RunData]) -> list[tuple[float, str]]:
-    """One column per cold-fraction window any run measured, shortest first."""
-    windows: dict[float, str] = {}
-    for run in runs:
-        value = run.metrics.get("cold_fraction")
-        if isinstance(value, dict):
-            for key in value:
-                seconds = _seconds(key)
-                if seconds is not None:
-                    windows.setdefault(seconds, f"cold after {seconds:g} s (%)")
-    return sorted(windows.items())
-
-
-def _cold_cell(run: RunData, seconds: float) -> Cell:
-    value = run.metrics.get("cold_fraction")
-    if run.failed or not isinstance(value, dict):
-        return Cell("—")
-    for key, v in value.items():
-        if _seconds(key) == seconds:
-            # None: the run was shorter than the window, so it was not measured.
-            return Cell(fmt_number(100.0 * v, 3) if isinstance(v, (int, float)) and not isinstance(v, bool) else "—")
-    return Cell("—")
-
-
-def metrics_rows(runs: list[RunData]) -> tuple[list[str], list[dict[str, Any]]]:
-    base = runs[baseline_index(runs)] if runs else None
-    colds = cold_columns(runs)
-    headings = [h for _, h, *_ in METRICS] + [h for _, h in colds]
-    rows = []
-    for run in runs:
-        cells = []
-        for key, _, scale, digits, compared in METRICS:
-            value = run.metrics.get(key)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or run.failed:
-                cells.append(Cell("—"))
-                continue
-            ratio = ""
-            ref = base.metrics.get(key) if base is not None else None
-            if compared and run is not base and isinstance(ref, (int, float)) and ref:
-                ratio = f"{value / ref:.3g}×"
-            cells.append(Cell(fmt_number(value * scale, digits), ratio))
-        cells += [_cold_cell(run, seconds) for seconds, _ in colds]
-        rows.append({
-            "run": run,
-            "baseline": run is base,
-            "css": " ".join(dict.fromkeys(c for c, on in (("baseline", run is base), (run.status, True)) if on)),
-            "workers": fmt_number(run.metrics.get("workers") or find_key(run.config, "workers")),
-            "scheduler": run.metrics.get("scheduler") or find_key(run.config, "scheduler") or "—",
-            "pattern": _name(run.metrics.get("pattern") or find_key(run.config, "pattern")),
-            "cells": cells,
-        })
-    return headings, rows
-
-
-def _name(value: Any) -> str:
-    if isinstance(value, dict):
-        value = value.get("name", json.dumps(value, sort_keys=True))
-    return "—" if value is None else str(value)
 
 
 def setup_of(runs: list[RunData]) -> dict[str, Any]:
@@ -172,7 +69,7 @@ def figure_blocks(runs: list[RunData], names: Iterable[str]) -> list[dict[str, A
             except figs.NoData as e:
                 block["missing"] = f"Not drawn: {e}."
             else:
-                block["svg"] = Markup(figs.to_svg(rendered.figure, salt=f"locality-{name}"))
+                block["svg"] = Markup(to_svg(rendered.figure, salt=f"locality-{name}"))
                 block["left_out"] = rendered.left_out
             blocks.append(block)
     return blocks
@@ -226,13 +123,18 @@ def crashed_notes(runs: list[RunData]) -> list[str]:
 
 
 def render_html(runs: list[RunData], *, title: str | None = None, figure_names: Iterable[str] | None = None,
-                notes: Iterable[str] = (), verdict: dict[str, Any] | None = None) -> str:
-    """``verdict``: computed by the experiment that made the runs (e.g. `locality beam compare`),
+                notes: Iterable[str] = (), baseline: str | None = None, verdict: dict[str, Any] | None = None,
+                experiment: str | None = None) -> str:
+    """The report page. ``baseline``: a layout, label or run id taken as each group's baseline.
+    ``verdict``: computed by the experiment that made the runs (e.g. `locality beam compare`),
     rendered at the top: {questions: [{question, winner, value, versus_baseline, cost}],
-    targets: [{target, met, measured}], table: {headings, rows: [{technique, cells}]}}."""
+    targets: [{target, met, measured}], table: {headings, rows: [{technique, cells}]}}; without it,
+    the paging verdict is read off the runs' metrics.
+    ``experiment``: the name the default title starts with (else found from the runs' configs and paths)."""
     if not runs:
         raise ValueError("no runs to report")
-    headings, rows = metrics_rows(runs)
+    axes, groups = group_runs(runs, baseline)
+    table = metrics_rows(runs, groups)
     names = list(figure_names) if figure_names is not None else figs.default_names(runs)
     from locality.report.verdict import IDLE_KEYS, paging_notes, paging_rows, verdict_lines
 
@@ -242,12 +144,12 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
         paging_verdict=[] if verdict else verdict_lines(runs),
         paging_rows=paging_rows(runs),
         idle_keys=IDLE_KEYS,
-        title=title or ("locality report: " + ", ".join(r.label for r in runs)),
+        title=title or short_title(runs, axes, experiment),
         question=QUESTION,
         runs=runs,
-        baseline=runs[baseline_index(runs)],
-        headings=headings,
-        rows=rows,
+        axes=axes,
+        groups=groups,
+        table=table,
         setup=setup_of(runs),
         figures=figure_blocks(runs, names),
         portion_verdicts=portion_verdicts(runs),
@@ -259,9 +161,20 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
 
 
 def write_report(run_dirs: Iterable[str | Path] | list[RunData], out: str | Path, *, title: str | None = None,
-                 notes: Iterable[str] = (), verdict: dict[str, Any] | None = None) -> Path:
-    """Render the report of ``run_dirs`` (paths or loaded runs) to ``out``, atomically."""
+                 notes: Iterable[str] = (), baseline: str | None = None, verdict: dict[str, Any] | None = None) -> Path:
+    """Render the report of ``run_dirs`` (paths or loaded runs) to ``out``, atomically.
+
+    Directories that are not runs stand for every run below them (found
+    recursively); the report says how many were found and what was skipped.
+    """
     items = list(run_dirs)
-    runs = items if items and all(isinstance(r, RunData) for r in items) else load_runs(items)
-    html = render_html(runs, title=title, notes=notes, verdict=verdict)
+    notes = list(notes)
+    if items and all(isinstance(r, RunData) for r in items):
+        runs = items
+    else:
+        found = find_runs(items)
+        runs = found.runs
+        if found.summary():
+            notes.append(found.summary())
+    html = render_html(runs, title=title, notes=notes, baseline=baseline, verdict=verdict)
     return store.atomic_write_text(out, html)

@@ -230,9 +230,9 @@ def drive_steps(vm: BeamVM, sampler: WindowSampler, progress: bool, out: "Measur
     n_steps = cfg.n_steps
     bar = None
     if progress:
-        from tqdm import tqdm
+        from locality.progress import progress as progress_bar
 
-        bar = tqdm(total=n_steps, desc="beam steps", unit="step", leave=False)
+        bar = progress_bar(n_steps, "beam steps", "step", every=10.0, leave=False)
     give_up = n_steps * cfg.interval + 120 + 10 * cfg.interval
     vm.send(f"steps {n_steps}")
     last_step: dict[str, Any] | None = None
