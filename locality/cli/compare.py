@@ -22,8 +22,8 @@ def _idle(ctx: click.Context, param: click.Parameter, value: str | None) -> list
         seconds = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma list of seconds (e.g. 10,30)") from None
-    if not seconds or not all(math.isfinite(v) and v > 0 for v in seconds):
-        raise click.BadParameter(f"{value!r}: each threshold must be a finite number of seconds > 0 (e.g. 10,30)")
+    if not all(math.isfinite(v) for v in seconds):
+        raise click.BadParameter(f"{value!r}: each threshold must be a finite number of seconds (e.g. 10,30)")
     return seconds
 
 

@@ -95,6 +95,11 @@ def compare_config(layout: str, *, workers: int, pattern: str, steps: int | None
     from locality.experiment.config import validate
 
     pattern_name, params, _ = WORKLOADS.get(pattern, (pattern, {}, ""))
+    if "radius" in params:
+        from locality.population.patterns import sheet_width
+
+        # A small population's sheet is narrower than a patch: the patch covers the sheet.
+        params = {**params, "radius": min(float(params["radius"]), float(sheet_width(workers)))}
     cfg: dict[str, Any] = {
         "workers": workers,
         "layout": layout,
