@@ -42,213 +42,205 @@ class Field:
         return re.compile(re.escape(self.name).replace(re.escape("<T>"), r"[0-9.e+-]+") + r"\Z")
 
 
-def F(name: str, type_: str, unit: str, doc: str, nullable: bool = False) -> Field:  # noqa: N802 - a table row
-    return Field(name, type_, unit, doc, nullable)
+def _fields(table: str) -> tuple[Field, ...]:
+    """Rows ``name  type  unit  meaning``; a type ending in ``?`` may be empty/null; unit ``-``: none."""
+    out = []
+    for line in table.strip().splitlines():
+        name, type_, unit, doc = line.split(None, 3)
+        out.append(Field(name, type_.rstrip("?"), "" if unit == "-" else unit, doc, type_.endswith("?")))
+    return tuple(out)
 
-
-_RSS = [
-    F("rss_bytes", "int", "bytes", "resident set (smaps_rollup Rss)"),
-    F("pss_bytes", "int", "bytes", "proportional set (smaps_rollup Pss)"),
-    F("swap_bytes", "int", "bytes", "swapped out (smaps_rollup Swap)"),
-]
 
 TIMELINE: dict[str, tuple[Field, ...]] = {
-    "run": (
-        F("t", "float", "s", "time since the first sample (taken after spawn)"),
-        F("step", "int", "count", "steps the child had finished"),
-        F("activations", "int", "count", "workers activated since the previous sample"),
-        F("useful_bytes", "int", "bytes", "state bytes the activations since the previous sample touched"),
-        *_RSS,
-        F("major_faults", "int", "count", "the child's major faults so far (/proc/PID/stat)"),
-        F("minor_faults", "int", "count", "the child's minor faults so far"),
-        F("written_pages", "int", "pages", "tracked pages written since the previous sample (PAGEMAP_SCAN)"),
-        F("discarded_pages", "int", "pages", "tracked pages the kernel reads as written that were dropped since the "
-          "previous sample (MADV_DONTNEED): no page left, not in written_pages"),
-        F("resident_pages", "int", "pages", "tracked pages present in RAM"),
-        F("swapped_pages", "int", "pages", "tracked pages in swap (uffd-wp markers excluded)"),
-        F("unresolved_pages", "int", "pages", "tracked pages in swap or holding a uffd-wp marker, which a reader "
-          "without CAP_SYS_ADMIN cannot tell apart (0 as root); in neither resident_pages nor swapped_pages"),
-        F("populated_pages", "int", "pages", "tracked pages present or swapped"),
-        F("refaulted_pages", "int", "pages", "tracked pages back in RAM since the previous sample after being swapped"),
-        F("paged_out_pages", "int", "pages", "tracked pages that went from RAM to swap since the previous sample"),
-        F("tracked_pages", "int", "pages", "pages the sampler tracks (arenas and heap VMAs)"),
-        F("pageout_bytes", "int", "bytes", "bytes the reclaim policy advised out after this sample"),
-        F("sample_ms", "float", "ms", "the sampler's time for this sample"),
-        F("policy_ms", "float", "ms", "the reclaim policy's time after it (e.g. MADV_PAGEOUT)"),
-        F("written_state_pages", "int", "pages", "written pages holding worker state (written AND state)"),
-        F("cold_pages_<T>", "int", "pages", "populated tracked pages not written for T seconds"),
-    ),
-    "probe": (
-        F("t", "float", "s", "time since the first sample"),
-        F("sample", "int", "count", "sample number"),
-        F("vma", "int", "", "index of the VMA in pages.npz `regions` (start, end, perms, offset, inode, path)"),
-        F("start", "int", "address", "first byte of the VMA"),
-        F("end", "int", "address", "first byte after the VMA"),
-        F("perms", "str", "", "permissions as in /proc/PID/maps"),
-        F("path", "str", "", "backing file or [heap], [stack], ... (empty: anonymous)", nullable=True),
-        *_RSS,
-        F("referenced_bytes", "int", "bytes", "referenced since the previous sample (empty without --track-refs and at sample 0)", nullable=True),
-        F("anonymous_bytes", "int", "bytes", "anonymous memory of the VMA"),
-        F("anon_huge_bytes", "int", "bytes", "anonymous memory in transparent huge pages"),
-        F("resident_pages", "int", "pages", "pages present in RAM (pagemap)"),
-        F("swapped_pages", "int", "pages", "pages in swap (pagemap)"),
-        F("minor_faults", "int", "count", "the target's minor faults so far"),
-        F("major_faults", "int", "count", "the target's major faults so far"),
-        F("sample_ms", "float", "ms", "the sampler's time for this sample"),
-    ),
-    "beam": (
-        F("t", "float", "s", "time since sampling began"),
-        *_RSS,
-        F("referenced_bytes", "int", "bytes", "referenced since the window began (smaps, with --track-refs)"),
-        F("anon_rss_bytes", "int", "bytes", "resident anonymous memory of the VM"),
-        F("anon_referenced_bytes", "int", "bytes", "referenced anonymous memory since the window began"),
-        F("step", "int", "count", "last activation step the VM reported (-1: none yet)"),
-        F("activations", "int", "count", "processes the last step activated"),
-        F("resident_pages", "int", "pages", "tracked pages present in RAM"),
-        F("swapped_pages", "int", "pages", "tracked pages in swap"),
-        F("major_faults", "int", "count", "the VM's major faults since sampling began"),
-        F("minor_faults", "int", "count", "the VM's minor faults since sampling began"),
-        F("refaulted_pages", "int", "pages", "paged-out pages that came back since the previous sample"),
-        F("accessed_pages", "int", "pages", "pages accessed since the page-out (with --pageout-watch)", nullable=True),
-        F("window_age_s", "float", "s", "time since the current referenced window began"),
-    ),
+    "run": _fields("""
+t                    float  s      time since the first sample (taken after spawn)
+step                 int    count  steps the child had finished
+activations          int    count  workers activated since the previous sample
+useful_bytes         int    bytes  state bytes the activations since the previous sample touched
+rss_bytes            int    bytes  resident set (smaps_rollup Rss)
+pss_bytes            int    bytes  proportional set (smaps_rollup Pss)
+swap_bytes           int    bytes  swapped out (smaps_rollup Swap)
+major_faults         int    count  the child's major faults so far (/proc/PID/stat)
+minor_faults         int    count  the child's minor faults so far
+written_pages        int    pages  tracked pages written since the previous sample (PAGEMAP_SCAN)
+discarded_pages      int    pages  tracked pages the kernel reads as written that were dropped since the previous sample (MADV_DONTNEED): no page left, not in written_pages
+resident_pages       int    pages  tracked pages present in RAM
+swapped_pages        int    pages  tracked pages in swap (uffd-wp markers excluded)
+unresolved_pages     int    pages  tracked pages in swap or holding a uffd-wp marker, which a reader without CAP_SYS_ADMIN cannot tell apart (0 as root); in neither resident_pages nor swapped_pages
+populated_pages      int    pages  tracked pages present or swapped
+refaulted_pages      int    pages  tracked pages back in RAM since the previous sample after being swapped
+paged_out_pages      int    pages  tracked pages that went from RAM to swap since the previous sample
+tracked_pages        int    pages  pages the sampler tracks (arenas and heap VMAs)
+pageout_bytes        int    bytes  bytes the reclaim policy advised out after this sample
+sample_ms            float  ms     the sampler's time for this sample
+policy_ms            float  ms     the reclaim policy's time after it (e.g. MADV_PAGEOUT)
+written_state_pages  int    pages  written pages holding worker state (written AND state)
+cold_pages_<T>       int    pages  populated tracked pages not written for T seconds
+"""),
+    "probe": _fields("""
+t                 float  s        time since the first sample
+sample            int    count    sample number
+vma               int    -        index of the VMA in pages.npz `regions` (start, end, perms, offset, inode, path)
+start             int    address  first byte of the VMA
+end               int    address  first byte after the VMA
+perms             str    -        permissions as in /proc/PID/maps
+path              str?   -        backing file or [heap], [stack], ... (empty: anonymous)
+rss_bytes         int    bytes    resident set (smaps_rollup Rss)
+pss_bytes         int    bytes    proportional set (smaps_rollup Pss)
+swap_bytes        int    bytes    swapped out (smaps_rollup Swap)
+referenced_bytes  int?   bytes    referenced since the previous sample (empty without --track-refs and at sample 0)
+anonymous_bytes   int    bytes    anonymous memory of the VMA
+anon_huge_bytes   int    bytes    anonymous memory in transparent huge pages
+resident_pages    int    pages    pages present in RAM (pagemap)
+swapped_pages     int    pages    pages in swap (pagemap)
+minor_faults      int    count    the target's minor faults so far
+major_faults      int    count    the target's major faults so far
+sample_ms         float  ms       the sampler's time for this sample
+"""),
+    "beam": _fields("""
+t                      float  s      time since sampling began
+rss_bytes              int    bytes  resident set (smaps_rollup Rss)
+pss_bytes              int    bytes  proportional set (smaps_rollup Pss)
+swap_bytes             int    bytes  swapped out (smaps_rollup Swap)
+referenced_bytes       int    bytes  referenced since the window began (smaps, with --track-refs)
+anon_rss_bytes         int    bytes  resident anonymous memory of the VM
+anon_referenced_bytes  int    bytes  referenced anonymous memory since the window began
+step                   int    count  last activation step the VM reported (-1: none yet)
+activations            int    count  processes the last step activated
+resident_pages         int    pages  tracked pages present in RAM
+swapped_pages          int    pages  tracked pages in swap
+major_faults           int    count  the VM's major faults since sampling began
+minor_faults           int    count  the VM's minor faults since sampling began
+refaulted_pages        int    pages  paged-out pages that came back since the previous sample
+accessed_pages         int?   pages  pages accessed since the page-out (with --pageout-watch)
+window_age_s           float  s      time since the current referenced window began
+"""),
 }
 
-_COMMON_METRICS = (
-    F("workers", "int", "count", "workers (processes) in the population"),
-    F("layout", "str", "", "allocation strategy (`beam` for a VM)"),
-    F("scheduler", "str", "", "scheduler (`beam` for a VM)"),
-    F("pattern", "str", "", "activation pattern"),
-    F("steps", "int", "count", "activation steps run"),
-    F("activations", "int", "count", "workers activated in all"),
-    F("bytes_per_worker", "float", "B/worker", "growth of the process's memory from empty to spawned / workers", nullable=True),
-    F("wss_pages_mean", "float", "pages", "mean working set per window", nullable=True),
-    F("wss_bytes_mean", "float", "bytes", "wss_pages_mean x page size", nullable=True),
-    F("cold_fraction", "dict", "fraction", "T seconds -> share of pages untouched for T", nullable=True),
-    F("refault_rate_pct_per_min", "float", "%/min", "pages brought back per minute, % of the working set", nullable=True),
-    F("latency_p50_us", "float", "us", "median activation latency", nullable=True),
-    F("latency_p99_us", "float", "us", "99th percentile activation latency", nullable=True),
-    F("activations_per_s", "float", "1/s", "activations per second of stepping", nullable=True),
-    F("sampler_overhead_pct", "float", "%", "the sampler's share of the run's wall time", nullable=True),
-    F("swapped_pages_max", "int", "pages", "most tracked pages in swap at one sample"),
-    F("spawn_s", "float", "s", "time to spawn the workers", nullable=True),
-)
+
+_COMMON_METRICS = _fields("""
+workers                   int     count     workers (processes) in the population
+layout                    str     -         allocation strategy (`beam` for a VM)
+scheduler                 str     -         scheduler (`beam` for a VM)
+pattern                   str     -         activation pattern
+steps                     int     count     activation steps run
+activations               int     count     workers activated in all
+bytes_per_worker          float?  B/worker  growth of the process's memory from empty to spawned / workers
+wss_pages_mean            float?  pages     mean working set per window
+wss_bytes_mean            float?  bytes     wss_pages_mean x page size
+cold_fraction             dict?   fraction  T seconds -> share of pages untouched for T
+refault_rate_pct_per_min  float?  %/min     pages brought back per minute, % of the working set
+latency_p50_us            float?  us        median activation latency
+latency_p99_us            float?  us        99th percentile activation latency
+activations_per_s         float?  1/s       activations per second of stepping
+sampler_overhead_pct      float?  %         the sampler's share of the run's wall time
+swapped_pages_max         int     pages     most tracked pages in swap at one sample
+spawn_s                   float?  s         time to spawn the workers
+""")
+
 
 METRICS: dict[str, tuple[Field, ...]] = {
-    "run": _COMMON_METRICS + (
-        F("arena", "str", "", "arena backing: anon or file"),
-        F("reclaim", "str", "", "reclaim policy"),
-        F("page_size", "int", "bytes", "base page size"),
-        F("pss_empty_bytes", "int", "bytes", "the child's PSS before spawning", nullable=True),
-        F("pss_spawned_bytes", "int", "bytes", "the child's PSS after spawning", nullable=True),
-        F("owned_empty_bytes", "int", "bytes", "the child's USS (Private_Clean + Private_Dirty) before spawning", nullable=True),
-        F("owned_spawned_bytes", "int", "bytes", "the child's USS after spawning; bytes_per_worker is its growth / workers", nullable=True),
-        F("bytes_per_worker_pss", "float", "B/worker", "growth of the child's PSS from empty to spawned / workers", nullable=True),
-        F("useful_bytes", "int", "bytes", "state bytes the activations touched"),
-        F("page_utilization", "float", "fraction", "useful bytes / (written pages x page size), over the full windows", nullable=True),
-        F("state_pages", "int", "pages", "pages holding worker state", nullable=True),
-        F("state_tracked_pages", "int", "pages", "of those, pages the sampler tracks", nullable=True),
-        F("state_page_utilization", "float", "fraction", "page_utilization over the worker-state pages", nullable=True),
-        F("state_wss_pages_mean", "float", "pages", "wss_pages_mean over the worker-state pages", nullable=True),
-        F("state_wss_bytes_mean", "float", "bytes", "state_wss_pages_mean x page size", nullable=True),
-        F("duration_s", "float", "s", "time from the first to the last sample"),
-        F("refaulted_pages", "int", "pages", "tracked pages refaulted in all windows", nullable=True),
-        F("refaults_per_min", "float", "pages/min", "refaulted pages per minute", nullable=True),
-        F("major_faults_per_min", "float", "1/min", "the child's major faults per minute", nullable=True),
-        F("minor_faults_per_s", "float", "1/s", "the child's minor faults per second (write tracking shows here)", nullable=True),
-        F("memory_saved_bytes_mean", "float", "bytes", "mean swap of the child over the samples"),
-        F("activations_per_cpu_s", "float", "1/s", "activations per CPU second of the stepping thread", nullable=True),
-        F("relocation_ms_per_step", "float", "ms", "time a relocating layout spent moving state, per step", nullable=True),
-        F("reclaim_overhead_pct", "float", "%", "the reclaim policy's share of the wall time", nullable=True),
-        F("sampler_overhead_kind", "str", "", "how sampler_overhead_pct is measured"),
-        F("pageout_bytes", "int", "bytes", "bytes the reclaim policy advised out in all"),
-        # experiment/paging.py (docs/paging.md); null when writes were not sampled
-        F("idle_profile", "dict", "", "the workload's idle-time profile from the pattern's ids: share_idle_at_least "
-          "{T s: fraction of workers never woken twice within T, null if the run is shorter}, run_seconds, workers, "
-          "workers_woken_twice_or_more, gap_histogram {edges_s, counts}, definition", nullable=True),
-        F("paging", "dict", "", "the simulated page-out-after-T curve for every T: thresholds_s, record_bytes, "
-          "page_size, budget_pct_wss_per_min; state and process {pages, wss_pages_mean, per-T lists saved_fraction, "
-          "held_pages, refault_pages, refaults_per_min, refault_pct_wss_per_min, refault_pct_resolution; state adds "
-          "amplification}; oracle {refault_pages, refault_workers, saved_fraction}", nullable=True),
-        F("pageout_check", "dict", "", "pageout-idle runs: measured vs simulated refaults of the same run: idle_seconds, "
-          "scope, state/process {refaulted_written, refaulted_readonly, measured_refaults, simulated_refaults, "
-          "saved_fraction, measured_refault_pct_wss_per_min}, timeline_refaulted_pages", nullable=True),
-        F("paging_error", "str", "", "why the paging figures could not be computed (only then)", nullable=True),
-        F("portions", "dict", "", "portion -> resident_bytes, share_of_rss, tracked_pages, wss_pages_mean, wss_bytes_mean, "
-          "page_utilization, cold_fraction, paged_out_pages_max, refaulted_pages (experiment/portions.py)", nullable=True),
-        F("mixed_pages", "int", "pages", "tracked pages holding bytes of two or more portions", nullable=True),
-        F("portions_rss_bytes", "int", "bytes", "RSS read right after the portions' resident bytes", nullable=True),
-        F("portions_walk_s", "float", "s", "the child's walk of the portions it can name, once after spawn", nullable=True),
-        F("portion_dominating_wss", "str", "", "the portion with the largest mean WSS", nullable=True),
-        F("page_utilization_ceiling", "float", "fraction", "useful bytes / pages of every window's co-activation "
-          "groups packed in the layout's record packing (experiment/ceiling.py)", nullable=True),
-        F("page_utilization_packed", "float", "fraction", "useful bytes / every window's distinct useful bytes "
-          "packed into whole pages", nullable=True),
-        F("state_utilization_of_ceiling", "float", "fraction", "state_page_utilization / page_utilization_ceiling",
-          nullable=True),
-        F("ceiling_packing", "list", "bytes", "[hot, cold] bytes per worker the ceiling packs", nullable=True),
-        F("ceiling_useful_bytes", "int", "bytes", "useful bytes of the steps the ceiling replayed", nullable=True),
-    ),
+    "run": _COMMON_METRICS + _fields("""
+arena                         str     -          arena backing: anon or file
+reclaim                       str     -          reclaim policy
+page_size                     int     bytes      base page size
+pss_empty_bytes               int?    bytes      the child's PSS before spawning
+pss_spawned_bytes             int?    bytes      the child's PSS after spawning
+owned_empty_bytes             int?    bytes      the child's USS (Private_Clean + Private_Dirty) before spawning
+owned_spawned_bytes           int?    bytes      the child's USS after spawning; bytes_per_worker is its growth / workers
+bytes_per_worker_pss          float?  B/worker   growth of the child's PSS from empty to spawned / workers
+useful_bytes                  int     bytes      state bytes the activations touched
+page_utilization              float?  fraction   useful bytes / (written pages x page size), over the full windows
+state_pages                   int?    pages      pages holding worker state
+state_tracked_pages           int?    pages      of those, pages the sampler tracks
+state_page_utilization        float?  fraction   page_utilization over the worker-state pages
+state_wss_pages_mean          float?  pages      wss_pages_mean over the worker-state pages
+state_wss_bytes_mean          float?  bytes      state_wss_pages_mean x page size
+duration_s                    float   s          time from the first to the last sample
+refaulted_pages               int?    pages      tracked pages refaulted in all windows
+refaults_per_min              float?  pages/min  refaulted pages per minute
+major_faults_per_min          float?  1/min      the child's major faults per minute
+minor_faults_per_s            float?  1/s        the child's minor faults per second (write tracking shows here)
+memory_saved_bytes_mean       float   bytes      mean swap of the child over the samples
+activations_per_cpu_s         float?  1/s        activations per CPU second of the stepping thread
+relocation_ms_per_step        float?  ms         time a relocating layout spent moving state, per step
+reclaim_overhead_pct          float?  %          the reclaim policy's share of the wall time
+sampler_overhead_kind         str     -          how sampler_overhead_pct is measured
+pageout_bytes                 int     bytes      bytes the reclaim policy advised out in all
+idle_profile                  dict?   -          the workload's idle-time profile from the pattern's ids: share_idle_at_least {T s: fraction of workers never woken twice within T, null if the run is shorter}, run_seconds, workers, workers_woken_twice_or_more, gap_histogram {edges_s, counts}, definition
+paging                        dict?   -          the simulated page-out-after-T curve for every T: thresholds_s, record_bytes, page_size, budget_pct_wss_per_min; state and process {pages, wss_pages_mean, per-T lists saved_fraction, held_pages, refault_pages, refaults_per_min, refault_pct_wss_per_min, refault_pct_resolution; state adds amplification}; oracle {refault_pages, refault_workers, saved_fraction}
+pageout_check                 dict?   -          pageout-idle runs: measured vs simulated refaults of the same run: idle_seconds, scope, state/process {refaulted_written, refaulted_readonly, measured_refaults, simulated_refaults, saved_fraction, measured_refault_pct_wss_per_min}, timeline_refaulted_pages
+paging_error                  str?    -          why the paging figures could not be computed (only then)
+portions                      dict?   -          portion -> resident_bytes, share_of_rss, tracked_pages, wss_pages_mean, wss_bytes_mean, page_utilization, cold_fraction, paged_out_pages_max, refaulted_pages (experiment/portions.py)
+mixed_pages                   int?    pages      tracked pages holding bytes of two or more portions
+portions_rss_bytes            int?    bytes      RSS read right after the portions' resident bytes
+portions_walk_s               float?  s          the child's walk of the portions it can name, once after spawn
+portion_dominating_wss        str?    -          the portion with the largest mean WSS
+page_utilization_ceiling      float?  fraction   useful bytes / pages of every window's co-activation groups packed in the layout's record packing (experiment/ceiling.py)
+page_utilization_packed       float?  fraction   useful bytes / every window's distinct useful bytes packed into whole pages
+state_utilization_of_ceiling  float?  fraction   state_page_utilization / page_utilization_ceiling
+ceiling_packing               list?   bytes      [hot, cold] bytes per worker the ceiling packs
+ceiling_useful_bytes          int?    bytes      useful bytes of the steps the ceiling replayed
+"""),
     "probe": (),
-    "beam": _COMMON_METRICS + (
-        F("p", "float", "fraction", "share of processes activated per step"),
-        F("hibernate", "bool", "", "idle processes wait hibernated"),
-        F("min_heap_size", "int", "words", "min_heap_size of the spawned processes"),
-        F("state_init", "str", "", "how each process builds its state"),
-        F("schedule", "str", "", "who draws the activated ids: vm or harness"),
-        F("otp_release", "str", "", "OTP release of the VM"),
-        F("erts_version", "str", "", "erts version of the VM"),
-        F("bytes_per_process_erlang", "float", "B/process", "mean process_info(memory) of the workers"),
-        F("bytes_per_process_vm", "float", "B/process", "erlang:memory(processes) growth / N, pid table excluded"),
-        F("bytes_per_process_memory_processes", "float", "B/process", "erlang:memory(processes) after spawn / N"),
-        F("bytes_per_process_rss", "float", "B/process", "the VM's RSS growth at spawn / N"),
-        F("bytes_per_process_pss", "float", "B/process", "the VM's PSS growth at spawn / N"),
-        F("pid_table_bytes_per_process", "float", "B/process", "the coordinator's pid tuple growth / N"),
-        F("rss_vs_vm_ratio", "float", "ratio", "bytes_per_process_rss / bytes_per_process_vm", nullable=True),
-        F("rss_vs_vm_agree_15pct", "bool", "", "that ratio is within 15% of 1"),
-        F("documented_fresh_process_bytes", "int", "bytes", "a fresh process's size as OTP documents it"),
-        F("workers_hibernated", "int", "count", "workers hibernated after spawn"),
-        F("workers_heap_words_sum", "int", "words", "total heap of the workers after spawn"),
-        F("rss_before_spawn_bytes", "int", "bytes", "the VM's RSS before spawning"),
-        F("rss_after_spawn_bytes", "int", "bytes", "the VM's RSS after spawning"),
-        F("pss_before_spawn_bytes", "int", "bytes", "the VM's PSS before spawning"),
-        F("pss_after_spawn_bytes", "int", "bytes", "the VM's PSS after spawning"),
-        F("erlang_memory_before", "dict", "bytes", "erlang:memory() before spawning"),
-        F("erlang_memory_after_spawn", "dict", "bytes", "erlang:memory() after spawning"),
-        F("erlang_memory_end", "dict", "bytes", "erlang:memory() at the end"),
-        F("allocator_growth_at_spawn", "dict", "bytes", "allocator -> carriers/blocks growth at spawn"),
-        F("allocators_after_spawn", "dict", "bytes", "allocator statistics after spawn"),
-        F("carriers_after_spawn", "dict", "bytes", "carrier statistics after spawn"),
-        F("mseg_after_spawn", "dict", "bytes", "mseg_alloc statistics after spawn"),
-        F("rss_growth_at_spawn_by_class", "dict", "bytes", "address class -> RSS growth at spawn"),
-        F("cold_fraction_anon", "dict", "fraction", "cold_fraction over anonymous memory"),
-        F("cold_fraction_windows_measured", "dict", "count", "windows measured per T"),
-        F("cold_fraction_window_age_s", "dict", "s", "mean age of the windows per T"),
-        F("referenced_by_class", "dict", "bytes", "window -> address class -> referenced and resident bytes"),
-        F("untouched_after_pageout", "dict", "fraction", "window -> share paged out and not refaulted"),
-        F("pageouts", "list", "", "each page-out: t, advised bytes, pages, time"),
-        F("step_elapsed_us_after_pageout", "float", "us", "median step time right after a page-out", nullable=True),
-        F("step_elapsed_us_other", "float", "us", "median step time otherwise", nullable=True),
-        F("major_faults", "int", "count", "the VM's major faults during sampling"),
-        F("tracked_pages", "int", "pages", "pages the sampler tracks"),
-        # beam compare: the technique's knobs and what it costs (experiments/beam/README.md).
-        F("technique", "str", "", "technique the run used (`default` for plain `locality beam`)"),
-        F("vm_flags", "list", "", "emulator flags beyond +P (the technique's, e.g. +MHas aobf)"),
-        F("processes", "int", "count", "Erlang processes of the population (workers / group_size, rounded up)"),
-        F("group_size", "int", "count", "columns per process"),
-        F("spawn_order", "str", "", "order the columns were spawned in: id or hilbert"),
-        F("state_store", "str", "", "where column state lives: heap or atomics"),
-        F("complete", "bool", "", "false when the run was interrupted or failed: the files hold what it measured"),
-        F("bytes_per_process_vm_total", "float", "B/process", "erlang:memory(total) growth / N, pid table excluded"),
-        F("rss_vs_vm_total_ratio", "float", "ratio", "bytes_per_process_rss / bytes_per_process_vm_total", nullable=True),
-        F("rss_vs_vm_total_agree_15pct", "bool", "", "that ratio is within 15% of 1"),
-        F("wss_bytes_by_window", "dict", "bytes", "window -> referenced bytes of the whole VM at its end (mean)"),
-        F("migrations", "list", "", "each migration of migrate-hot: step, processes moved, time"),
-        F("migrated_total", "int", "count", "processes migrate-hot re-created in all"),
-        F("relocation_s", "float", "s", "time the migrations took in all"),
-        F("relocation_ms_per_step", "float", "ms", "migration time per step (migrate-hot)", nullable=True),
-        F("portions", "dict", "", "portion -> resident_bytes, share_of_rss, wss_bytes and cold_fraction per window"),
-    ),
+    "beam": _COMMON_METRICS + _fields("""
+p                                   float   fraction   share of processes activated per step
+hibernate                           bool    -          idle processes wait hibernated
+min_heap_size                       int     words      min_heap_size of the spawned processes
+state_init                          str     -          how each process builds its state
+schedule                            str     -          who draws the activated ids: vm or harness
+otp_release                         str     -          OTP release of the VM
+erts_version                        str     -          erts version of the VM
+bytes_per_process_erlang            float   B/process  mean process_info(memory) of the workers
+bytes_per_process_vm                float   B/process  erlang:memory(processes) growth / N, pid table excluded
+bytes_per_process_memory_processes  float   B/process  erlang:memory(processes) after spawn / N
+bytes_per_process_rss               float   B/process  the VM's RSS growth at spawn / N
+bytes_per_process_pss               float   B/process  the VM's PSS growth at spawn / N
+pid_table_bytes_per_process         float   B/process  the coordinator's pid tuple growth / N
+rss_vs_vm_ratio                     float?  ratio      bytes_per_process_rss / bytes_per_process_vm
+rss_vs_vm_agree_15pct               bool    -          that ratio is within 15% of 1
+documented_fresh_process_bytes      int     bytes      a fresh process's size as OTP documents it
+workers_hibernated                  int     count      workers hibernated after spawn
+workers_heap_words_sum              int     words      total heap of the workers after spawn
+rss_before_spawn_bytes              int     bytes      the VM's RSS before spawning
+rss_after_spawn_bytes               int     bytes      the VM's RSS after spawning
+pss_before_spawn_bytes              int     bytes      the VM's PSS before spawning
+pss_after_spawn_bytes               int     bytes      the VM's PSS after spawning
+erlang_memory_before                dict    bytes      erlang:memory() before spawning
+erlang_memory_after_spawn           dict    bytes      erlang:memory() after spawning
+erlang_memory_end                   dict    bytes      erlang:memory() at the end
+allocator_growth_at_spawn           dict    bytes      allocator -> carriers/blocks growth at spawn
+allocators_after_spawn              dict    bytes      allocator statistics after spawn
+carriers_after_spawn                dict    bytes      carrier statistics after spawn
+mseg_after_spawn                    dict    bytes      mseg_alloc statistics after spawn
+rss_growth_at_spawn_by_class        dict    bytes      address class -> RSS growth at spawn
+cold_fraction_anon                  dict    fraction   cold_fraction over anonymous memory
+cold_fraction_windows_measured      dict    count      windows measured per T
+cold_fraction_window_age_s          dict    s          mean age of the windows per T
+referenced_by_class                 dict    bytes      window -> address class -> referenced and resident bytes
+untouched_after_pageout             dict    fraction   window -> share paged out and not refaulted
+pageouts                            list    -          each page-out: t, advised bytes, pages, time
+step_elapsed_us_after_pageout       float?  us         median step time right after a page-out
+step_elapsed_us_other               float?  us         median step time otherwise
+major_faults                        int     count      the VM's major faults during sampling
+tracked_pages                       int     pages      pages the sampler tracks
+technique                           str     -          technique the run used (`default` for plain `locality beam`)
+vm_flags                            list    -          emulator flags beyond +P (the technique's, e.g. +MHas aobf)
+processes                           int     count      Erlang processes of the population (workers / group_size, rounded up)
+group_size                          int     count      columns per process
+spawn_order                         str     -          order the columns were spawned in: id or hilbert
+state_store                         str     -          where column state lives: heap or atomics
+complete                            bool    -          false when the run was interrupted or failed: the files hold what it measured
+bytes_per_process_vm_total          float   B/process  erlang:memory(total) growth / N, pid table excluded
+rss_vs_vm_total_ratio               float?  ratio      bytes_per_process_rss / bytes_per_process_vm_total
+rss_vs_vm_total_agree_15pct         bool    -          that ratio is within 15% of 1
+wss_bytes_by_window                 dict    bytes      window -> referenced bytes of the whole VM at its end (mean)
+migrations                          list    -          each migration of migrate-hot: step, processes moved, time
+migrated_total                      int     count      processes migrate-hot re-created in all
+relocation_s                        float   s          time the migrations took in all
+relocation_ms_per_step              float?  ms         migration time per step (migrate-hot)
+portions                            dict    -          portion -> resident_bytes, share_of_rss, wss_bytes and cold_fraction per window
+"""),
 }
 
 
