@@ -12,7 +12,6 @@ drifts during the run affects all of them alike.
 from __future__ import annotations
 
 import ctypes
-import json
 import mmap
 import os
 import statistics
@@ -21,7 +20,7 @@ from typing import Callable
 
 import click
 
-from locality.cli.output import doc_csv, format_option, resolve
+from locality.cli.output import emit, format_option, resolve
 import numpy as np
 
 from locality.kernel import PAGE_SIZE
@@ -244,9 +243,4 @@ def command(size: int, repeat: int, fmt: str | None, as_json: bool) -> None:
     """
     fmt = resolve(fmt, as_json)
     report = run_benchmark(size, repeat, progress=fmt == "text")
-    if fmt == "json":
-        click.echo(json.dumps(report, indent=2))
-    elif fmt == "csv":
-        click.echo(doc_csv(report), nl=False)
-    else:
-        _print_table(report)
+    emit(report, fmt, _print_table)

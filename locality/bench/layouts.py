@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import json
 import math
 import os
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import click
 
-from locality.cli.output import doc_csv, format_option, resolve
+from locality.cli.output import emit, format_option, resolve
 from locality.units import COUNT
 import numpy as np
 
@@ -419,13 +418,7 @@ def command(workers: int, steps: int, names: str, pattern: str, p: float, patter
         "temporal_reuse": _reuse(ids_steps[warmup:] if warmup >= window else ids_steps, workers, window),
         "rows": rows, "targets": targets,
     }
-    if fmt == "json":
-        click.echo(json.dumps(doc, indent=2, default=float))
-        return
-    if fmt == "csv":
-        click.echo(doc_csv(doc), nl=False)
-        return
-    _print_table(doc)
+    emit(doc, fmt, _print_table)
 
 
 def _print_table(doc: dict) -> None:

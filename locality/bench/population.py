@@ -27,7 +27,7 @@ from typing import Any
 
 import click
 
-from locality.cli.output import doc_csv, format_option, resolve
+from locality.cli.output import emit, format_option, resolve
 
 from locality.errors import InvalidArgument
 from locality.units import parse_counts
@@ -301,9 +301,4 @@ def command(sizes: str, schedulers: str, steps: int, rounds: int, activity: floa
     fmt = resolve(fmt, as_json)
     doc = run_benchmark(size_list, names, steps, activity, seed, slab, progress=fmt == "text", rounds=rounds,
                         collector=collector == "on")
-    if fmt == "json":
-        click.echo(json.dumps(doc, indent=2))
-    elif fmt == "csv":
-        click.echo(doc_csv(doc), nl=False)
-    else:
-        _print_report(doc)
+    emit(doc, fmt, _print_report)

@@ -47,3 +47,15 @@ def doc_csv(doc: dict[str, Any]) -> str:
 
     walk(doc, "")
     return csv_text(flat)
+
+
+def emit(doc: dict[str, Any], fmt: str, text: Callable[[dict[str, Any]], None]) -> None:
+    """Print a benchmark's document as JSON, CSV, or through ``text`` (its human-readable table)."""
+    import json
+
+    if fmt == "json":
+        click.echo(json.dumps(doc, indent=2, default=float))
+    elif fmt == "csv":
+        click.echo(doc_csv(doc), nl=False)
+    else:
+        text(doc)
