@@ -34,10 +34,10 @@ def report(run_dirs: tuple[Path, ...], out: Path, title: str | None, baseline: s
     Figures whose data no run has are omitted with a note.
     """
     from locality.experiment.outputs import check_output_file
+
+    check_output_file(out, "--out")  # before matplotlib is imported: a bad --out is the one line said
     from locality.report.data import find_runs
     from locality.report.html import write_report
-
-    check_output_file(out, "--out")
 
     found = find_runs(list(run_dirs))
     notes = [found.summary()] if found.summary() else []
