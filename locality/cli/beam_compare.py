@@ -93,7 +93,7 @@ def compare(processes: int, techniques: str, allocator_sets: tuple[str, ...], pa
     except CompareInterrupted as e:
         click.echo(f"locality: interrupted: {e}", err=True)
         sys.exit(130)
-    report = write_report(result.reported, out, title=result.title, notes=result.notes, verdict=result.verdict)
+    report = write_report(result.reported, out, title=result.title, notes=result.notes, verdict=result.verdict, keep_labels=True)
     if as_json:
         click.echo(json.dumps({
             "report": str(report), "run_root": str(result.run_root),

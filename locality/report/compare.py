@@ -29,4 +29,4 @@ def write_compare_report(result: CompareResult, out: str | Path) -> CompareRepor
     runs = label_runs([load_run_data(d) for d in result.run_dirs])
     for r in runs:  # run ids name layout and case: objects, waves-objects, clustered-pageout-idle-30s
         r.label = r.id
-    return CompareReport(write_report(runs, out, title=result.title, notes=result.notes), runs)
+    return CompareReport(write_report(runs, out, title=result.title, notes=result.notes, keep_labels=True), runs)

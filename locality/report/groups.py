@@ -89,13 +89,14 @@ def _matches(run: RunData, name: str) -> bool:
     return name in (run.layout, run.label, run.id, run.path.name)
 
 
-def group_runs(runs: list[RunData], baseline: str | None = None) -> tuple[list[str], list[Group]]:
+def group_runs(runs: list[RunData], baseline: str | None = None, *, relabel: bool = True) -> tuple[list[str], list[Group]]:
     """(axes, groups): runs grouped by every axis but ``layout``, in first-seen order.
 
     Each group's baseline: the run matching ``baseline`` (a layout, label or
     run id) in it, else (no ``baseline`` given) its `objects` run, else its
     first usable run. Sets ``run.group_baseline`` and run labels that stay
-    unique across groups (``layout · value · value``).
+    unique across groups (``layout · value · value``), unless ``relabel`` is False (the caller's
+    labels already say what each run is, e.g. compare's run ids).
     """
     if baseline is not None and not any(_matches(r, baseline) for r in runs):
         raise InvalidArgument(f"--baseline {baseline!r} matches no run",
@@ -116,7 +117,7 @@ def group_runs(runs: list[RunData], baseline: str | None = None) -> tuple[list[s
             group.baseline = group.runs[baseline_index(group.runs)] if usable else None
         for run in group.runs:
             run.group_baseline = group.baseline
-    if len(groups) > 1:
+    if len(groups) > 1 and relabel:
         _label_with_axes(runs, group_axes, flats)
     return axes, list(groups.values())
 

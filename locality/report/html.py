@@ -124,16 +124,17 @@ def crashed_notes(runs: list[RunData]) -> list[str]:
 
 def render_html(runs: list[RunData], *, title: str | None = None, figure_names: Iterable[str] | None = None,
                 notes: Iterable[str] = (), baseline: str | None = None, verdict: dict[str, Any] | None = None,
-                experiment: str | None = None) -> str:
+                experiment: str | None = None, keep_labels: bool = False) -> str:
     """The report page. ``baseline``: a layout, label or run id taken as each group's baseline.
     ``verdict``: computed by the experiment that made the runs (e.g. `locality beam compare`),
     rendered at the top: {questions: [{question, winner, value, versus_baseline, cost}],
     targets: [{target, met, measured}], table: {headings, rows: [{technique, cells}]}}; without it,
     the paging verdict is read off the runs' metrics.
-    ``experiment``: the name the default title starts with (else found from the runs' configs and paths)."""
+    ``experiment``: the name the default title starts with (else found from the runs' configs and paths).
+    ``keep_labels``: the runs' labels stay as given (else grouped runs are labelled by their axes)."""
     if not runs:
         raise ValueError("no runs to report")
-    axes, groups = group_runs(runs, baseline)
+    axes, groups = group_runs(runs, baseline, relabel=not keep_labels)
     table = metrics_rows(runs, groups)
     names = list(figure_names) if figure_names is not None else figs.default_names(runs)
     from locality.report.verdict import IDLE_KEYS, paging_notes, paging_rows, verdict_lines
@@ -161,7 +162,8 @@ def render_html(runs: list[RunData], *, title: str | None = None, figure_names: 
 
 
 def write_report(run_dirs: Iterable[str | Path] | list[RunData], out: str | Path, *, title: str | None = None,
-                 notes: Iterable[str] = (), baseline: str | None = None, verdict: dict[str, Any] | None = None) -> Path:
+                 notes: Iterable[str] = (), baseline: str | None = None, verdict: dict[str, Any] | None = None,
+                 keep_labels: bool = False) -> Path:
     """Render the report of ``run_dirs`` (paths or loaded runs) to ``out``, atomically.
 
     Directories that are not runs stand for every run below them (found
@@ -176,5 +178,5 @@ def write_report(run_dirs: Iterable[str | Path] | list[RunData], out: str | Path
         runs = found.runs
         if found.summary():
             notes.append(found.summary())
-    html = render_html(runs, title=title, notes=notes, baseline=baseline, verdict=verdict)
+    html = render_html(runs, title=title, notes=notes, baseline=baseline, verdict=verdict, keep_labels=keep_labels)
     return store.atomic_write_text(out, html)
