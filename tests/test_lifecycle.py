@@ -260,7 +260,7 @@ def test_resume_over_a_manifest_that_is_not_an_object_reruns_the_point(tmp_path,
             pass
 
     monkeypatch.setattr("locality.experiment.runner.run", fake_run)
-    monkeypatch.setattr("locality.experiment.sweep.measured_footprint", lambda *a: (100.0, 1 << 20, "test"))
+    monkeypatch.setattr("locality.experiment.estimate.measured_footprint", lambda *a: (100.0, 1 << 20, "test"))
     run_sweep(cfg, {"seed": [1]}, tmp_path, resume=True, progress=False)
     assert store.read_manifest(tmp_path / p.point_id)["status"] == "complete"
 
@@ -290,6 +290,7 @@ def _fake_compare(monkeypatch, after_layout=None, in_report=False):
 
     monkeypatch.setattr("locality.experiment.runner.run", fake_run)
     monkeypatch.setattr("locality.report.figures.default_names", lambda runs: ["bytes_per_worker"])
+    monkeypatch.setattr("locality.experiment.estimate.check_memory", lambda *a, **k: None)  # fake runs: nothing to calibrate
     if in_report:
         import locality.report.html as html
 
@@ -303,7 +304,7 @@ def _fake_compare(monkeypatch, after_layout=None, in_report=False):
 
 
 @pytest.mark.parametrize("after_layout, in_report, finished", [("objects", False, ["objects"]),
-                                                                 (None, True, ["objects", "slab", "isolated"])])
+                                                                 (None, True, ["objects", "slab", "isolated", "waves-objects"])])
 def test_a_signal_between_layouts_or_in_the_report_phase_still_writes_the_report(
         tmp_path, monkeypatch, capsys, after_layout, in_report, finished):
     from locality.cli import main
@@ -329,8 +330,9 @@ def test_a_sigkilled_probe_keeps_its_timeline_and_reads_as_crashed(tmp_path):
                                 env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         timeline = tmp_path / "p" / "timeline.csv"
         deadline = time.monotonic() + 60
-        # The timeline is appended every few seconds while sampling, then the manifest counts the samples.
-        while not (timeline.exists() and store.read_manifest(tmp_path / "p")["samples"]):
+        # The timeline is appended every few seconds while sampling, then the manifest counts the samples;
+        # kill it once a flush has stored at least 10 of them.
+        while not (timeline.exists() and (store.read_manifest(tmp_path / "p").get("samples") or 0) >= 10):
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.1)
         proc.kill()

@@ -133,7 +133,8 @@ def _short(value: str) -> str:
 def _label_with_axes(runs: list[RunData], group_axes: list[str], flats: dict[int, dict[str, str]]) -> None:
     labels = []
     for run in runs:
-        head = run.layout or run.kind
+        # A VM or probe run keeps what it watched (beam default, probe 123); a worker run its layout.
+        head = run.label if run.kind in ("probe", "beam") and run.label else (run.layout or run.kind)
         labels.append(" · ".join([head] + [_short(flats[id(run)].get(a, "—")) for a in group_axes]))
     for run, label in zip(runs, labels):
         run.label = label if labels.count(label) == 1 else f"{label} [{run.id}]"
