@@ -49,7 +49,9 @@ def test_with_persistent_bursts_it_adopts_the_learned_order_and_beats_clustered(
     m_l, learned, state_l = run("clustered-learned", steps)
     assert learned.adopted is True
     assert all(candidate <= 0.9 * prior for prior, candidate in learned.validation_pages)
-    assert m_l.page_utilization > 1.5 * m_c.page_utilization  # measured 27.0% vs 5.5% at 40k, seed 0
+    # measured 7.4% vs 5.7% at 40k, seed 0 (27.0% vs 5.5% before the sheet spread its bursts' moves evenly
+    # over the lifetime: with 10 bursts and lifetime 64 they all used to move within 10 steps, then hold)
+    assert m_l.page_utilization > 1.2 * m_c.page_utilization
     np.testing.assert_array_equal(state_l, state_c)  # moving records changed no worker's state
 
 
