@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from locality.layouts import PAGE_SIZE, make_layout
-from locality.layouts.ceiling import ceiling, coactivation_groups
+from locality.layouts.ceiling import Ceiling, ColdTouches, ceiling, coactivation_groups
 from locality.layouts.measure import measure
 from locality.population.patterns import make_pattern
 
@@ -74,11 +74,15 @@ def test_ceiling_when_every_activation_touches_its_cold_part(packing, pages):
     assert c.utilization == pytest.approx(158 * 96 / (pages * PAGE_SIZE))
 
 
-def test_a_window_groups_the_union_of_its_steps_and_counts_every_activation():
+def test_a_window_groups_the_union_of_its_steps_and_counts_each_worker_once():
     a, b = disc(20, 20), disc(21, 20)  # a burst moving one cell: 29 + 29 activations, 36 distinct workers
     c = ceiling([[a, b]], N, (16, 80), warm=False)
-    assert c.useful_bytes == 58 * 16
+    assert c.useful_bytes == 36 * 16
     assert c.pages == 1 and c.groups == 1
+    every = Ceiling(packing=(16, 80), once_per_window=False)  # windows of wall-clock time count activations
+    touches = ColdTouches(N, warm=False)
+    every.add_window([touches.step(ids) for ids in (a, b)], N)
+    assert every.useful_bytes == 58 * 16 and every.pages == 1
     per_step = ceiling([[a], [b]], N, (16, 80), warm=False)
     assert per_step.pages == 2 and per_step.windows == 2
 

@@ -69,18 +69,28 @@ def test_run_stores_every_file_and_the_arena_pages_written_are_exactly_the_activ
 
     # Ground truth: replay the same activations on a fresh layout. The slab
     # pages written during the run must be exactly the pages the layout says
-    # those activations write, and the useful bytes exactly its count.
+    # those activations write, and the useful bytes exactly its count: each
+    # worker's hot bytes once per aligned window, its cold bytes once if one
+    # of its activations in the window touched them.
     from locality.layouts import make_layout
+    from locality.layouts.base import COLD_BYTES, HOT_BYTES
 
     ref = make_layout("slab", 2000, seed=3)
     expected = np.zeros(ref.arenas["slab"].n_pages, dtype=bool)
-    useful_expected = 0
+    window_steps = validate(cfg).window_steps
+    assert window_steps and window_steps > 1  # windows where a worker can wake twice
+    useful_expected, hot, cold = 0, set(), set()
     for k, step_ids in enumerate(ids):
         s = 10**6 + k  # any step number the workers have not seen yet
         expected |= ref.expected_written(step_ids, s)["slab"]
-        useful_expected += ref.useful_bytes(step_ids, s)
         for i in step_ids:
             ref.update(int(i), s)
+        touched = set(np.unique(step_ids)[ref.cold_touched(np.unique(step_ids), s)].tolist())  # after the step
+        useful_expected += HOT_BYTES * len(set(step_ids.tolist()) - hot) + COLD_BYTES * len(touched - cold)
+        hot |= set(step_ids.tolist())
+        cold |= touched
+        if (k + 1) % window_steps == 0:
+            hot, cold = set(), set()
     ref.close()
     pages = r.pages
     arena_region = [i for i, name in enumerate(pages["regions"]) if name == "arena:slab"]

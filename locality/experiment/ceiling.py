@@ -49,7 +49,7 @@ def ceiling_metrics(config: Any, timeline: pd.DataFrame, metrics: dict[str, Any]
     bounds = timeline["step"].astype(int).tolist()
     for _ in range(bounds[0]):
         touches.step(next(stream))
-    out = Ceiling(packing=(int(packing[0]), int(packing[1])))
+    out = Ceiling(packing=(int(packing[0]), int(packing[1])), once_per_window=config.window_steps is not None)
     for lo, hi in zip(bounds, bounds[1:]):
         out.add_window([touches.step(ids) for ids in itertools.islice(stream, max(0, hi - lo))], n)
     if not out.pages:

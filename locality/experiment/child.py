@@ -81,6 +81,31 @@ class LatencyReservoir:
         return self.buf[: min(self.seen, self.cap)].copy()
 
 
+class WindowUseful:
+    """Useful bytes of one sampling window: each woken worker's hot bytes once, and its cold bytes once
+    if any of its activations in the window touched the cold part (the layout's cold_touched rule)."""
+
+    def __init__(self, n: int, layout: Any) -> None:
+        from locality.layouts.base import COLD_BYTES, HOT_BYTES
+
+        self.hot_bytes, self.cold_bytes = HOT_BYTES, COLD_BYTES
+        self.layout = layout
+        self.hot = np.zeros(n, dtype=bool)
+        self.cold = np.zeros(n, dtype=bool)
+
+    def add(self, ids: np.ndarray, step: int) -> int:
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        new = ids[~self.hot[ids]]
+        self.hot[new] = True
+        touched = ids[self.layout.cold_touched(ids, step)]
+        new_cold = touched[~self.cold[touched]]
+        self.cold[new_cold] = True
+        return int(new.size * self.hot_bytes + new_cold.size * self.cold_bytes)
+
+    def reset(self) -> None:
+        self.hot[:] = False
+        self.cold[:] = False
+
 def _arenas(layout: Any) -> list[tuple[str, Any]]:
     """(name, arena) of the layout's arenas (``Layout.arenas`` is a dict name -> Arena)."""
     arenas = getattr(layout, "arenas", None) or {}
@@ -208,6 +233,9 @@ def main() -> None:
     interval = cfg.step_interval
     reservoir = LatencyReservoir(LATENCY_SAMPLE, cfg.seed)
     useful_fn = getattr(layout, "useful_bytes", None)
+    # With aligned windows a worker's bytes count once per window however often it wakes in it: a page
+    # holding it is written once per window either way, so page utilization stays a share (<= 1).
+    window_useful = WindowUseful(cfg.workers, layout) if window_steps and useful_fn is not None else None
     # pageout-idle on a file arena: dirty file pages cannot be paged out, so
     # write them back once per sampling interval (the policy the user chose).
     sync_every = cfg.file_sync_interval
@@ -264,7 +292,10 @@ def main() -> None:
         lat = getattr(result, "latency_ns", None)
         if lat is not None:
             reservoir.add(np.atleast_1d(lat))
-        useful = int(useful_fn(ids, result.step)) if useful_fn is not None else 0
+        if window_useful is not None:
+            useful = window_useful.add(ids, result.step)
+        else:
+            useful = int(useful_fn(ids, result.step)) if useful_fn is not None else 0
         reloc = int(getattr(result, "relocation_ns", 0) or 0)
         k += 1
         total_acts += len(ids)
@@ -287,6 +318,8 @@ def main() -> None:
                 a.sync()
             last_sync = now
         if window_steps and k % window_steps == 0:
+            if window_useful is not None:
+                window_useful.reset()
             chan.send("window", step=k)
             awaiting = True
         if interval > 0:

@@ -9,7 +9,9 @@ recompute them from a stored run alone.
   population itself owns. bytes_per_worker_pss is the same growth of PSS,
   which also moves with whatever else shares the child's file pages.
 - page_utilization = useful bytes of the activations in the full sampling
-  windows (from the layout) / (sum over those windows of written pages x page
+  windows (from the layout; with windows aligned to steps each woken worker's
+  bytes count once per window, however often it woke in it, so the figure is
+  a share <= 1) / (sum over those windows of written pages x page
   size). A run's last, shorter window is left out (as for WSS): how many steps
   it holds is a matter of timing.
 - wss_pages_mean = mean written pages per full sampling window.

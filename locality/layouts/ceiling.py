@@ -103,6 +103,9 @@ class Ceiling:
     groups: int = 0
     windows: int = 0
     packing: tuple[int, int] = (HOT_BYTES, COLD_BYTES)
+    # Each worker's bytes once per window (as a run with windows aligned to steps counts them), or once
+    # per activation (a run with windows of wall-clock time, whose child cannot tell where a window ends).
+    once_per_window: bool = True
     per_window: list[tuple[int, int]] = field(default_factory=list)  # (useful bytes, group pages)
 
     @property
@@ -118,7 +121,6 @@ class Ceiling:
         steps = [(np.asarray(i, dtype=np.int64), np.asarray(c, dtype=bool)) for i, c in steps]
         if not steps:
             return
-        useful = sum(i.size * HOT_BYTES + int(c.sum()) * COLD_BYTES for i, c in steps)
         ids, label = coactivation_groups(np.concatenate([i for i, _ in steps]), n)
         cold_ids = np.unique(np.concatenate([i[c] for i, c in steps]))
         hot, cold = self.packing
@@ -128,6 +130,7 @@ class Ceiling:
         if cold:
             pages += int(np.sum(-(-c * cold // PAGE_SIZE)))
         distinct = ids.size * HOT_BYTES + cold_ids.size * COLD_BYTES
+        useful = distinct if self.once_per_window else sum(i.size * HOT_BYTES + int(c.sum()) * COLD_BYTES for i, c in steps)
         self.useful_bytes += useful
         self.pages += pages
         self.packed_pages += -(-distinct // PAGE_SIZE)
