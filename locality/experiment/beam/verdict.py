@@ -92,7 +92,8 @@ def verdict(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     for question, get, smaller, fmt in questions(window):
         values = {name: get(m) for name, m in metrics.items() if get(m) is not None}
         if not values:
-            rows.append({"question": question, "winner": "—", "value": "not measured", "versus_baseline": "",
+            rows.append({"question": question, "winner": "—", "value": "not measured",
+                         "versus_baseline": "no run has this figure" + (" (page-outs need --swap SIZE)" if "page-out" in question else ""),
                          "cost": ""})
             continue
         winner = (min if smaller else max)(values, key=lambda name: values[name])
