@@ -56,7 +56,7 @@ TIMELINE: dict[str, tuple[Field, ...]] = {
 t                    float  s      time since the first sample (taken after spawn)
 step                 int    count  steps the child had finished
 activations          int    count  workers activated since the previous sample
-useful_bytes         int    bytes  state bytes the activations since the previous sample touched
+useful_bytes         int    bytes  state bytes the activations since the previous sample touched (each worker once per aligned window)
 rss_bytes            int    bytes  resident set (smaps_rollup Rss)
 pss_bytes            int    bytes  proportional set (smaps_rollup Pss)
 swap_bytes           int    bytes  swapped out (smaps_rollup Swap)
