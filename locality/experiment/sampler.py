@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from locality import ranges
 from locality.errors import LocalityError
 
 SPAN_GAP = 256  # pages: regions closer than this share one pagemap read
@@ -44,20 +45,7 @@ def anonymous_ranges(vmas: Iterable[Any], exclude: Sequence[tuple[int, int]] = (
 
 def subtract(span: tuple[int, int], holes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """``[start, end)`` minus the ``(start, length)`` holes, as [start, end) pieces."""
-    pieces = [span]
-    for hs, hl in holes:
-        he = hs + hl
-        nxt = []
-        for s, e in pieces:
-            if he <= s or hs >= e:
-                nxt.append((s, e))
-                continue
-            if s < hs:
-                nxt.append((s, hs))
-            if he < e:
-                nxt.append((he, e))
-        pieces = nxt
-    return pieces
+    return ranges.subtract([span], holes)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import threading
 
 import numpy as np
 
+from locality import ranges
 from locality.errors import InvalidArgument, LocalityError, NoSuchProcess, Unsupported
 from locality.kernel._platform import (
     PAGE_IS_PRESENT,
@@ -157,7 +158,6 @@ def unregister_write_tracking(addr: int, length: int) -> None:
     """
     global _uffd
     length = check_range(addr, length)
-    end = addr + length
     with _lock:
         if _uffd is None:
             return
@@ -166,16 +166,7 @@ def unregister_write_tracking(addr: int, length: int) -> None:
         except OSError as e:
             if e.errno not in (errno.EINVAL, errno.ENOMEM):  # already unmapped: nothing to undo
                 raise
-        remaining: list[tuple[int, int]] = []
-        for s, e in _registered:
-            if e <= addr or s >= end:
-                remaining.append((s, e))
-                continue
-            if s < addr:
-                remaining.append((s, addr))
-            if e > end:
-                remaining.append((end, e))
-        _registered[:] = remaining
+        _registered[:] = ranges.subtract(_registered, [(addr, length)])
         if not _registered:
             os.close(_uffd)
             _uffd = None
