@@ -176,6 +176,9 @@ def compare(
 
     not_run = list(layouts[len(job.done) + (1 if job.ran_interrupted else 0):]) if job.interrupted_at in layouts else []
     label = WORKLOADS.get(pattern, (pattern, {}, pattern))[2] or pattern
+    radius = getattr(next(iter(configs.values())).pattern, "radius", None)
+    if radius is not None and radius < WORKLOADS.get(pattern, ("", {}, ""))[1].get("radius", radius):
+        label += f" (radius {radius:g} here: the sheet of {workers:,} workers is that wide)"
     length = f"{run_s:g} s per layout" if run_s is not None else f"{steps} steps"
     notes = [f"Same workload for every layout: {workers:,} workers, {label}; {length}, steps "
              f"{step_interval:g} s apart, seed {SEED}, sampled every {interval:g} s, no reclaim."]
