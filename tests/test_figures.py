@@ -265,7 +265,7 @@ def test_thesis_experiment_file_is_one_file_for_sweep_and_figures():
     assert fs.run_ids == [p.point_id for p in points(config, file_grid(thesis))]
     assert len(fs.run_ids) == len(set(fs.run_ids)) == 7 * 3 * 2
     assert fs.runs_dir == Path(config.out)
-    assert len(fs.requests) == 10
+    assert len(fs.requests) == 12  # 10 figures and the two portion figures
     assert fs.out == Path("reports") and [r.file for r in fs.reports] == ["main-job"]
     # At 100k: the ids `locality sweep thesis.toml --set workers=100000` gives, none of the 1M ones.
     small = load_figure_set(thesis, overrides=["workers=100000"])

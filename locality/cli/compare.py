@@ -99,7 +99,8 @@ def compare(workers: int, layouts: str, pattern: str, duration: float | None, st
         click.echo(json.dumps({
             "report": str(rendered.report),
             "run_dirs": [str(r.path) for r in rendered.runs],
-            "runs": {r.label: {"status": r.status, "seconds": result.seconds.get(r.label)} for r in rendered.runs},
+            "runs": {r.label: {"status": r.status, "run_dir": str(r.path), "seconds": result.seconds.get(r.label)}
+                     for r in rendered.runs},
             "interrupted_at": result.interrupted_at,
             "not_run": result.not_run,
         }))
