@@ -99,3 +99,22 @@ def swap_on():
         assert not zram_swap_active()
         assert zram._read("disksize") == "0" and not zram.STATE_FILE.exists()
 
+
+
+# Under pytest-xdist (pyproject's addopts run the suite on two workers), the
+# modules that turn zram swap on, or whose runs behave differently once swap is
+# on (compare and beam page out for real, doctor reports it, the fault and
+# lifecycle tests compare swap and cgroups before and after), all run on one
+# worker, one after another, so that no test sees another's swap.
+MACHINE_STATE_MODULES = frozenset({
+    "test_bad_inputs", "test_beam", "test_beam_compare", "test_beam_targets", "test_capabilities", "test_compare",
+    "test_compare_paging", "test_faults", "test_kernel_edges", "test_leftovers", "test_lifecycle", "test_policies",
+    "test_portions", "test_progress", "test_reclaim", "test_run", "test_swap",
+})
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__ in MACHINE_STATE_MODULES:
+            item.add_marker(pytest.mark.xdist_group("machine-state"))

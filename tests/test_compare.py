@@ -167,6 +167,15 @@ def test_small_compare_end_to_end_in_browser(tmp_path):
     drawn = {k for k, v in seen["figures"].items() if v["class"] == "drawn"}
     assert {"fig-bytes_per_worker", "fig-page_utilization", "fig-wss_over_time", "fig-heatmap", "fig-residency_map",
             "fig-latency_cdf", "fig-page_age"} <= drawn
+    # the paging verdict and its curves (test_compare_paging.py tests how they are computed)
+    questions = [row[0] for row in seen["verdict"]]
+    assert questions[:2] == ["Smallest bytes per worker", "Densest hot set"]
+    assert any(q.startswith("Most memory paged out within a refault budget of 0.2%") for q in questions)
+    assert any(q.startswith("Most memory paged out with refaults at most 2×") for q in questions)
+    assert all(row[1] and row[2] for row in seen["verdict"])
+    pareto = seen["figures"]["fig-pareto"]
+    # the simulated curves, the Pareto front and the budget line (each with its legend handle)
+    assert "drawn" in pareto["class"] and pareto["marks"] >= 4
 
 
 def test_ctrl_c_on_a_real_compare(tmp_path):
@@ -181,7 +190,7 @@ def test_ctrl_c_on_a_real_compare(tmp_path):
     runs = tmp_path / "runs"
     proc = subprocess.Popen(
         [sys.executable, "-m", "locality", "compare", "--workers", "20000", "--layouts", "slab,objects,clustered",
-         "--steps", "200", "--step-interval", "0.05", "--interval", "0.5", "--runs", str(runs),
+         "--steps", "60", "--step-interval", "0.05", "--interval", "0.5", "--runs", str(runs),
          "--out", str(tmp_path / "c.html")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -74,11 +74,18 @@ def technique_configs(techniques: Sequence[Technique], base: BeamConfig) -> dict
 @contextlib.contextmanager
 def swap_for_comparison(size_bytes: int | None) -> Iterator[bool]:
     """zram swap on for the block when ``size_bytes`` is given, and the device's prior state
-    restored on every way out; yields whether swap is on."""
+    restored on every way out; yields whether swap is on.
+
+    Swap that is already active (`locality swap on`, or the machine's own) is shared as
+    `locality compare` shares it: left as it is, neither resized nor turned off."""
+    from locality.kernel import swap_active, zram_swap_off, zram_swap_on
+
+    if swap_active():
+        yield True
+        return
     if not size_bytes:
         yield False
         return
-    from locality.kernel import zram_swap_off, zram_swap_on
 
     zram_swap_on(size_bytes)
     try:
