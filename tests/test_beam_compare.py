@@ -339,3 +339,19 @@ def test_swap_is_on_for_the_comparison_and_restored_after_ctrl_c(tmp_path: Path)
     m = _metrics({"result": result}, "default")
     assert m["pageouts"] and m["pageouts"][0]["paged_out_pages"] > 0
     assert 0 < m["untouched_after_pageout"]["0.5"] <= 1
+
+
+@pytest.mark.swap
+def test_swap_already_on_is_shared_and_left_on(swap_on) -> None:
+    """Swap the user turned on is used as `locality compare` uses it: --swap does not refuse,
+    and the device is neither resized nor turned off when the comparison ends."""
+    from conftest import zram_swap_active
+
+    from locality.experiment.beam.compare import swap_for_comparison
+    from locality.kernel import swap as zram
+
+    size = zram._read("disksize")
+    for given in (1 << 30, None):
+        with swap_for_comparison(given) as on:
+            assert on
+        assert zram_swap_active() and zram._read("disksize") == size

@@ -64,7 +64,8 @@ Examples:
 @click.option("--windows", default="1,10,60", show_default=True, help="Windows (seconds) of the working set and cold fraction.")
 @click.option("--swap", "swap_size", type=SIZE, default=None,
               help="Turn zram swap of SIZE on for the comparison (root), page the VM out each window cycle and "
-                   "watch what comes back; the device's prior state is restored afterwards.")
+                   "watch what comes back; the device's prior state is restored afterwards. Swap already on "
+                   "(`locality swap on`) is used as it is, with or without --swap.")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/beam-compare"),
               show_default=True, help="Runs are stored under RUNS/<UTC time>/<technique>.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("reports/beam-compare.html"),
