@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -73,25 +74,23 @@ def technique_configs(techniques: Sequence[Technique], base: BeamConfig) -> dict
 
 @contextlib.contextmanager
 def swap_for_comparison(size_bytes: int | None) -> Iterator[bool]:
-    """zram swap on for the block when ``size_bytes`` is given, and the device's prior state
-    restored on every way out; yields whether swap is on.
+    """Swap for the block, as `locality compare` has it: yields whether swap is on.
 
-    Swap that is already active (`locality swap on`, or the machine's own) is shared as
-    `locality compare` shares it: left as it is, neither resized nor turned off."""
-    from locality.kernel import swap_active, zram_swap_off, zram_swap_on
+    zram swap is turned on when ``size_bytes`` is given and none is active; active swap
+    (`locality swap on`, the machine's own, or a concurrent compare's) is used as it is.
+    Either way the block is registered as a user of it (kernel.swap.shared_zram_swap), so
+    whoever turned it on does not turn it off under us, and the last user to leave
+    restores the device's prior state, on every way out."""
+    from locality.kernel.swap import ZRAM_SYSFS, shared_zram_swap, swap_active
 
-    if swap_active():
-        yield True
-        return
-    if not size_bytes:
+    active = bool(swap_active())
+    if active and not (os.geteuid() == 0 and ZRAM_SYSFS.is_dir()):
+        yield True  # someone else's swap, which we could not turn off anyway
+    elif active or size_bytes:
+        with shared_zram_swap(size_bytes):  # refuses with the fix if it cannot turn swap on
+            yield True
+    else:
         yield False
-        return
-
-    zram_swap_on(size_bytes)
-    try:
-        yield True
-    finally:
-        zram_swap_off()
 
 
 def compare_techniques(
