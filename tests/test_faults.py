@@ -167,9 +167,9 @@ class Moment:
         """The four properties; returns the effective statuses of the runs found."""
         killed = self.sig == "KILL"
         if self.rc == -SIGNALS[self.sig] and not self.out.exists() and self.delay < 0.5:
-            # The signal landed before Python ran any of locality (interpreter start-up): nothing
-            # was started, nothing is left, and there is no handler yet to turn it into exit 130. A VM it
-            # had just started dies of its parent-death signal, which takes a moment to land.
+            # The signal landed before locality wrote anything: in interpreter start-up (no handler yet
+            # to turn it into exit 130), or just after `beam` started its VM, which then dies of its
+            # parent-death signal a moment later. Either way nothing may be left once that has landed.
             self._check_nothing_outlives()
             return []
         if killed:
