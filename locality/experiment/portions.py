@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from locality import tempfiles
 from locality.errors import LocalityError
 from locality.population.portions import CODE, POOL_HEADER, POOL_SIZE, PORTIONS
 
@@ -345,7 +346,8 @@ def request(send: Callable[..., None], wait_for: Callable[[str, float], dict[str
             timeout: float) -> tuple[PortionCounter, dict[str, Any]]:
     """Ask the child for its walk (child protocol ``portions``) and classify the
     tracked pages; returns the counter and the manifest's ``portions`` entry."""
-    fd, path = tempfile.mkstemp(prefix="locality-portions-", suffix=".npz")
+    # Named for its owner: if the child writes it after we gave up waiting, leftovers removes it.
+    fd, path = tempfile.mkstemp(prefix=tempfiles.prefix("portions"), suffix=".npz")
     os.close(fd)
     try:
         send("portions", path=path)
