@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from locality import tempfiles
 from locality.experiment import schema
 from locality.experiment.beam.classes import _AddressClasses, grown_at_spawn
 from locality.experiment.beam.config import DOCUMENTED_FRESH_PROCESS_BYTES, BeamConfig, harness_schedule
@@ -46,7 +47,7 @@ def spawn_order(vm: BeamVM, cfg: BeamConfig) -> Iterator[None]:
         return
     from locality.layouts.clustered import hilbert_order
 
-    with tempfile.NamedTemporaryFile(prefix="locality-beam-order-", suffix=".u32") as f:
+    with tempfile.NamedTemporaryFile(prefix=tempfiles.prefix("beam-order"), suffix=".u32") as f:
         order = hilbert_order(cfg.processes)
         rank = np.empty_like(order)
         rank[order] = np.arange(order.size)
@@ -142,7 +143,7 @@ def measure(vm: BeamVM, cfg: BeamConfig, progress: bool, say: Callable[[str], No
     if cfg.schedule == "harness":
         # Queued before the first window opens, as a file the VM reads in one go: parsing
         # megabytes of id lines would leave freed-but-resident memory in the VM.
-        with tempfile.NamedTemporaryFile(prefix="locality-beam-ids-", suffix=".u32") as f:
+        with tempfile.NamedTemporaryFile(prefix=tempfiles.prefix("beam-ids"), suffix=".u32") as f:
             for ids in harness_schedule(cfg):
                 f.write(np.asarray([ids.size, *ids.tolist()], "<u4").tobytes())
             f.flush()
