@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import json
 import statistics
-import tempfile
 from typing import Any
 
 import click
 
-from locality import tempfiles
 from locality.cli.output import doc_csv, format_option, resolve
 from locality.units import parse_count, parse_duration
 
@@ -84,12 +82,13 @@ def mode_configs(workers: int, interval: float, duration: float, layout: str, pa
 def measure(workers: int, interval: float, duration: float, repeat: int, layout: str, pattern: str,
             progress: bool = True) -> dict[str, Any]:
     from locality.experiment.runner import run
+    from locality.experiment.scratch import scratch_directory
 
     cfgs = mode_configs(workers, interval, duration, layout, pattern)
     rates: dict[str, list[float]] = {m: [] for m in MODES}
     cpu_rates: dict[str, list[float]] = {m: [] for m in MODES}
     extra: dict[str, list[dict]] = {m: [] for m in MODES}
-    with tempfile.TemporaryDirectory(prefix=tempfiles.prefix("bench-sampler")) as tmp:
+    with scratch_directory("bench-sampler") as tmp:
         for i in range(repeat):
             order = MODES[i % len(MODES):] + MODES[: i % len(MODES)]
             for mode in order:

@@ -28,14 +28,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from locality import tempfiles
 from locality.errors import LocalityError
 from locality.experiment import store
 from locality.experiment.config import ExperimentConfig, SheetPattern, ZipfPattern
+from locality.experiment.scratch import scratch_directory
 from locality.units import format_bytes
 
 MARGIN = 1.25
@@ -114,7 +113,7 @@ def measured_footprint(cfg: ExperimentConfig, out: str | os.PathLike, cache: dic
     data["pattern"] = {"name": "uniform"}
     data["sampling"] = {"interval": 0, "pages": False}
     data["reclaim"] = {"policy": "none"}
-    with tempfile.TemporaryDirectory(prefix=tempfiles.prefix("calibrate")) as tmp:
+    with scratch_directory("calibrate") as tmp:
         try:
             run_dir = run(validate(data), tmp, run_id="calibration", progress=False)
         except RunFailed as e:

@@ -9,8 +9,10 @@ for the loop to see instead of being dropped.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
 _lock = threading.Lock()
@@ -66,3 +68,19 @@ class StopSignals:
                 _previous.clear()
                 _signum = None
         self._active = False
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM over a short section that must not be cut in half.
+
+    A signal that arrives inside is delivered when the section ends: as
+    KeyboardInterrupt (what the command line's handler would have raised),
+    or, under an enclosing StopSignals, left pending for its loop to see.
+    """
+    outer = _depth > 0
+    with StopSignals() as s:
+        yield
+        got = s.signum
+    if got is not None and not outer:
+        raise KeyboardInterrupt
