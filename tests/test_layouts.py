@@ -157,6 +157,26 @@ def test_objects_owners_and_expected_pages_are_a_lower_bound():
         layout.close()
 
 
+def test_objects_ranges_read_from_headers_equal_a_walk_by_id_and_getsizeof():
+    # object_ranges reads addresses and sizes in numpy gathers (layouts.peek); hot_ranges and
+    # cold_ranges take them object by object from id() and sys.getsizeof: the same blocks.
+    layout = make_layout("objects", 3000)
+    try:
+        for step, ids in enumerate(_steps(3000, 300)):  # new floats, ints shared by a step (last_step > 256)
+            activate(layout, ids, step)
+        layout.workers[7]["count"] = 1 << 40  # a two-digit int
+        layout.workers[8]["weights"].append(2.5)  # an item array grown past its length
+        s, ln, own = layout.object_ranges()
+        walked = np.concatenate([layout.hot_ranges(), layout.cold_ranges()])
+        assert sorted(zip(s.tolist(), ln.tolist())) == sorted(map(tuple, walked.tolist()))
+        assert np.bincount(own, minlength=3000).min() > 0
+        sub = np.array([8, 2999, 7])
+        s2, ln2, own2 = layout.object_ranges(sub)
+        assert set(own2.tolist()) == set(sub.tolist()) and s2.size == np.isin(own, sub).sum()
+    finally:
+        layout.close()
+
+
 def test_grouped_update_group_writes_like_single_updates():
     a = make_layout("grouped", 4096, group_size=64, blocks="id")
     b = make_layout("hot-cold", 4096)

@@ -191,3 +191,18 @@ def test_the_asyncio_walk_names_every_task_coroutine_event_future_and_deque_bloc
         assert wanted <= set(page[code == CODE["scheduler"]].tolist())
     finally:
         pop.close()
+
+
+def test_ranges_are_cut_at_page_boundaries_byte_for_byte():
+    from locality.population.portions import _split_by_page
+
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, 64 * PS, 2000)
+    lengths = np.concatenate([rng.integers(1, 513, 1900), rng.integers(1, 5 * PS, 100)])  # small objects, arenas
+    page, count = _split_by_page(starts, lengths, PS)
+    truth = np.zeros(80, np.int64)
+    for s0, n in zip(starts.tolist(), lengths.tolist()):
+        b = np.arange(s0, s0 + n) // PS
+        truth += np.bincount(b, minlength=80)
+    assert (count > 0).all() and np.array_equal(np.bincount(page, weights=count, minlength=80).astype(np.int64), truth)
+
