@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import shutil
 from pathlib import Path
 
@@ -233,6 +234,29 @@ def test_existing_directory_where_a_file_is_expected(tmp_path):
     # A writable path passes and the check leaves nothing behind.
     assert check_output_file(tmp_path / "a" / "b" / "r.html", "--out") == tmp_path / "a" / "b" / "r.html"
     assert sorted(os.listdir(tmp_path)) == ["f"]
+    with pytest.raises(InvalidArgument, match="cannot create .*File name too long"):
+        check_output_dir(tmp_path / "a" / ("x" * 300), "--out")
+
+
+def test_a_check_of_a_new_directory_never_removes_it_under_another_command(tmp_path, monkeypatch):
+    # Two commands given one new --out (two `sweep --resume`): while one checks, the other
+    # creates the directory to write in it. The check must leave that directory alone.
+    from locality.experiment import outputs
+
+    out = tmp_path / "runs"
+    real_mkstemp, real_mkdtemp = tempfile.mkstemp, tempfile.mkdtemp
+
+    def other_command_makes_out(real):
+        def probe(*a, **kw):
+            out.mkdir(exist_ok=True)
+            return real(*a, **kw)
+        return probe
+
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", other_command_makes_out(real_mkstemp))
+    monkeypatch.setattr(outputs.tempfile, "mkdtemp", other_command_makes_out(real_mkdtemp))
+    outputs.check_output_dir(out, "--out")
+    (out / "manifest.json").write_text("{}")  # the other command goes on writing
+    assert os.listdir(tmp_path) == ["runs"]
 
 
 # -- broken stored files and odd names: one line, or what is whole -------------

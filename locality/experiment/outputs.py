@@ -2,19 +2,23 @@
 
 Every command with an output (`-o`/`--out`/`--runs`) calls one of these
 first, so a typo in a path costs nothing instead of a traceback after minutes
-of runs. The check is a real write: missing directories are created and a
-temporary file is written and removed, because permission bits alone do not
+of runs. The check is a real write, because permission bits alone do not
 tell (root may write anywhere but /proc and /sys, and read-only mounts refuse
-everyone). Directories the check created are removed again, so a refused
-command leaves nothing behind.
+everyone): a temporary file written and removed in the directory, or, when it
+does not exist yet, a temporary directory made and removed in its nearest
+existing ancestor. Nothing the command would create is created by the check,
+so a refused command leaves nothing behind, and two commands checking one new
+directory at once do not remove it under each other.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
+from locality import tempfiles
 from locality.errors import InvalidArgument
 
 _HINT = "choose a path in a writable directory"
@@ -54,23 +58,27 @@ def _probe(directory: Path, option: str, given: Path) -> None:
         d = d.parent
     if not d.is_dir():
         raise InvalidArgument(f"{option} {str(given)!r}: {str(d)!r} is a file, not a directory", _HINT)
-    created: list[Path] = []
-    try:
-        for m in reversed(missing):
-            try:
-                m.mkdir()
-            except OSError as e:
-                raise InvalidArgument(f"{option} {str(given)!r}: cannot create {str(m)!r} ({e.strerror})", _HINT) from None
-            created.append(m)
+    prefix = "." + tempfiles.prefix("write-check")
+    if missing:
+        # Not created here: a directory made and removed again by this check can vanish under
+        # another command that found it (two `sweep --resume` on one new --out). A directory
+        # made and removed in the nearest existing one takes the same permission.
+        top = missing[-1]
         try:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".locality-write-check-")
-            os.close(fd)
-            os.unlink(tmp)
+            name_max = os.pathconf(d, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            name_max = 255
+        too_long = [m for m in missing if len(os.fsencode(m.name)) > name_max]
+        try:
+            if too_long:
+                raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+            os.rmdir(tempfile.mkdtemp(dir=d, prefix=prefix))
         except OSError as e:
-            raise InvalidArgument(f"{option} {str(given)!r}: cannot write in {str(directory)!r} ({e.strerror})", _HINT) from None
-    finally:
-        for c in reversed(created):
-            try:
-                c.rmdir()
-            except OSError:
-                pass
+            raise InvalidArgument(f"{option} {str(given)!r}: cannot create {str(top)!r} ({e.strerror})", _HINT) from None
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise InvalidArgument(f"{option} {str(given)!r}: cannot write in {str(directory)!r} ({e.strerror})", _HINT) from None
