@@ -118,3 +118,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.module is not None and item.module.__name__ in MACHINE_STATE_MODULES:
             item.add_marker(pytest.mark.xdist_group("machine-state"))
+
+
+@pytest.fixture(autouse=True)
+def _swap_left_as_found(request):
+    """A test that leaves zram swap on (or off) where it found it off (or on) fails in teardown:
+    the tool must leave the machine as it found it, and the next swap test would skip."""
+    # Only the machine-state modules, which run one after another on one xdist worker: a test of
+    # another module may run beside one of these and see its swap come and go.
+    if "swap_on" in request.fixturenames or request.module.__name__ not in MACHINE_STATE_MODULES:
+        yield
+        return
+    before = zram_swap_active()
+    yield
+    after = zram_swap_active()
+    if after != before:
+        pytest.fail(f"zram swap was {'off' if not before else 'on'} before this test and is "
+                    f"{'on' if after else 'off'} after it (it did not restore it, or another "
+                    "pytest ran on this machine meanwhile)", pytrace=False)

@@ -52,3 +52,31 @@ def test_run_reports_the_ceiling_of_its_window_and_the_state_share_of_it(tmp_pat
     assert m["state_utilization_of_ceiling"] == pytest.approx(m["state_page_utilization"] / m["page_utilization_ceiling"])
     distinct = 158 * 16 + 80 * len(cold)
     assert m["page_utilization_packed"] == pytest.approx(m["useful_bytes"] / (-(-distinct // 4096) * 4096))
+
+
+def test_window_useful_bytes_count_each_worker_once_per_window_and_reset_clears_the_marks():
+    from locality.experiment.child import WindowUseful
+    from locality.layouts import make_layout
+    from locality.layouts.base import COLD_BYTES, HOT_BYTES
+
+    n = 5_000
+    layout = make_layout("hot-cold", n)
+    try:
+        wu = WindowUseful(n, layout)
+        rng = np.random.default_rng(0)
+        for window in range(3):
+            hot: set[int] = set()
+            cold: set[int] = set()
+            for step in range(64 * window, 64 * window + 64):  # every worker's cold part falls due in 64 steps
+                ids = rng.choice(n, size=300, replace=False)
+                due = set(ids[layout.cold_touched(ids, step)].tolist())
+                expected = len(set(ids.tolist()) - hot) * HOT_BYTES + len(due - cold) * COLD_BYTES
+                assert wu.add(ids, step) == expected
+                hot |= set(ids.tolist())
+                cold |= due
+            marked = {int(w) for w in np.flatnonzero(wu.hot)}
+            assert marked == {i >> 6 for i in hot} and len(cold) > 0
+            wu.reset()
+            assert not wu.hot.any() and not wu.cold.any()
+    finally:
+        layout.close()
