@@ -57,13 +57,18 @@ class GroupedLayout(_PermutedHotCold):
         self._flags = hot_u[:, 3]
         self._weights = cold_u.view(np.float32)[:, :N_WEIGHTS]
         self._neighbours = cold_u[:, W_NEIGHBOURS:]
+        k = self.group_size
+        self._slots_buf = np.empty(k, self.pos.dtype)
+        self._records_buf = np.empty(k, HOT_DTYPE)
+        self._count_buf = np.empty(k, np.uint32)
+        self._mask_buf = np.empty(k, bool)
 
     def unit_count(self) -> int:
         return self.n_groups
 
     def unit_of(self, ids: np.ndarray) -> np.ndarray:
         """Block of each worker: its hot slot // K."""
-        return self.pos[np.asarray(ids, dtype=np.int64)].astype(np.int64) // self.group_size
+        return (self.pos[np.asarray(ids, dtype=np.int64)] // self.group_size).astype(np.int64)
 
     def unit_members(self, units: np.ndarray) -> np.ndarray:
         """(len(units), K) worker ids of each block in slot order, -1 where a slot has no worker."""
@@ -80,12 +85,15 @@ class GroupedLayout(_PermutedHotCold):
         return m[m >= 0]
 
     def update_group(self, g: int, ids, step: int) -> None:
-        # one gather and one scatter of whole 16-byte hot records, updated in place between them:
-        # the fewest temporaries per block (each is heap churn the whole-process WSS counts), and
-        # the same pages written as field by field (all four hot fields sit in one record)
+        # one gather and one scatter of whole 16-byte hot records, updated in place between them (the
+        # same pages written as field by field: all four hot fields sit in one record), through
+        # buffers made once: a block's temporaries are heap churn the whole-process WSS counts
         ids = np.asarray(ids, dtype=np.int64)
-        h = self.pos[ids]
-        r = self._records[h]
+        m = ids.size
+        h = self._slots_buf[:m]
+        np.take(self.pos, ids, out=h, mode="clip")  # ids are valid; "clip" gathers straight into out
+        r = self._records_buf[:m]
+        np.take(self._records, h, out=r, mode="clip")
         c = r["count"]
         c += np.uint32(1)
         p = r["potential"]
@@ -93,9 +101,9 @@ class GroupedLayout(_PermutedHotCold):
         p += np.float32(1.0)
         r["last_step"] = step
         fl = r["flags"]
-        fl[fl == 0] = step + 1
+        fl[np.equal(fl, 0, out=self._mask_buf[:m])] = step + 1
         self._records[h] = r
-        due = c % COLD_EVERY == 0
+        due = np.equal(np.remainder(c, COLD_EVERY, out=self._count_buf[:m]), 0, out=self._mask_buf[:m])
         if due.any():
             d = self.cold_pos[ids[due]]
             self._weights[d] = self._weights[d] * np.float32(0.99) + np.float32(0.01) * p[due, None]

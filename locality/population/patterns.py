@@ -43,11 +43,23 @@ def grid_xy(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def unique_in_order(ids: np.ndarray) -> np.ndarray:
-    """Drop repeated ids, keeping each id's first position (order is part of the result)."""
+    """Drop repeated ids, keeping each id's first position (order is part of the result).
+
+    A stable sort puts each id's first occurrence before its repeats, so the
+    repeats are the sorted neighbours equal to the one before them. Fewer
+    temporaries than np.unique(return_index=True) (this runs in the measured
+    process every step, and its heap churn is in the working set)."""
+    ids = np.asarray(ids)
     if ids.size < 2:
         return ids.astype(np.int64, copy=False)
-    _, first = np.unique(ids, return_index=True)
-    return ids[np.sort(first)].astype(np.int64, copy=False)
+    order = np.argsort(ids, kind="stable")
+    s = ids[order]
+    repeat = s[1:] == s[:-1]
+    if not repeat.any():
+        return ids.astype(np.int64, copy=False)
+    keep = np.ones(ids.size, dtype=bool)
+    keep[order[1:][repeat]] = False
+    return ids[keep].astype(np.int64, copy=False)
 
 
 def _probability(name: str, v: Any) -> float:
@@ -212,9 +224,15 @@ class Sheet(Pattern):
         # would move all of them within `bursts` consecutive steps, then none for the rest).
         phase = np.arange(bursts) % lifetime if bursts >= lifetime else np.arange(bursts) * lifetime // bursts
         cx = cy = np.empty(0, np.int64)
+        # Every step's cells are computed into buffers made once: this runs in the measured process,
+        # and a dozen fresh temporaries a step were a few hundred pages of heap churn per window.
+        sizes = [bursts * dx.size] + [int(thickness[w] * seg_len[w]) for w in range(n_waves)]
+        cells = np.empty(sum(sizes), np.int64)
+        row = np.empty((bursts, dx.size), np.int64)
+        in_sheet = np.empty(cells.size, bool) if width * height > n else None
         t = 0
         while True:
-            parts = []
+            at = 0
             if bursts:
                 if t == 0 or lifetime == 1:
                     # one draw of every centre: lifetime 1 consumes the generator exactly as before
@@ -224,20 +242,30 @@ class Sheet(Pattern):
                     moving = np.flatnonzero((t + phase) % lifetime == 0)
                     cx[moving] = rng.integers(0, width, size=moving.size)
                     cy[moving] = rng.integers(0, height, size=moving.size)
-                x = (cx[:, None] + dx[None, :]) % width
-                y = (cy[:, None] + dy[None, :]) % height
-                parts.append((y * width + x).ravel())
+                x = cells[: sizes[0]].reshape(bursts, dx.size)
+                np.add(cx[:, None], dx[None, :], out=x)
+                x %= width
+                np.add(cy[:, None], dy[None, :], out=row)
+                row %= height
+                row *= width
+                x += row
+                at = sizes[0]
             for w in range(n_waves):
                 band = (position[w] + np.arange(thickness[w])) % extent[w]
                 along = (seg_start[w] + np.arange(seg_len[w])) % length[w]
+                out = cells[at : at + sizes[w + 1]]
                 if axis[w] == 0:
-                    parts.append((band[:, None] * width + along[None, :]).ravel())
+                    np.add((band * width)[:, None], along[None, :], out=out.reshape(band.size, along.size))
                 else:
-                    parts.append((along[:, None] * width + band[None, :]).ravel())
+                    np.add((along * width)[:, None], band[None, :], out=out.reshape(along.size, band.size))
+                at += sizes[w + 1]
             position = (position + direction) % extent
             t += 1
-            ids = np.concatenate(parts) if parts else np.empty(0, np.int64)
-            yield unique_in_order(ids[ids < n])
+            if in_sheet is not None:
+                np.less(cells, n, out=in_sheet)
+                yield unique_in_order(cells[in_sheet])
+            else:
+                yield unique_in_order(cells.copy())
 
 
 class Bursty(Pattern):

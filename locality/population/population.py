@@ -323,10 +323,15 @@ class Population:
         blocks = self.layout.unit_of(ids)
         order = np.argsort(blocks, kind="stable")
         g_sorted = blocks[order]
-        units, first = np.unique(g_sorted, return_index=True)
-        for g, part in zip(units.tolist(), np.split(ids[order], first[1:])):
-            self._blocks[g] = part
-        return units.tolist()
+        # sorted already: block boundaries are where the block changes (np.unique would sort again),
+        # and each block's ids one slice of one array (np.split makes two views a block)
+        bounds = np.flatnonzero(g_sorted[1:] != g_sorted[:-1]) + 1
+        units = g_sorted[np.concatenate(([0], bounds))].tolist() if g_sorted.size else []
+        members = ids[order]
+        edges = [0, *bounds.tolist(), ids.size]
+        for g, a, b in zip(units, edges, edges[1:]):
+            self._blocks[g] = members[a:b]
+        return units
 
     def _fan_out(self, ids: np.ndarray) -> np.ndarray:
         rng = self._fan_rng
