@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from locality.experiment import load_run
 from locality.experiment.config import validate
 from locality.experiment.runner import run
@@ -19,10 +17,10 @@ def wss(tmp_path, layout: str) -> float:
     return r.metrics["wss_pages_mean"]
 
 
-@pytest.mark.xfail(strict=True, reason="grouped (4,096 tile coroutines, clustered's state) is the best layout: at 1M "
-                   "(`locality compare`, sheet 1%, 1 s windows, four runs at load 0.2-8) its whole-process WSS is "
-                   "0.104-0.132x objects; at load 0.2-0.9, 4,958 vs 43,755 pages, by portion: worker state 3,295 "
-                   "(0.075x alone, at 64% of its ceiling), native heap 1,138 (numpy/glibc churn of each step), "
-                   "runtime heap 283, frames 221; at 100k, where that churn weighs more, 0.23x")
-def test_target_best_whole_process_wss_is_a_tenth_of_objects(tmp_path):
-    assert wss(tmp_path, "grouped") <= 0.1 * wss(tmp_path, "objects")
+def test_best_whole_process_wss_stays_a_small_share_of_objects(tmp_path):
+    # The target (<= 0.1x) is for 1M workers, a benchmark: `locality compare --workers 1000000
+    # --layouts objects,grouped --pattern sheet --reclaim none` measured 0.095x (4,896 vs 51,742 pages;
+    # grouped's native heap 653 pages a window, 1,138 before the child's step lost its temporaries).
+    # At 100k the step's fixed churn (pattern, scheduler, bookkeeping: ~900 pages a window) weighs
+    # 10x more against the state: measured 0.19x here (0.23x before), so this guards that churn.
+    assert wss(tmp_path, "grouped") <= 0.25 * wss(tmp_path, "objects")

@@ -163,23 +163,29 @@ class CompactingLayout(ArenaLayout):
         else:
             ids = self._pending[0] if self._pending else np.zeros(0, dtype=np.int64)
         self._pending = []
-        member = self.slot[ids] >= self.dense_base
-        fresh = ids[~member]  # activation order
+        h = self.slot[ids]
+        member = h >= self.dense_base
+        take = ~member
         if self.promote != 1:
-            h = self.home[ids]
-            prev = self._recent[h]
-            recent = (prev >> 8) > step - self.window
-            streak = np.minimum(prev & 0xFF, 254)
-            streak += 1
-            streak *= recent  # 0 where the streak broke: the activation starts a new one
-            streak |= ~recent  # (then 1)
-            self._recent[h] = (step << 8) | streak
+            # home slots: a worker outside the dense region is at home (slot == home), so only the
+            # members' are gathered (a second random gather over all ids cost a quarter of maintain)
+            h[member] = self.home[ids[member]]
+            mark = self._recent[h]  # previous activation's step << 8 | streak
+            recent = mark >= (step - self.window + 1) << 8  # that step within the window
             self.reuse = np.count_nonzero(recent) / ids.size if ids.size else float("nan")
+            # the new mark in place, in as few passes as the policy allows (they are most of its cost):
+            # streak = min(streak, 254) + 1 where it goes on, else 1 (this activation starts one)
+            mark &= 0xFF
+            np.minimum(mark, 254, out=mark)
+            mark *= recent
+            mark += (step << 8) | 1
+            self._recent[h] = mark
             # auto: admit on the first activation while most of a step's workers recur (persistent
             # bursts), else on the third in a row (a 2-row travelling wave front hits a cell twice)
             k = self.promote if self.promote != "auto" else (1 if self.reuse >= self.REUSE_FIRST_TOUCH else 3)
             if k > 1:
-                fresh = fresh[streak[~member] >= k]
+                take &= mark >= (step << 8) + k
+        fresh = ids[take]  # activation order
         self._admit(fresh, step)
         if self.stage_cold:
             self._stage_cold(np.concatenate([ids[member], fresh]))
