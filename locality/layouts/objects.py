@@ -123,8 +123,10 @@ class ObjectsLayout(Layout):
         return out
 
     # -- where the objects are -------------------------------------------------
-    def object_ranges(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(start, length, owner) of every heap block owned by workers ``ids`` (all by default).
+    def object_ranges(self, ids: np.ndarray | None = None, *,
+                      owners: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(start, length, owner) of every heap block owned by workers ``ids`` (all by default);
+        owner None with ``owners=False`` (the portion walk needs none: a pass less over 28M blocks).
 
         Read from the objects' headers in numpy gathers (layouts.peek): the
         dicts from the workers list's item array, their values from their
@@ -138,16 +140,17 @@ class ObjectsLayout(Layout):
         k = ids.size
         starts: list[np.ndarray] = []
         lengths: list[np.ndarray] = []
-        owners: list[np.ndarray] = []
+        owned: list[np.ndarray] = []
 
         def add(addr: np.ndarray, size: np.ndarray, owner: np.ndarray) -> None:
             keep = (addr < _SMALL_LO) | (addr >= _SMALL_HI)  # small ints belong to the interpreter
             starts.append(addr[keep])
             lengths.append(np.broadcast_to(size, addr.shape)[keep])
-            owners.append(owner[keep])
+            if owners:
+                owned.append(np.broadcast_to(owner, addr.shape)[keep])
 
         if k == 0:
-            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64) if owners else None
         dicts = words_at(words_at(np.array([id(self.workers) + 24]))[0] + 8 * ids)  # list.ob_item[ids]
         values = dict_values(dicts, _FIELDS)
         table = words_at(dicts + 32)  # ma_keys
@@ -161,7 +164,7 @@ class ObjectsLayout(Layout):
             add(table, self._table_sizes(ids, table), ids)
         ns = len(_SCALARS)
         scalars = values[:, :ns].ravel()
-        add(scalars, scalar_sizes(scalars), np.repeat(ids, ns))
+        add(scalars, scalar_sizes(scalars), np.repeat(ids, ns) if owners else ids)
         for j in range(ns, len(_FIELDS)):
             heads = values[:, j]
             add(heads - _GC_HEAD, np.int64(_GC_HEAD + _LIST_BASIC), ids)
@@ -169,8 +172,8 @@ class ObjectsLayout(Layout):
             add(items, 8 * allocated, ids)
             first = np.repeat(np.cumsum(lens) - lens, lens)
             elems = words_at(np.repeat(items, lens) + 8 * (np.arange(first.size) - first))
-            add(elems, scalar_sizes(elems), np.repeat(ids, lens))
-        return np.concatenate(starts), np.concatenate(lengths), np.concatenate(owners)
+            add(elems, scalar_sizes(elems), np.repeat(ids, lens) if owners else ids)
+        return np.concatenate(starts), np.concatenate(lengths), np.concatenate(owned) if owners else None
 
     def _table_sizes(self, ids: np.ndarray, table: np.ndarray) -> np.ndarray:
         """The keys table's bytes of each combined dict (sys.getsizeof(d) - getsizeof({})): a
@@ -186,7 +189,7 @@ class ObjectsLayout(Layout):
         """Sorted unique page addresses holding any of the layout's objects."""
         pages = []
         for lo in range(0, self.n, chunk):
-            s, ln, _ = self.object_ranges(np.arange(lo, min(self.n, lo + chunk)))
+            s, ln, _ = self.object_ranges(np.arange(lo, min(self.n, lo + chunk)), owners=False)
             p = np.concatenate([s // PAGE_SIZE, (s + ln - 1) // PAGE_SIZE])
             pages.append(np.unique(p))
         return np.unique(np.concatenate(pages)) * PAGE_SIZE
@@ -195,7 +198,7 @@ class ObjectsLayout(Layout):
         """Bytes of the heap blocks the objects occupy (sum of their sizes)."""
         total = 0
         for lo in range(0, self.n, 65536):
-            _, ln, _ = self.object_ranges(np.arange(lo, min(self.n, lo + 65536)))
+            _, ln, _ = self.object_ranges(np.arange(lo, min(self.n, lo + 65536)), owners=False)
             total += int(ln.sum())
         return total
 

@@ -26,15 +26,25 @@ _INT_BASE = sys.getsizeof(1) - 4  # the header; then 4 bytes per 30-bit digit, a
 
 
 def words_at(addrs: np.ndarray) -> np.ndarray:
-    """The 8-byte words at these 8-aligned addresses of this process, read in one
-    gather: a view from the lowest to the highest address, of which only the
-    words asked for are touched."""
+    """The 8-byte words at these 8-aligned addresses of this process, in one gather
+    from a view of the whole user address space (made once: a ctypes array type
+    per call would be cached by ctypes for every new length, and grow the heap
+    the caller measures), of which only the words asked for are touched."""
     addrs = np.asarray(addrs, dtype=np.int64)
     if addrs.size == 0:
         return np.empty(0, np.int64)
-    lo = int(addrs.min())
-    span = (ctypes.c_int64 * ((int(addrs.max()) - lo) // 8 + 1)).from_address(lo)
-    return np.frombuffer(span, dtype=np.int64)[(addrs - lo) // 8]
+    return _address_space()[(addrs - _LOWEST) >> 3]
+
+
+_LOWEST, _HIGHEST = 4096, 1 << 48  # above the null page, up to the 48-bit user address space
+_SPACE: list[np.ndarray] = []
+
+
+def _address_space() -> np.ndarray:
+    if not _SPACE:
+        view = (ctypes.c_int64 * ((_HIGHEST - _LOWEST) // 8)).from_address(_LOWEST)
+        _SPACE.append(np.frombuffer(view, dtype=np.int64))
+    return _SPACE[0]
 
 
 def scalar_sizes(addrs: np.ndarray) -> np.ndarray:

@@ -61,12 +61,17 @@ class Ranges:
         s = np.atleast_1d(np.asarray(starts, dtype=np.int64))
         ln = np.broadcast_to(np.asarray(lengths, dtype=np.int64), s.shape)
         # A small object owns its whole pymalloc block: the size rounded up to 16.
-        ln = np.where(ln <= SMALL_MAX, (ln + POOL_ALIGN - 1) // POOL_ALIGN * POOL_ALIGN, ln) if _CPYTHON else ln
+        if _CPYTHON:
+            ln = np.where(ln <= SMALL_MAX, (ln + POOL_ALIGN - 1) & -POOL_ALIGN, ln)
         keep = (s > 0) & (ln > 0)
-        if keep.any():
+        if keep.all():
+            page, count = _sum_by_page(*_split_by_page(s, ln, self.page_size))
+        elif keep.any():
             page, count = _sum_by_page(*_split_by_page(s[keep], ln[keep], self.page_size))
-            self.keys.append(page * len(PORTIONS) + CODE[portion])
-            self.counts.append(count)
+        else:
+            return
+        self.keys.append(page * len(PORTIONS) + CODE[portion])
+        self.counts.append(count)
 
     def add_objects(self, portion: str, objs: Iterable[object], *, basic: bool = False) -> None:
         """Objects, each contiguous. One getsizeof serves all when a sample of them
@@ -122,7 +127,7 @@ def _layout_ranges(out: Ranges, layout: Any) -> None:
     if not arenas and object_ranges is not None:
         n = int(getattr(layout, "n", 0))
         for lo in range(0, n, OBJECT_CHUNK):  # small chunks: their temporaries are reused, not kept
-            s, ln, _ = object_ranges(np.arange(lo, min(n, lo + OBJECT_CHUNK)))
+            s, ln, _ = object_ranges(np.arange(lo, min(n, lo + OBJECT_CHUNK)), owners=False)
             out.add("worker_state", s, ln)
         workers = getattr(layout, "workers", None)
         if isinstance(workers, list):
@@ -200,8 +205,10 @@ def _split_by_page(starts: np.ndarray, lengths: np.ndarray, page_size: int) -> t
     Most ranges are small objects on one page: only those that cross a
     boundary are cut, and only their part after the first page is expanded."""
     ends = starts + lengths
-    first = starts // page_size
-    on_first = np.minimum(ends, (first + 1) * page_size) - starts
+    shift = page_size.bit_length() - 1  # page sizes are powers of two: shifts, not divisions
+    first = starts >> shift
+    on_first = np.minimum(ends, (first + 1) << shift)
+    on_first -= starts
     cross = np.flatnonzero(on_first < lengths)
     if cross.size == 0:
         return first, lengths
