@@ -211,10 +211,9 @@ class Layout:
         """Which of ids touch (or touched) their cold part when activated at ``step``."""
         ids = np.asarray(ids, dtype=np.int64)
         count, last = self._hot_state(ids)
-        count = count.astype(np.int64)
-        done = last == step
-        count = np.where(done, count, count + 1)
-        return count % COLD_EVERY == 0
+        count = count + (last != step)  # the count after this step's activation (one temporary:
+        count %= COLD_EVERY  # this runs in the measured child every step)
+        return count == 0
 
     def useful_bytes(self, ids: np.ndarray, step: int) -> int:
         """Bytes the activation of ids at ``step`` really needs: 16 each, +80 per cold touch."""
