@@ -140,7 +140,13 @@ def test_a_run_stores_one_portion_per_tracked_page_and_portion_figures_that_add_
         arena = np.isin(region, [i for i, r in enumerate(regions) if r.startswith("arena:")])
         assert arena.any() and set(portion[arena].tolist()) == {CODE["worker_state"]}
         assert set(portion[~arena].tolist()) >= {CODE["coroutine_frames"], CODE["runtime_heap"], CODE["native_heap"]}
+        addr = z["page_addr"].astype(np.int64)
     assert 0 < metrics["portions_walk_s"] < 60
+    # The child's own bookkeeping (latency sample, window marks) is one mapping the sampler never
+    # tracks: none of its pages is in the run's pages (its resident ones count as `other`).
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    start, length = manifest["bookkeeping"]["start"], manifest["bookkeeping"]["length"]
+    assert length >= 100_000 * 4 and not ((addr >= start) & (addr < start + length)).any()
 
 
 @pytest.mark.swap
@@ -206,3 +212,15 @@ def test_ranges_are_cut_at_page_boundaries_byte_for_byte():
         truth += np.bincount(b, minlength=80)
     assert (count > 0).all() and np.array_equal(np.bincount(page, weights=count, minlength=80).astype(np.int64), truth)
 
+
+
+def test_a_range_given_as_other_is_other_inside_any_vma():
+    # The child's bookkeeping mapping may be merged by the kernel with a neighbouring anonymous VMA.
+    from types import SimpleNamespace
+
+    walk = portions.ChildWalk(np.empty(0, np.uint64), np.zeros((0, len(PORTIONS)), np.int64),
+                              np.empty((0, 2), np.int64), 0.0)
+    anon = SimpleNamespace(start=16 * PS, end=32 * PS, perms="rw-p", path="")
+    pmap = portions.PortionMap([anon], walk, [], PS, other=[(20 * PS, 2 * PS)])
+    code, _ = pmap.classify(16 * PS, 16)
+    assert code.tolist() == [CODE["native_heap"]] * 4 + [CODE["other"]] * 2 + [CODE["native_heap"]] * 10

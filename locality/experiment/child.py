@@ -48,6 +48,34 @@ PROGRESS_EVERY_S = 0.05
 _END: ChildEnd | None = None  # the protocol, once open: errors are reported through it
 
 
+class Bookkeeping:
+    """The child's own measurement memory -- the latency sample, the window marks and their
+    scratch -- in one anonymous mapping of its own, which the parent does not track.
+
+    It is the instrument's, not the population's: charged to the child's working set it was
+    ~300 pages a window at 1M (the sample's random overwrites alone ~100), a tenth of the best
+    layout's whole-process WSS. Its range goes to the parent (manifest ``bookkeeping``), and
+    its resident pages count as ``other``. Scratch is sized for n ids but only a step's
+    share of it is ever touched."""
+
+    def __init__(self, n: int, latency_cap: int) -> None:
+        import mmap
+
+        words = -(-n // 64)
+        parts = [("latency", latency_cap, np.float32), ("hot", words, np.int64), ("cold", words, np.int64),
+                 ("scratch", 3 * max(n, 1), np.int64)]
+        offsets, total = {}, 0
+        for name, count, dtype in parts:
+            offsets[name] = total
+            total += -(-count * np.dtype(dtype).itemsize // 4096) * 4096
+        self._map = mmap.mmap(-1, total)
+        raw = np.frombuffer(self._map, dtype=np.uint8)
+        self.start, self.length = int(raw.ctypes.data), total
+        self.arrays = {name: raw[offsets[name] : offsets[name] + count * np.dtype(dtype).itemsize].view(dtype)
+                       for name, count, dtype in parts}
+        self.arrays["scratch"] = self.arrays["scratch"].reshape(3, max(n, 1))
+
+
 class LatencyReservoir:
     """A uniform sample of at most ``cap`` latencies (reservoir sampling, batched).
 
@@ -55,8 +83,8 @@ class LatencyReservoir:
     every page is written each window in the measured child; 4 bytes a sample halve that. Exact
     below 16.7 ms, within 1e-7 of the value above (a second is kept to 64 ns)."""
 
-    def __init__(self, cap: int, seed: int) -> None:
-        self.buf = np.empty(cap, dtype=np.float32)
+    def __init__(self, cap: int, seed: int, buf: np.ndarray | None = None) -> None:
+        self.buf = np.empty(cap, dtype=np.float32) if buf is None else buf[:cap]
         self.cap = cap
         self.seen = 0
         self.rng = np.random.default_rng(seed)
@@ -95,14 +123,17 @@ class WindowUseful:
     zeros), about a tenth of the best layout's whole working set; a bit per worker writes at most 62.
     """
 
-    def __init__(self, n: int, layout: Any) -> None:
+    def __init__(self, n: int, layout: Any, book: Bookkeeping | None = None) -> None:
         from locality.layouts.base import COLD_BYTES, HOT_BYTES
 
         self.hot_bytes, self.cold_bytes = HOT_BYTES, COLD_BYTES
         self.layout = layout
-        self.hot = np.zeros(-(-n // 64), dtype=np.int64)  # bit i & 63 of word i >> 6: worker i counted
-        self.cold = np.zeros(-(-n // 64), dtype=np.int64)
-        self._scratch = np.empty((3, 0), dtype=np.int64)  # word, bit, marked: grown to a step's size
+        if book is not None:  # zero-filled: a new anonymous mapping
+            self.hot, self.cold, self._scratch = (book.arrays[k] for k in ("hot", "cold", "scratch"))
+        else:
+            self.hot = np.zeros(-(-n // 64), dtype=np.int64)  # bit i & 63 of word i >> 6: worker i counted
+            self.cold = np.zeros(-(-n // 64), dtype=np.int64)
+            self._scratch = np.empty((3, 0), dtype=np.int64)  # word, bit, marked: grown to a step's size
 
     def _first_seen(self, bits: np.ndarray, ids: np.ndarray) -> int:
         """Mark distinct ``ids`` in ``bits``; how many were not marked before (in scratch buffers:
@@ -219,6 +250,7 @@ def main() -> None:
     gc.freeze()
     spawn_s = time.perf_counter() - t0
 
+    book = Bookkeeping(n, LATENCY_SAMPLE)
     regions: list[dict[str, Any]] = []
     arena_ranges = []
     for name, arena in _arenas(layout):
@@ -226,19 +258,21 @@ def main() -> None:
         regions.append({"name": f"arena:{name}", "start": int(arena.address), "length": int(arena.length)})
     failed: list[list[Any]] = []
     if cfg.heap_tracking:
-        regions += [{"name": name, "start": s, "length": ln} for name, s, ln in anonymous_ranges(vmas(os.getpid()), exclude=arena_ranges)]
+        regions += [{"name": name, "start": s, "length": ln}
+                    for name, s, ln in anonymous_ranges(vmas(os.getpid()), exclude=[*arena_ranges, (book.start, book.length)])]
     if cfg.write_tracking:
         ok, failed = _register([(r["start"], r["length"]) for r in regions])
         okset = {tuple(r) for r in ok}
         regions = [r for r in regions if (r["start"], r["length"]) in okset]
-    chan.send("spawned", regions=regions, failed=failed, spawn_s=spawn_s, pid=os.getpid())
+    chan.send("spawned", regions=regions, failed=failed, spawn_s=spawn_s, pid=os.getpid(),
+              bookkeeping=[book.start, book.length])
     while (m := chan.recv()).get("cmd") != "go":
         if m.get("cmd") in ("exit", "stop"):
             raise SystemExit(0)
         if m.get("cmd") == "portions":  # once, like state_pages: never per step
             from locality.population.portions import walk
 
-            anon = [(s, ln) for _, s, ln in anonymous_ranges(vmas(os.getpid()), exclude=arena_ranges)]
+            anon = [(s, ln) for _, s, ln in anonymous_ranges(vmas(os.getpid()), exclude=[*arena_ranges, (book.start, book.length)])]
             arrays = walk(pop, layout, anon, PAGE_SIZE)
             np.savez(m["path"], **arrays)
             chan.send("portions", seconds=float(arrays["seconds"]), pages=int(arrays["page"].size), pools=len(arrays["pools"]))
@@ -257,11 +291,11 @@ def main() -> None:
     steps_max = cfg.steps
     duration = cfg.duration
     interval = cfg.step_interval
-    reservoir = LatencyReservoir(LATENCY_SAMPLE, cfg.seed)
+    reservoir = LatencyReservoir(LATENCY_SAMPLE, cfg.seed, book.arrays["latency"])
     useful_fn = getattr(layout, "useful_bytes", None)
     # With aligned windows a worker's bytes count once per window however often it wakes in it: a page
     # holding it is written once per window either way, so page utilization stays a share (<= 1).
-    window_useful = WindowUseful(cfg.workers, layout) if window_steps and useful_fn is not None else None
+    window_useful = WindowUseful(cfg.workers, layout, book) if window_steps and useful_fn is not None else None
     # pageout-idle on a file arena: dirty file pages cannot be paged out, so
     # write them back once per sampling interval (the policy the user chose).
     sync_every = cfg.file_sync_interval

@@ -12,7 +12,9 @@ parent classifies everything else by VMA:
 - file-backed mappings of a file that is mapped executable somewhere (the
   python binary, libraries, extension modules) and [vdso]: ``code``; other
   files and shared memory not reported by the child: ``other``;
-- [stack] and the VMA holding another thread's stack pointer: ``stacks``.
+- [stack] and the VMA holding another thread's stack pointer: ``stacks``;
+- the child's own bookkeeping mapping (experiment/child.py Bookkeeping, not
+  tracked): ``other``.
 
 On each page, the bytes no reported range covers count for the VMA's
 portion, except remainders under ALLOCATOR_SLACK bytes (a malloc chunk
@@ -79,10 +81,14 @@ class ChildWalk:
 class PortionMap:
     """Classifies page addresses of one process: VMA rules plus the child's walk."""
 
-    def __init__(self, vmas: list[Any], walk: ChildWalk, stack_pointers: Iterable[int], page_size: int) -> None:
+    def __init__(self, vmas: list[Any], walk: ChildWalk, stack_pointers: Iterable[int], page_size: int,
+                 other: Iterable[tuple[int, int]] = ()) -> None:
         self.walk = walk
         self.ps = int(page_size)
         self.stack_pointers = list(stack_pointers)
+        # (start, length) ranges that are ``other`` whatever their VMA: the child's own bookkeeping
+        # (an anonymous mapping the kernel may merge with a neighbour, so not a VMA rule)
+        self.other = [(int(s), int(ln)) for s, ln in other]
         self.refresh(vmas)
 
     def refresh(self, vmas: list[Any]) -> None:
@@ -149,6 +155,8 @@ class PortionMap:
             j = np.searchsorted(pools[:, 0], a, side="right") - 1
             in_pool = (j >= 0) & (a < pools[np.maximum(j, 0), 0] + POOL_SIZE)
             out[np.flatnonzero(heap)[in_pool]] = CODE["runtime_heap"]
+        for s, ln in self.other:
+            out[(addr >= np.uint64(s)) & (addr < np.uint64(s + ln))] = CODE["other"]
         return out
 
     def _pool_overhead(self, addr: np.ndarray) -> np.ndarray:
@@ -339,7 +347,7 @@ def start(pid: int, sampler: Any, walk_path: str | Path) -> PortionCounter:
         sps = thread_stack_pointers(pid)
     except LocalityError:
         sps = []
-    return PortionCounter(sampler, PortionMap(vmas(pid), walk, sps, int(PAGE_SIZE)))
+    return PortionCounter(sampler, PortionMap(vmas(pid), walk, sps, int(PAGE_SIZE), getattr(sampler, "ignored", ())))
 
 
 def request(send: Callable[..., None], wait_for: Callable[[str, float], dict[str, Any]], pid: int, sampler: Any,

@@ -242,9 +242,14 @@ class _Run:
         self.spawn_s = float(m["spawn_s"])
         self.register_failures += m.get("failed", [])
         self.manifest["regions"] = m["regions"]
+        book = m.get("bookkeeping")
+        if book:
+            self.manifest["bookkeeping"] = {"start": int(book[0]), "length": int(book[1])}
         now = time.monotonic()
         if self.config.sampled:
             self.sampler = Sampler(self.chan.pid, self.config.sampling.cold_thresholds, keep_pages=self.config.sampling.pages)
+            if book:
+                self.sampler.ignored.append((int(book[0]), int(book[1])))
             for r in m["regions"]:
                 self._track(r["name"], r["start"], r["length"], now)
             self._state_pages(state_path)

@@ -109,6 +109,7 @@ class Sampler:
         self.times: list[float] = []
         self.pending: list[tuple[int, int]] = []  # ranges asked to be registered, not answered yet
         self.refused: list[tuple[int, int]] = []  # ranges the child could not register
+        self.ignored: list[tuple[int, int]] = []  # ranges never to track: the child's own bookkeeping
         self.n_cols = 0
         # Never-written pages count as written when tracking began: a page is
         # not "cold for T seconds" before we have watched it for T seconds.
@@ -184,7 +185,7 @@ class Sampler:
 
     def untracked(self, vmas: Iterable[Any]) -> list[tuple[str, int, int]]:
         """Anonymous VMA pieces of the child not tracked (nor asked for) yet."""
-        holes = [(r.start, r.length) for r in self.regions if r.alive] + self.pending + self.refused
+        holes = [(r.start, r.length) for r in self.regions if r.alive] + self.pending + self.refused + self.ignored
         return anonymous_ranges(vmas, exclude=holes)
 
     @property
