@@ -33,7 +33,7 @@ from locality.layouts.base import (
     COLD_BYTES, COLD_EVERY, DECAY, HOT_BYTES, NEVER, PAGE_SIZE, RECORD_DTYPE, Layout, initial_counts, initial_weights,
     sheet_neighbours,
 )
-from locality.layouts.peek import dict_values, scalar_sizes, words_at
+from locality.layouts.peek import dict_values, list_items, scalar_sizes, words_at
 
 _GC_HEAD = 16
 _DICT_BASIC = 48
@@ -135,8 +135,6 @@ class ObjectsLayout(Layout):
         workers (28M blocks) take well under a second.
         """
         ids = np.arange(self.n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= len(self.workers)):
-            raise IndexError(f"worker ids must be in [0, {len(self.workers)})")
         k = ids.size
         starts: list[np.ndarray] = []
         lengths: list[np.ndarray] = []
@@ -151,7 +149,7 @@ class ObjectsLayout(Layout):
 
         if k == 0:
             return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64) if owners else None
-        dicts = words_at(words_at(np.array([id(self.workers) + 24]))[0] + 8 * ids)  # list.ob_item[ids]
+        dicts = list_items(self.workers, ids)
         values = dict_values(dicts, _FIELDS)
         table = words_at(dicts + 32)  # ma_keys
         add(dicts - _GC_HEAD, np.int64(_GC_HEAD + _DICT_BASIC), ids)

@@ -17,10 +17,11 @@ import sys
 
 import numpy as np
 
-__all__ = ["CPYTHON", "words_at", "scalar_sizes", "dict_values"]
+__all__ = ["CPYTHON", "words_at", "list_items", "scalar_sizes", "dict_values"]
 
 CPYTHON = sys.implementation.name == "cpython"
 _TYPE, _SIZE = 8, 16  # ob_type, ob_size (an int's signed digit count)
+_OB_ITEM = 24  # PyListObject: the item array
 _FLOAT_SIZE = sys.getsizeof(0.5)
 _INT_BASE = sys.getsizeof(1) - 4  # the header; then 4 bytes per 30-bit digit, at least one (0 too)
 
@@ -45,6 +46,17 @@ def _address_space() -> np.ndarray:
         view = (ctypes.c_int64 * ((_HIGHEST - _LOWEST) // 8)).from_address(_LOWEST)
         _SPACE.append(np.frombuffer(view, dtype=np.int64))
     return _SPACE[0]
+
+
+def list_items(lst: list, index: np.ndarray | None = None) -> np.ndarray:
+    """Addresses (id()) of ``lst``'s items (at ``index``, all by default), read from its item
+    array: a gather instead of a Python call per item. The caller keeps ``lst`` alive."""
+    index = np.arange(len(lst), dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+    if not CPYTHON or type(lst) is not list:
+        return np.fromiter((id(lst[i]) for i in index.tolist()), np.int64, index.size)
+    if index.size and (index.min() < 0 or index.max() >= len(lst)):
+        raise IndexError(f"list index out of range [0, {len(lst)})")
+    return words_at(words_at(np.array([id(lst) + _OB_ITEM]))[0] + 8 * index)
 
 
 def scalar_sizes(addrs: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from locality.layouts.peek import words_at
+from locality.layouts.peek import list_items, words_at
 
 PORTIONS: tuple[str, ...] = (
     "worker_state", "coroutine_frames", "scheduler", "runtime_heap", "native_heap", "code", "stacks", "other",
@@ -77,10 +77,10 @@ class Ranges:
         """Objects, each contiguous. One getsizeof serves all when a sample of them
         shares type and size (instances walked here do); ``basic``: the fixed
         part only (a deque's blocks are separate heap blocks)."""
-        objs = list(objs)
+        objs = objs if type(objs) is list else list(objs)
         if not objs:
             return
-        ids = np.fromiter(map(id, objs), np.int64, len(objs))
+        ids = list_items(objs)
         sample = objs[:: max(1, len(objs) // 64)] + objs[-1:]
         if basic or len({(type(o), sys.getsizeof(o)) for o in sample}) == 1:
             head, size = _span(objs[0], basic)
@@ -162,7 +162,7 @@ def _scheduler_ranges(out: Ranges, sched: Any) -> None:
     deques = list(map(attrgetter("_waiters"), events))
     out.add_objects("scheduler", deques, basic=True)
     if _CPYTHON and deques:
-        blocks = words_at(np.fromiter(map(id, deques), np.int64, len(deques)) + 24)  # each deque's first block
+        blocks = words_at(list_items(deques) + 24)  # each deque's first block
         out.add("scheduler", blocks, 8 * 64 + 16)  # one 64-slot block per idle deque
     for lst in (tasks, events):
         out.add_list("scheduler", lst)
