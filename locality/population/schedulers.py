@@ -36,7 +36,6 @@ import itertools
 import sys
 import time
 import types
-from array import array
 from typing import Callable, ClassVar
 
 import numpy as np
@@ -245,9 +244,9 @@ class LeanScheduler(Scheduler):
                 send(coros[u], u)
             return np.empty(0, np.int64)
         pc = time.perf_counter_ns
-        # An array of C integers, not a list: each latency's int object is freed at once and its
-        # block reused, where a list kept 10k of them alive a step (pool pages the child's WSS counts).
-        lat = array("q")
+        # A list, not array("q"): np.frombuffer of an array wraps it in a memoryview, whose size
+        # class is a lean coroutine's, so each step wrote a slot among the workers' frames.
+        lat = []
         record = lat.append
         if every == 1:
             # One clock reading per activation: each latency runs from the end of
@@ -267,7 +266,7 @@ class LeanScheduler(Scheduler):
                 record(pc() - t0)
                 for u in units[start + 1 : start + every]:
                     send(coros[u], u)
-        return np.frombuffer(lat, dtype=np.int64).copy()
+        return np.asarray(lat, dtype=np.int64)
 
     def unit_objects(self, u: int) -> tuple[object, ...]:
         return (self._coros[u],)
