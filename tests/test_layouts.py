@@ -7,6 +7,7 @@ PAGEMAP_SCAN), reset before the activations and read right after them.
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -175,6 +176,18 @@ def test_objects_ranges_read_from_headers_equal_a_walk_by_id_and_getsizeof():
         assert set(own2.tolist()) == set(sub.tolist()) and s2.size == np.isin(own, sub).sum()
     finally:
         layout.close()
+
+
+def test_reading_objects_by_address_refuses_a_null_pointer_and_reads_what_id_and_getsizeof_say():
+    from locality.layouts.peek import list_items, scalar_sizes, words_at
+
+    values = [0.5, 7, 1 << 40, -(1 << 70), "text", (1, 2)]
+    addrs = list_items(values)
+    assert addrs.tolist() == [id(v) for v in values]
+    assert scalar_sizes(addrs).tolist() == [sys.getsizeof(v) for v in values]
+    assert words_at(addrs + 8).tolist() == [id(type(v)) for v in values]  # ob_type
+    with pytest.raises(ValueError, match="below"):
+        words_at(np.array([0, 8]))  # a null pointer would otherwise index from the view's end
 
 
 def test_grouped_update_group_writes_like_single_updates():

@@ -34,6 +34,8 @@ def words_at(addrs: np.ndarray) -> np.ndarray:
     addrs = np.asarray(addrs, dtype=np.int64)
     if addrs.size == 0:
         return np.empty(0, np.int64)
+    if addrs.min() < _LOWEST:  # a null pointer read from an object would index from the view's end
+        raise ValueError(f"address {int(addrs.min()):#x} is below {_LOWEST:#x}: not an object's")
     return _address_space()[(addrs - _LOWEST) >> 3]
 
 
