@@ -21,6 +21,7 @@ import distributed  # noqa: F401  (a test dependency: missing means failing, not
 import psutil
 import pytest
 
+from locality import tempfiles
 from locality.experiment import distributed as dist
 from locality.experiment.config import ExperimentConfig, with_overrides
 from locality.experiment.sweep import SweepPoint, pending
@@ -131,8 +132,11 @@ def cluster(point_tmpdir):
     """A LocalCluster as run_points makes it: 2 single-threaded worker processes, node=1 each."""
     before = _descendants()
     c = dist.make_cluster("local", runs_per_node=2)
+    scratch = Path(c.locality_scratch)
+    assert scratch.is_dir() and scratch.name.startswith(tempfiles.prefix("dask"))
     yield c
-    c.close()
+    dist.close_cluster(c)
+    assert not scratch.exists()  # not /tmp/dask-scratch-space, left behind with its lock files
     deadline = time.monotonic() + 15
     while (_descendants() - before) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -331,9 +335,12 @@ def test_point_needing_swap_fails_with_the_doctors_reason(tmp_path, cluster, cli
 
 
 def test_workers_without_node_resource_are_refused(tmp_path, no_leftover_processes):
+    import dask
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address="127.0.0.1:0") as c:
+    with dask.config.set({"temporary-directory": str(tmp_path)}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
+                         dashboard_address="127.0.0.1:0") as c:
         with pytest.raises(dist.ClusterSetupError, match="--resources node=1"):
             dist.run_points([_point("x")], tmp_path, scheduler=c.scheduler_address, progress=False)
 

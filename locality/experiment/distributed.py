@@ -37,12 +37,14 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
+from locality import tempfiles
 from locality.errors import LocalityError
 from locality.experiment import store
 from locality.experiment.dask_point import (  # noqa: F401 - re-exported: the sweep's public names
@@ -147,29 +149,48 @@ def run_points(
         if client is not None:
             client.close()
         if created is not None:
-            created.close()
+            close_cluster(created)
         _remove_staging(out, token)  # no worker of ours can write any more
 
 
 def make_cluster(kind: str, *, runs_per_node: int = 1, n_points: int = 1, **overrides: Any) -> Any:
     """Create (and scale) the cluster ``run_points`` uses when no scheduler is given."""
     if kind == "local":
+        import dask
         from distributed import LocalCluster
 
-        return LocalCluster(
-            n_workers=runs_per_node,
-            threads_per_worker=1,
-            processes=True,
-            resources={RESOURCE: 1},
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",  # loopback, any free port: never clash with another cluster
-            memory_limit=0,  # the runner owns the memory budget, not the nanny
-            silence_logs=50,  # task errors are stored in the failed runs' manifests
-            **overrides,
-        )
+        # Dask's default scratch is /tmp/dask-scratch-space, left behind with its lock files; ours is
+        # named for this process (leftovers finds it if we are killed) and removed by close_cluster.
+        given = overrides.pop("local_directory", None)
+        scratch = given or tempfile.mkdtemp(prefix=tempfiles.prefix("dask"))
+        with dask.config.set({"temporary-directory": scratch}):  # the scheduler's too, not only the workers'
+            cluster = LocalCluster(
+                local_directory=scratch,
+                n_workers=runs_per_node,
+                threads_per_worker=1,
+                processes=True,
+                resources={RESOURCE: 1},
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",  # loopback, any free port: never clash with another cluster
+                memory_limit=0,  # the runner owns the memory budget, not the nanny
+                silence_logs=50,  # task errors are stored in the failed runs' manifests
+                **overrides,
+            )
+        cluster.locality_scratch = None if given else scratch  # a directory the caller gave is theirs
+        return cluster
     cluster = jobqueue_cluster(kind, runs_per_node=runs_per_node, **overrides)
     cluster.scale(jobs=math.ceil(n_points / runs_per_node))
     return cluster
+
+
+def close_cluster(cluster: Any) -> None:
+    """Close a cluster make_cluster created, and remove the scratch directory it made for it."""
+    try:
+        cluster.close()
+    finally:
+        scratch = getattr(cluster, "locality_scratch", None)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def jobqueue_cluster(kind: str, *, runs_per_node: int = 1, **overrides: Any) -> Any:
