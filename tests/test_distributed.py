@@ -393,7 +393,8 @@ def test_jobqueue_job_runs_one_worker_per_exclusive_node(kind, exclusive, submit
     try:
         script = c.job_script()
     finally:
-        c.close()
+        dist.close_cluster(c)
+    assert not Path(c.locality_scratch).exists()  # the local scheduler's scratch, removed with it
     assert exclusive in script
     assert "--resources node=2" in script
     assert "--nthreads 4" in script  # 2 cores per run x 2 runs

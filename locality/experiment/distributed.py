@@ -219,7 +219,16 @@ def jobqueue_cluster(kind: str, *, runs_per_node: int = 1, **overrides: Any) -> 
         "job_extra_directives": list(conf.get("job-extra-directives") or []) + JOBQUEUE_EXCLUSIVE[kind],
     }
     kwargs.update(overrides)
-    return cls(**kwargs)
+    # The scheduler runs here: its scratch as a local cluster's (the job script does not carry it)
+    scratch = tempfile.mkdtemp(prefix=tempfiles.prefix("dask"))
+    try:
+        with dask.config.set({"temporary-directory": scratch}):
+            cluster = cls(**kwargs)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    cluster.locality_scratch = scratch
+    return cluster
 
 
 def _require_dask() -> None:

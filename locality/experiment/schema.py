@@ -263,7 +263,8 @@ FILES: tuple[StoreFile, ...] = (
     StoreFile("pages/chunk-NNNNN.npz", ("run", "probe"), "growing: one chunk atomically every few seconds; removed once pages.npz is written",
               "the samples since the previous chunk and the columns as they are now; a reader of a run without pages.npz merges them"),
     StoreFile("pages.npz", ("run", "probe", "beam"), "atomic, at the end", "page x time bit matrices"),
-    StoreFile("latency.csv", ("run", "beam"), "atomic, at the end", "a sample of activation latencies"),
+    StoreFile("latency.csv", ("run", "beam"), "atomic, at the end", "a sample of activation latencies (run: a uniform reservoir of 100,000, kept in the child as "
+              "float32 ns: exact below 16.7 ms, within 1e-7 above)"),
     StoreFile("metrics.json", ("run", "beam"), "atomic, at the end", "the run's metrics (tables below); absent if the runner died"),
     StoreFile("portions.csv", ("run",), "atomic, at the end", "the run's memory portions (experiment/portions.py)"),
     StoreFile("vmas.csv", ("beam",), "atomic, at the end", "one row per (sample, VMA) of the VM"),
