@@ -43,25 +43,9 @@ _SMALL_INTS = range(-5, 257)
 # CPython 3.11 keeps the small ints in one static array: [id(-5), id(256) + size)
 _SMALL_LO = id(-5)
 _SMALL_HI = id(256) + sys.getsizeof(256)
-_FLOAT_SIZE = sys.getsizeof(0.5)
-_INT_BASE = sys.getsizeof(1) - 4  # header; 4 bytes per digit
 _SCALARS = ("potential", "count", "last_step", "flags")
 _LISTS = ("weights", "neighbours")
 _FIELDS = _SCALARS + _LISTS  # the order of the dict display in __init__
-_ListHead = ctypes.c_int64 * 2  # ob_item, allocated
-
-
-def _sizes(values: list) -> np.ndarray:
-    """sys.getsizeof of float/int objects without a call per object (CPython 3.11 sizes)."""
-    if values and all(type(v) is float for v in values[:64]) and all(map(float.__instancecheck__, values)):
-        return np.full(len(values), _FLOAT_SIZE, dtype=np.int64)
-    if values and all(map(int.__instancecheck__, values)):
-        v = np.abs(np.fromiter(values, np.int64, len(values)))
-        digits = np.ones(v.shape, dtype=np.int64)  # 30-bit digits, at least one
-        digits += v >= (1 << 30)
-        digits += v >= (1 << 60)
-        return _INT_BASE + 4 * digits
-    return np.fromiter(map(sys.getsizeof, values), np.int64, len(values))
 
 
 def _ptr(addr: int) -> int:
