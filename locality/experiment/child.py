@@ -61,13 +61,15 @@ class Bookkeeping:
     def __init__(self, n: int, latency_cap: int) -> None:
         import mmap
 
+        from locality.kernel import PAGE_SIZE
+
         words = -(-n // 64)
         parts = [("latency", latency_cap, np.float32), ("hot", words, np.int64), ("cold", words, np.int64),
                  ("scratch", 3 * max(n, 1), np.int64)]
         offsets, total = {}, 0
         for name, count, dtype in parts:
             offsets[name] = total
-            total += -(-count * np.dtype(dtype).itemsize // 4096) * 4096
+            total += -(-count * np.dtype(dtype).itemsize // PAGE_SIZE) * PAGE_SIZE
         self._map = mmap.mmap(-1, total)
         raw = np.frombuffer(self._map, dtype=np.uint8)
         self.start, self.length = int(raw.ctypes.data), total

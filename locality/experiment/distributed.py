@@ -41,7 +41,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 from locality import tempfiles
@@ -156,30 +156,40 @@ def run_points(
 def make_cluster(kind: str, *, runs_per_node: int = 1, n_points: int = 1, **overrides: Any) -> Any:
     """Create (and scale) the cluster ``run_points`` uses when no scheduler is given."""
     if kind == "local":
-        import dask
         from distributed import LocalCluster
 
-        # Dask's default scratch is /tmp/dask-scratch-space, left behind with its lock files; ours is
-        # named for this process (leftovers finds it if we are killed) and removed by close_cluster.
-        given = overrides.pop("local_directory", None)
-        scratch = given or tempfile.mkdtemp(prefix=tempfiles.prefix("dask"))
-        with dask.config.set({"temporary-directory": scratch}):  # the scheduler's too, not only the workers'
-            cluster = LocalCluster(
-                local_directory=scratch,
-                n_workers=runs_per_node,
-                threads_per_worker=1,
-                processes=True,
-                resources={RESOURCE: 1},
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",  # loopback, any free port: never clash with another cluster
-                memory_limit=0,  # the runner owns the memory budget, not the nanny
-                silence_logs=50,  # task errors are stored in the failed runs' manifests
-                **overrides,
-            )
-        cluster.locality_scratch = None if given else scratch  # a directory the caller gave is theirs
-        return cluster
+        return _with_own_scratch(lambda d: LocalCluster(**_LOCAL_CLUSTER, n_workers=runs_per_node,
+                                                        local_directory=d, **overrides))
     cluster = jobqueue_cluster(kind, runs_per_node=runs_per_node, **overrides)
     cluster.scale(jobs=math.ceil(n_points / runs_per_node))
+    return cluster
+
+
+_LOCAL_CLUSTER = dict(
+    threads_per_worker=1,
+    processes=True,
+    resources={RESOURCE: 1},
+    host="127.0.0.1",
+    dashboard_address="127.0.0.1:0",  # loopback, any free port: never clash with another cluster
+    memory_limit=0,  # the runner owns the memory budget, not the nanny
+    silence_logs=50,  # task errors are stored in the failed runs' manifests
+)
+
+
+def _with_own_scratch(create: Callable[[str], Any]) -> Any:
+    """``create(directory)`` with Dask's scratch (the scheduler's too, not only the workers') in a
+    directory named for this process: Dask's default, /tmp/dask-scratch-space, is left behind
+    with its lock files. leftovers removes ours if we are killed; close_cluster does otherwise."""
+    import dask
+
+    scratch = tempfile.mkdtemp(prefix=tempfiles.prefix("dask"))
+    try:
+        with dask.config.set({"temporary-directory": scratch}):
+            cluster = create(scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    cluster.locality_scratch = scratch
     return cluster
 
 
@@ -219,16 +229,7 @@ def jobqueue_cluster(kind: str, *, runs_per_node: int = 1, **overrides: Any) -> 
         "job_extra_directives": list(conf.get("job-extra-directives") or []) + JOBQUEUE_EXCLUSIVE[kind],
     }
     kwargs.update(overrides)
-    # The scheduler runs here: its scratch as a local cluster's (the job script does not carry it)
-    scratch = tempfile.mkdtemp(prefix=tempfiles.prefix("dask"))
-    try:
-        with dask.config.set({"temporary-directory": scratch}):
-            cluster = cls(**kwargs)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    cluster.locality_scratch = scratch
-    return cluster
+    return _with_own_scratch(lambda _: cls(**kwargs))  # its scheduler runs here (the job script does not carry it)
 
 
 def _require_dask() -> None:
